@@ -1,0 +1,100 @@
+# packhost Makefile: kubebuilder's targets, with every tool pinned and built into ./bin.
+
+K8S_VERSION ?= 1.37.2
+ETCD_VERSION ?= 3.6.16
+CONTROLLER_TOOLS_VERSION ?= v0.23.0
+IMG ?= packhost/manager:dev
+
+LOCALBIN ?= $(CURDIR)/bin
+CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen
+ENVTEST_DIR ?= $(LOCALBIN)/k8s/$(K8S_VERSION)
+KUBECTL ?= $(ENVTEST_DIR)/kubectl
+
+export K8S_VERSION ETCD_VERSION
+
+# Tests that start a kube-apiserver find the binaries here.
+export KUBEBUILDER_ASSETS ?= $(ENVTEST_DIR)
+
+SHELL = /usr/bin/env bash -o pipefail
+.SHELLFLAGS = -ec
+
+.PHONY: all
+all: build
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "\nUsage:\n  make \033[36m<target>\033[0m\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) } ' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: manifests
+manifests: controller-gen ## Generate CRDs and RBAC from the API types and markers.
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./..." output:crd:artifacts:config=config/crd/bases
+
+.PHONY: generate
+generate: controller-gen ## Generate deepcopy code.
+	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./..."
+
+.PHONY: fmt
+fmt: ## Run go fmt.
+	go fmt ./...
+
+.PHONY: vet
+vet: ## Run go vet.
+	go vet ./...
+
+.PHONY: verify
+verify: manifests generate fmt ## Regenerate everything and fail when the tree changed.
+	@if [ -n "$$(git status --porcelain -- . ':!bin')" ]; then \
+		echo "make verify: generated or formatted files are out of date:"; \
+		git status --porcelain -- . ':!bin'; git --no-pager diff --stat; exit 1; \
+	fi
+
+.PHONY: envtest
+envtest: ## Build kube-apiserver, etcd and kubectl into bin/k8s/<version> (first run: ~20 min).
+	@hack/setup-envtest.sh >/dev/null
+
+.PHONY: test
+test: manifests generate fmt vet envtest ## Run every test against a real kube-apiserver and etcd.
+	go test ./... -count=1
+
+.PHONY: test-short
+test-short: ## Run the tests that need no API server.
+	go test ./... -short -count=1
+
+##@ Build
+
+.PHONY: build
+build: manifests generate fmt vet ## Build the manager binary.
+	go build -o bin/manager ./cmd/manager
+
+.PHONY: run-local
+run-local: build envtest ## Run packhost locally: a local control plane, the CRDs, the samples and the manager.
+	hack/run-local.sh
+
+.PHONY: docker-build
+docker-build: ## Build the manager image (needs a Docker engine).
+	docker build -t $(IMG) .
+
+##@ Deployment
+
+.PHONY: install
+install: manifests ## Install the CRDs into the cluster of the current kubeconfig.
+	$(KUBECTL) apply --server-side -k config/crd
+
+.PHONY: uninstall
+uninstall: manifests ## Remove the CRDs from the cluster of the current kubeconfig.
+	$(KUBECTL) delete --ignore-not-found -k config/crd
+
+.PHONY: deploy
+deploy: manifests ## Deploy the manager to the cluster of the current kubeconfig.
+	$(KUBECTL) apply --server-side -k config/default
+
+##@ Tools
+
+.PHONY: controller-gen
+controller-gen: $(CONTROLLER_GEN) ## Build controller-gen into ./bin.
+$(CONTROLLER_GEN):
+	GOBIN=$(LOCALBIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
