@@ -17,7 +17,7 @@ type RevisionSpec struct {
 	// +required
 	// +listType=atomic
 	// +kubebuilder:validation:MinItems=1
-	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:MaxItems=16
 	// +kubebuilder:validation:XValidation:rule="self.all(p, self.exists_one(q, q.name == p.name))",message="pack names must be unique within a Revision"
 	Packs []Pack `json:"packs"`
 
@@ -82,6 +82,7 @@ type Pack struct {
 	// sha256 is the expected SHA-256 of the module bytes, as 64 lowercase hex digits.
 	// Required for url sources; when set for other sources it is checked too.
 	// +optional
+	// +kubebuilder:validation:MaxLength=71
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-f0-9]{64}$')",message="sha256 must be exactly 64 lowercase hex characters (the output of sha256sum), without a sha256: prefix"
 	SHA256 string `json:"sha256,omitempty"`
 }
