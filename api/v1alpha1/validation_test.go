@@ -10,8 +10,8 @@ import (
 	"testing"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -317,11 +317,15 @@ func TestRevisionSpecIsImmutable(t *testing.T) {
 		t.Fatal(err)
 	}
 	mutations := map[string]func(spec map[string]any){
-		"config":   func(s map[string]any) { s["config"] = map[string]any{"greeting": "bye"} },
-		"packs":    func(s map[string]any) { s["packs"].([]any)[0].(map[string]any)["url"] = "https://example.com/other.wasm" },
-		"shards":   func(s map[string]any) { s["state"] = map[string]any{"shards": int64(4)} },
-		"tenant":   func(s map[string]any) { s["tenantRef"] = map[string]any{"name": "other"} },
-		"overlays": func(s map[string]any) { s["packs"] = append(s["packs"].([]any), map[string]any{"name": "extra", "image": "r.example.com/x:v1"}) },
+		"config": func(s map[string]any) { s["config"] = map[string]any{"greeting": "bye"} },
+		"packs": func(s map[string]any) {
+			s["packs"].([]any)[0].(map[string]any)["url"] = "https://example.com/other.wasm"
+		},
+		"shards": func(s map[string]any) { s["state"] = map[string]any{"shards": int64(4)} },
+		"tenant": func(s map[string]any) { s["tenantRef"] = map[string]any{"name": "other"} },
+		"overlays": func(s map[string]any) {
+			s["packs"] = append(s["packs"].([]any), map[string]any{"name": "extra", "image": "r.example.com/x:v1"})
+		},
 	}
 	for name, mutate := range mutations {
 		t.Run(name, func(t *testing.T) {
