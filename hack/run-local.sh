@@ -25,9 +25,13 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 go build -o bin/localenv ./hack/localenv
-bin/localenv --kubeconfig "$KUBECONFIG" &
+bin/localenv --write-kubeconfig "$KUBECONFIG" &
 pids+=($!)
-for _ in $(seq 1 300); do [ -s "$KUBECONFIG" ] && break; sleep 0.2; done
+for _ in $(seq 1 300); do
+  [ -s "$KUBECONFIG" ] && break
+  kill -0 "${pids[0]}" 2>/dev/null || { echo "run-local: the control plane exited" >&2; exit 1; }
+  sleep 0.2
+done
 [ -s "$KUBECONFIG" ] || { echo "run-local: the control plane did not start" >&2; exit 1; }
 
 "$kubectl" apply --server-side -f config/samples/

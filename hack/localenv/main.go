@@ -16,7 +16,7 @@ import (
 )
 
 func main() {
-	kubeconfig := flag.String("kubeconfig", "bin/local/kubeconfig", "Where to write the kubeconfig of the local control plane.")
+	kubeconfig := flag.String("write-kubeconfig", "bin/local/kubeconfig", "Where to write the kubeconfig of the local control plane.")
 	flag.Parse()
 	if err := run(*kubeconfig); err != nil {
 		fmt.Fprintln(os.Stderr, "localenv:", err)

@@ -1,0 +1,54 @@
+package runtime
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Errors a caller branches on with errors.Is. The dispatcher maps them to HTTP statuses.
+var (
+	// ErrNotLoaded: the revision was unloaded or never loaded.
+	ErrNotLoaded = errors.New("revision not loaded")
+	// ErrNoSuchFlow: no flow matches the activity's flow id or type.
+	ErrNoSuchFlow = errors.New("no such flow")
+	// ErrOverloaded: every instance is busy and the wait queue is full.
+	ErrOverloaded = errors.New("revision overloaded")
+	// ErrTimeout: the activity ran past its deadline and was stopped.
+	ErrTimeout = errors.New("activity timed out")
+	// ErrTrap: the guest trapped (panic, out of memory, bad memory access); the
+	// instance was discarded.
+	ErrTrap = errors.New("guest trapped")
+	// ErrInvalidOutput: the guest returned output the host refuses (too large, bad
+	// pointers, invalid JSON, an error code).
+	ErrInvalidOutput = errors.New("invalid guest output")
+	// ErrInvalidActivity: the activity itself is malformed.
+	ErrInvalidActivity = errors.New("invalid activity")
+	// ErrConflict: the activity's state transaction kept conflicting with other writers.
+	ErrConflict = errors.New("state conflict")
+	// ErrInvalidPack: the module or its manifest cannot be loaded.
+	ErrInvalidPack = errors.New("invalid pack")
+	// ErrCapabilityDenied: a pack asks for a capability the tenant's policy does not allow.
+	ErrCapabilityDenied = errors.New("capability not allowed")
+	// ErrUnsupported: the revision has no component for what was asked (identify or
+	// invoke of an unknown provider type).
+	ErrUnsupported = errors.New("unsupported")
+	// ErrAmbiguous: more than one pack binds the provider type.
+	ErrAmbiguous = errors.New("ambiguous provider binding")
+	// ErrOpNotAllowed: the provider op is not in the pack's allowlist.
+	ErrOpNotAllowed = errors.New("provider op not allowed")
+)
+
+// PackError says which pack a load failure is about.
+type PackError struct {
+	// Pack is the pack's name in the revision, or its pack id when known.
+	Pack string
+	// Err is the problem; it wraps ErrInvalidPack or ErrCapabilityDenied.
+	Err error
+}
+
+func (e *PackError) Error() string { return fmt.Sprintf("pack %q: %v", e.Pack, e.Err) }
+func (e *PackError) Unwrap() error { return e.Err }
+
+func invalidPack(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidPack, fmt.Sprintf(format, args...))
+}
