@@ -1,0 +1,119 @@
+package runtime
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strings"
+)
+
+// Activity kinds.
+const (
+	KindMessage = "message"
+	KindCustom  = "custom"
+	// ActionResponse is the action of a reply activity.
+	ActionResponse = "response"
+)
+
+// maxHintLen bounds every routing hint of an activity.
+const maxHintLen = 256
+
+// Activity is the JSON envelope packhost serves: a kind, optional routing hints and a
+// payload kept as raw JSON.
+type Activity struct {
+	Kind           string          `json:"kind"`
+	Action         string          `json:"action,omitempty"`
+	PackID         string          `json:"pack_id,omitempty"`
+	FlowID         string          `json:"flow_id,omitempty"`
+	FlowType       string          `json:"flow_type,omitempty"`
+	SessionID      string          `json:"session_id,omitempty"`
+	ProviderID     string          `json:"provider_id,omitempty"`
+	EndpointID     string          `json:"endpoint_id,omitempty"`
+	UserID         string          `json:"user_id,omitempty"`
+	ChannelID      string          `json:"channel_id,omitempty"`
+	ConversationID string          `json:"conversation_id,omitempty"`
+	Payload        json.RawMessage `json:"payload,omitempty"`
+}
+
+// ParseActivity decodes and checks one activity. Unknown fields are refused, hints are
+// bounded, and the payload must be JSON. Errors wrap ErrInvalidActivity.
+func ParseActivity(data []byte) (*Activity, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var a Activity
+	if err := dec.Decode(&a); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidActivity, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: trailing data after the activity", ErrInvalidActivity)
+	}
+	if err := a.Validate(); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
+// Validate checks an activity built in code the way ParseActivity checks a decoded one.
+func (a *Activity) Validate() error {
+	switch a.Kind {
+	case KindMessage:
+	case KindCustom:
+		if a.Action == "" {
+			return fmt.Errorf("%w: a custom activity needs an action", ErrInvalidActivity)
+		}
+	default:
+		return fmt.Errorf("%w: kind %q is not message or custom", ErrInvalidActivity, a.Kind)
+	}
+	for name, v := range map[string]string{
+		"action": a.Action, "pack_id": a.PackID, "flow_id": a.FlowID, "flow_type": a.FlowType,
+		"session_id": a.SessionID, "provider_id": a.ProviderID, "endpoint_id": a.EndpointID,
+		"user_id": a.UserID, "channel_id": a.ChannelID, "conversation_id": a.ConversationID,
+	} {
+		if len(v) > maxHintLen {
+			return fmt.Errorf("%w: %s is longer than %d bytes", ErrInvalidActivity, name, maxHintLen)
+		}
+	}
+	if len(a.Payload) > 0 && !json.Valid(a.Payload) {
+		return fmt.Errorf("%w: payload is not valid JSON", ErrInvalidActivity)
+	}
+	return nil
+}
+
+// Defaults filled into a session key, as a runner host does.
+const (
+	defaultEndpoint = "default"
+	defaultProvider = "default"
+	defaultUser     = "anonymous"
+)
+
+// SessionKey derives the key that ties an activity to its conversation: env, tenant,
+// endpoint, provider, channel, conversation and user, with defaults for the missing
+// ones. An explicit session_id replaces the conversation part. An activity with neither
+// a user, a conversation nor a session id has no session: the key is empty.
+//
+// Every part is escaped, so no hint can forge another's boundary.
+func SessionKey(env, tenant string, a *Activity) string {
+	if a.UserID == "" && a.ConversationID == "" && a.SessionID == "" {
+		return ""
+	}
+	or := func(v, def string) string {
+		if v == "" {
+			return def
+		}
+		return v
+	}
+	conversation := or(a.ConversationID, or(a.ChannelID, "default"))
+	if a.SessionID != "" {
+		conversation = "sid:" + a.SessionID
+	}
+	parts := []string{
+		env, tenant,
+		or(a.EndpointID, defaultEndpoint), or(a.ProviderID, defaultProvider),
+		or(a.ChannelID, "default"), conversation, or(a.UserID, defaultUser),
+	}
+	for i, p := range parts {
+		parts[i] = url.PathEscape(p)
+	}
+	return strings.Join(parts, "/")
+}

@@ -1,0 +1,286 @@
+package runtime
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sync"
+
+	"github.com/go-logr/logr"
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+)
+
+// Guest exports the ABI names.
+const (
+	ExportMemory   = "memory"
+	ExportAlloc    = "packhost_alloc"
+	ExportHandle   = "packhost_handle"
+	ExportIdentify = "packhost_identify"
+	ExportDescribe = "packhost_describe_identify"
+	ExportInvoke   = "packhost_invoke"
+)
+
+// HostModule is the import module name of packhost's host functions.
+const HostModule = "packhost"
+
+// DefaultMaxMemoryPages caps any instance's memory (1 GiB), whatever a tenant allows.
+const DefaultMaxMemoryPages = 16384
+
+// EngineConfig configures the process's one wazero runtime.
+type EngineConfig struct {
+	// CacheDir keeps compiled code across restarts; empty keeps it in memory only.
+	CacheDir string
+	// MaxMemoryPages caps every instance's memory; per-revision limits go lower.
+	MaxMemoryPages uint32
+	// Unguarded turns off close-on-context-done: guest code runs faster, but a deadline
+	// can no longer stop a guest stuck in a loop, which then holds an instance and a core
+	// until restart. Only for trusted code, by a cluster admin's decision.
+	Unguarded bool
+	// Logger receives guest logs and engine events.
+	Logger logr.Logger
+}
+
+// Engine owns the wazero runtime and the compiled packs, shared by every revision and
+// tenant of the process: a pack is compiled once per sha256 digest.
+type Engine struct {
+	rt        wazero.Runtime
+	cache     wazero.CompilationCache
+	log       logr.Logger
+	unguarded bool
+
+	mu       sync.Mutex
+	packs    map[string]*Pack
+	inflight map[string]*compileCall
+}
+
+type compileCall struct {
+	done chan struct{}
+	pack *Pack
+	err  error
+}
+
+// NewEngine starts the wazero runtime with WASI and the packhost host module.
+func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
+	if cfg.MaxMemoryPages == 0 {
+		cfg.MaxMemoryPages = DefaultMaxMemoryPages
+	}
+	rc := wazero.NewRuntimeConfig().
+		WithCloseOnContextDone(!cfg.Unguarded).
+		WithMemoryLimitPages(cfg.MaxMemoryPages).
+		WithCustomSections(true)
+	var cache wazero.CompilationCache
+	if cfg.CacheDir != "" {
+		c, err := wazero.NewCompilationCacheWithDir(cfg.CacheDir)
+		if err != nil {
+			return nil, fmt.Errorf("open compilation cache %q: %w", cfg.CacheDir, err)
+		}
+		cache = c
+		rc = rc.WithCompilationCache(c)
+	}
+	rt := wazero.NewRuntimeWithConfig(ctx, rc)
+	if _, err := wasi_snapshot_preview1.Instantiate(ctx, rt); err != nil {
+		_ = rt.Close(ctx)
+		return nil, fmt.Errorf("instantiate WASI: %w", err)
+	}
+	e := &Engine{rt: rt, cache: cache, log: cfg.Logger, unguarded: cfg.Unguarded,
+		packs: map[string]*Pack{}, inflight: map[string]*compileCall{}}
+	if err := e.instantiateHost(ctx); err != nil {
+		_ = rt.Close(ctx)
+		return nil, err
+	}
+	return e, nil
+}
+
+// Close stops the runtime and every instance in it.
+func (e *Engine) Close(ctx context.Context) error {
+	err := e.rt.Close(ctx)
+	if e.cache != nil {
+		if cerr := e.cache.Close(ctx); err == nil {
+			err = cerr
+		}
+	}
+	return err
+}
+
+// Pack is one compiled module with its manifest, shared by reference count.
+type Pack struct {
+	// Digest is the hex SHA-256 of the module bytes.
+	Digest string
+	// Size is the module's length in bytes.
+	Size int
+	// Manifest is what the pack says about itself.
+	Manifest *Manifest
+
+	compiled    wazero.CompiledModule
+	hostImports map[string]bool
+	hasIdentify bool
+	hasDescribe bool
+	hasInvoke   bool
+	refs        int
+}
+
+// Packs reports how many compiled packs the engine holds.
+func (e *Engine) Packs() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.packs)
+}
+
+// Compile returns the pack for wasm, compiling it unless a pack with the same digest is
+// already loaded; concurrent calls for one digest compile once. Every successful call
+// must be paired with Release.
+func (e *Engine) Compile(ctx context.Context, wasm []byte) (*Pack, error) {
+	sum := sha256.Sum256(wasm)
+	digest := hex.EncodeToString(sum[:])
+	for {
+		e.mu.Lock()
+		if p, ok := e.packs[digest]; ok {
+			p.refs++
+			e.mu.Unlock()
+			return p, nil
+		}
+		if call, ok := e.inflight[digest]; ok {
+			e.mu.Unlock()
+			select {
+			case <-call.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if call.err != nil {
+				return nil, call.err
+			}
+			continue // take a reference under the lock
+		}
+		call := &compileCall{done: make(chan struct{})}
+		e.inflight[digest] = call
+		e.mu.Unlock()
+
+		p, err := e.compile(ctx, wasm, digest)
+		e.mu.Lock()
+		delete(e.inflight, digest)
+		if err == nil {
+			p.refs = 1
+			e.packs[digest] = p
+		}
+		call.pack, call.err = p, err
+		close(call.done)
+		e.mu.Unlock()
+		return p, err
+	}
+}
+
+// Release drops a reference to p and frees its compiled code when it was the last.
+func (e *Engine) Release(ctx context.Context, p *Pack) {
+	e.mu.Lock()
+	p.refs--
+	last := p.refs == 0
+	if last {
+		delete(e.packs, p.Digest)
+	}
+	e.mu.Unlock()
+	if last {
+		_ = p.compiled.Close(ctx)
+	}
+}
+
+func (e *Engine) compile(ctx context.Context, wasm []byte, digest string) (*Pack, error) {
+	m, err := ReadManifest(wasm)
+	if err != nil {
+		return nil, invalidPack("%v", err)
+	}
+	compiled, err := e.rt.CompileModule(ctx, wasm)
+	if err != nil {
+		return nil, invalidPack("compile %s: %v", m.PackID, err)
+	}
+	p := &Pack{Digest: digest, Size: len(wasm), Manifest: m, compiled: compiled, hostImports: map[string]bool{}}
+	if err := p.checkExports(); err != nil {
+		_ = compiled.Close(ctx)
+		return nil, err
+	}
+	if err := p.checkImports(); err != nil {
+		_ = compiled.Close(ctx)
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Pack) checkExports() error {
+	if _, ok := p.compiled.ExportedMemories()[ExportMemory]; !ok {
+		return invalidPack("%s exports no memory named %q", p.Manifest.PackID, ExportMemory)
+	}
+	fns := p.compiled.ExportedFunctions()
+	want := func(name string, params, results []api.ValueType, required bool) (bool, error) {
+		def, ok := fns[name]
+		if !ok {
+			if required {
+				return false, invalidPack("%s does not export %s", p.Manifest.PackID, name)
+			}
+			return false, nil
+		}
+		if !sameTypes(def.ParamTypes(), params) || !sameTypes(def.ResultTypes(), results) {
+			return false, invalidPack("%s exports %s with the wrong signature", p.Manifest.PackID, name)
+		}
+		return true, nil
+	}
+	i32 := api.ValueTypeI32
+	if _, err := want(ExportAlloc, []api.ValueType{i32}, []api.ValueType{i32}, true); err != nil {
+		return err
+	}
+	if _, err := want(ExportHandle, []api.ValueType{i32, i32}, []api.ValueType{i32}, true); err != nil {
+		return err
+	}
+	var err error
+	if p.hasIdentify, err = want(ExportIdentify, []api.ValueType{i32, i32}, []api.ValueType{i32}, false); err != nil {
+		return err
+	}
+	if p.hasDescribe, err = want(ExportDescribe, nil, []api.ValueType{i32}, false); err != nil {
+		return err
+	}
+	if p.hasInvoke, err = want(ExportInvoke, []api.ValueType{i32, i32}, []api.ValueType{i32}, false); err != nil {
+		return err
+	}
+	return nil
+}
+
+// checkImports refuses an import the host does not provide, or a host function the
+// manifest does not declare the capability for.
+func (p *Pack) checkImports() error {
+	caps := p.Manifest.Capabilities
+	for _, def := range p.compiled.ImportedFunctions() {
+		module, name, _ := def.Import()
+		switch module {
+		case wasi_snapshot_preview1.ModuleName:
+			continue
+		case HostModule:
+		default:
+			return invalidPack("%s imports %s.%s: the host provides only %s and %s", p.Manifest.PackID, module, name, HostModule, wasi_snapshot_preview1.ModuleName)
+		}
+		hf, ok := hostFunctions[name]
+		if !ok {
+			return invalidPack("%s imports %s.%s, which abi %d does not have", p.Manifest.PackID, module, name, ABIVersion)
+		}
+		if !sameTypes(def.ParamTypes(), hf.params) || !sameTypes(def.ResultTypes(), hf.results) {
+			return invalidPack("%s imports %s.%s with the wrong signature", p.Manifest.PackID, module, name)
+		}
+		if hf.needs != nil && !hf.needs(caps) {
+			return invalidPack("%s imports %s.%s but its manifest does not declare the capability (%s)", p.Manifest.PackID, module, name, hf.capability)
+		}
+		p.hostImports[name] = true
+	}
+	return nil
+}
+
+func sameTypes(a, b []api.ValueType) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,295 @@
+package runtime
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/tetratelabs/wazero/api"
+)
+
+// Result codes host functions return to the guest; all are negative, so a non-negative
+// result is a length.
+const (
+	codeNotFound = -1 // no such key, secret or wait
+	codeDenied   = -2 // the capability is not granted
+	codeFault    = -3 // a pointer or length is outside the guest's memory
+	codeTooLarge = -4 // a key, value or output is past its limit
+	codeInvalid  = -5 // malformed arguments (bad JSON, no session, ...)
+	codeFailed   = -6 // the store failed; the activity will fail too
+)
+
+// Output limits per activity.
+const (
+	maxOutputs      = 64
+	maxActionLen    = 256
+	maxWaitTTL      = 24 * time.Hour
+	defaultWaitTTL  = 30 * time.Minute
+	maxLogLineBytes = 4096
+)
+
+type hostFunc struct {
+	params, results []api.ValueType
+	// needs reports whether a manifest declares the capability this function uses; nil
+	// for functions every pack may import.
+	needs      func(Capabilities) bool
+	capability string
+	fn         func(ctx context.Context, c *call, mem api.Memory, stack []uint64)
+}
+
+var i32 = api.ValueTypeI32
+
+// hostFunctions is the whole host side of ABI version 1.
+var hostFunctions = map[string]hostFunc{
+	"output":       {params: []api.ValueType{i32, i32, i32, i32}, results: []api.ValueType{i32}, fn: hostOutput},
+	"log":          {params: []api.ValueType{i32, i32, i32}, fn: hostLog},
+	"state_get":    {params: []api.ValueType{i32, i32, i32, i32}, results: []api.ValueType{i32}, fn: hostStateGet, needs: func(c Capabilities) bool { return c.State.Read }, capability: "capabilities.state.read"},
+	"state_set":    {params: []api.ValueType{i32, i32, i32, i32}, results: []api.ValueType{i32}, fn: hostStateSet, needs: func(c Capabilities) bool { return c.State.Write }, capability: "capabilities.state.write"},
+	"state_delete": {params: []api.ValueType{i32, i32}, results: []api.ValueType{i32}, fn: hostStateDelete, needs: func(c Capabilities) bool { return c.State.Write }, capability: "capabilities.state.write"},
+	"session_wait": {params: []api.ValueType{i32, i32, i32}, results: []api.ValueType{i32}, fn: hostSessionWait, needs: func(c Capabilities) bool { return c.Session }, capability: "capabilities.session"},
+	"secret_get":   {params: []api.ValueType{i32, i32, i32, i32}, results: []api.ValueType{i32}, fn: hostSecretGet, needs: func(c Capabilities) bool { return len(c.Secrets) > 0 }, capability: "capabilities.secrets"},
+}
+
+type callKey struct{}
+
+func (e *Engine) instantiateHost(ctx context.Context) error {
+	b := e.rt.NewHostModuleBuilder(HostModule)
+	for name, hf := range hostFunctions {
+		hf := hf
+		b.NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(func(ctx context.Context, mod api.Module, stack []uint64) {
+			c, _ := ctx.Value(callKey{}).(*call)
+			if c == nil {
+				// Called outside an activity (during _initialize): nothing is in scope.
+				if len(hf.results) > 0 {
+					stack[0] = api.EncodeI32(codeDenied)
+				}
+				return
+			}
+			hf.fn(ctx, c, mod.Memory(), stack)
+		}), hf.params, hf.results).Export(name)
+	}
+	if _, err := b.Instantiate(ctx); err != nil {
+		return fmt.Errorf("instantiate host module: %w", err)
+	}
+	return nil
+}
+
+// read returns a copy-free view of guest memory, recording a fault when the range is
+// outside it. Views must be copied before the call returns.
+func (c *call) read(mem api.Memory, ptr, n uint64, limit int) ([]byte, int32) {
+	if n > uint64(limit) {
+		return nil, codeTooLarge
+	}
+	if n == 0 {
+		return nil, 0
+	}
+	b, ok := mem.Read(uint32(ptr), uint32(n))
+	if !ok {
+		c.fault(fmt.Errorf("guest passed %d bytes at %#x, outside its %d-byte memory", n, ptr, mem.Size()))
+		return nil, codeFault
+	}
+	return b, 0
+}
+
+func (c *call) fault(err error) {
+	if c.faultErr == nil {
+		c.faultErr = err
+	}
+}
+
+func args(stack []uint64, n int) []uint64 {
+	out := make([]uint64, n)
+	for i := range out {
+		out[i] = uint64(api.DecodeU32(stack[i]))
+	}
+	return out
+}
+
+func hostOutput(_ context.Context, c *call, mem api.Memory, stack []uint64) {
+	aPtr, aLen, pPtr, pLen := uint64(api.DecodeU32(stack[0])), uint64(api.DecodeU32(stack[1])), uint64(api.DecodeU32(stack[2])), uint64(api.DecodeU32(stack[3]))
+	ret := func(code int32) { stack[0] = api.EncodeI32(code) }
+	if len(c.outputs) >= maxOutputs {
+		c.fault(fmt.Errorf("more than %d outputs", maxOutputs))
+		ret(codeTooLarge)
+		return
+	}
+	action, code := c.read(mem, aPtr, aLen, maxActionLen)
+	if code != 0 {
+		ret(code)
+		return
+	}
+	payload, code := c.read(mem, pPtr, pLen, c.rev.limits.MaxOutputBytes-c.outBytes)
+	if code == codeTooLarge {
+		c.fault(fmt.Errorf("output passes the %d-byte limit", c.rev.limits.MaxOutputBytes))
+	}
+	if code != 0 {
+		ret(code)
+		return
+	}
+	if len(payload) > 0 && !json.Valid(payload) {
+		c.fault(fmt.Errorf("output payload is not valid JSON"))
+		ret(codeInvalid)
+		return
+	}
+	out := Activity{Kind: KindCustom, Action: string(action)}
+	if out.Action == "" {
+		out.Action = ActionResponse
+	}
+	if len(payload) > 0 {
+		out.Payload = append(json.RawMessage(nil), payload...)
+	}
+	c.outBytes += len(payload)
+	c.outputs = append(c.outputs, out)
+	ret(0)
+}
+
+func hostLog(_ context.Context, c *call, mem api.Memory, stack []uint64) {
+	level, ptr, n := api.DecodeI32(stack[0]), uint64(api.DecodeU32(stack[1])), uint64(api.DecodeU32(stack[2]))
+	if n > maxLogLineBytes {
+		n = maxLogLineBytes
+	}
+	msg, code := c.read(mem, ptr, n, maxLogLineBytes)
+	if code != 0 {
+		return
+	}
+	c.rev.guestLog(c.pack.id, int(level), msg)
+}
+
+func (c *call) key(mem api.Memory, ptr, n uint64) (StateKey, int32) {
+	name, code := c.read(mem, ptr, n, MaxKeyLen)
+	if code != 0 {
+		return StateKey{}, code
+	}
+	if len(name) == 0 {
+		return StateKey{}, codeInvalid
+	}
+	return StateKey{Pack: c.pack.id, Name: string(name)}, 0
+}
+
+// writeBack copies v into the guest's buffer when it fits and returns len(v); a result
+// larger than the buffer's capacity tells the guest to call again with a larger one.
+func (c *call) writeBack(mem api.Memory, bPtr, bCap uint64, v []byte) int32 {
+	if uint64(len(v)) <= bCap && len(v) > 0 {
+		if !mem.Write(uint32(bPtr), v) {
+			c.fault(fmt.Errorf("guest buffer at %#x for %d bytes is outside its memory", bPtr, len(v)))
+			return codeFault
+		}
+	}
+	return int32(len(v))
+}
+
+func hostStateGet(_ context.Context, c *call, mem api.Memory, stack []uint64) {
+	a := args(stack, 4)
+	ret := func(code int32) { stack[0] = api.EncodeI32(code) }
+	if !c.pack.stateRead {
+		ret(codeDenied)
+		return
+	}
+	key, code := c.key(mem, a[0], a[1])
+	if code != 0 {
+		ret(code)
+		return
+	}
+	v, ok, err := c.txn.Get(key)
+	if err != nil {
+		c.storeErr = err
+		ret(codeFailed)
+		return
+	}
+	if !ok {
+		ret(codeNotFound)
+		return
+	}
+	ret(c.writeBack(mem, a[2], a[3], v))
+}
+
+func hostStateSet(_ context.Context, c *call, mem api.Memory, stack []uint64) {
+	a := args(stack, 4)
+	ret := func(code int32) { stack[0] = api.EncodeI32(code) }
+	if !c.pack.stateWrite {
+		ret(codeDenied)
+		return
+	}
+	key, code := c.key(mem, a[0], a[1])
+	if code != 0 {
+		ret(code)
+		return
+	}
+	v, code := c.read(mem, a[2], a[3], MaxValueLen)
+	if code != 0 {
+		ret(code)
+		return
+	}
+	if err := c.txn.Put(key, v); err != nil {
+		c.storeErr = err
+		ret(codeFailed)
+		return
+	}
+	ret(0)
+}
+
+func hostStateDelete(_ context.Context, c *call, mem api.Memory, stack []uint64) {
+	ret := func(code int32) { stack[0] = api.EncodeI32(code) }
+	if !c.pack.stateWrite {
+		ret(codeDenied)
+		return
+	}
+	key, code := c.key(mem, uint64(api.DecodeU32(stack[0])), uint64(api.DecodeU32(stack[1])))
+	if code != 0 {
+		ret(code)
+		return
+	}
+	if err := c.txn.Delete(key); err != nil {
+		c.storeErr = err
+		ret(codeFailed)
+		return
+	}
+	ret(0)
+}
+
+func hostSessionWait(_ context.Context, c *call, mem api.Memory, stack []uint64) {
+	ptr, n, ttlMs := uint64(api.DecodeU32(stack[0])), uint64(api.DecodeU32(stack[1])), api.DecodeI32(stack[2])
+	ret := func(code int32) { stack[0] = api.EncodeI32(code) }
+	if c.session == "" {
+		ret(codeInvalid) // an activity without a session cannot be resumed
+		return
+	}
+	data, code := c.read(mem, ptr, n, MaxValueLen)
+	if code != 0 {
+		ret(code)
+		return
+	}
+	ttl := time.Duration(ttlMs) * time.Millisecond
+	if ttl <= 0 {
+		ttl = defaultWaitTTL
+	}
+	ttl = min(ttl, maxWaitTTL)
+	c.wait = &Wait{Pack: c.pack.id, Flow: c.flow, Data: append([]byte(nil), data...), Expires: c.rev.now().Add(ttl)}
+	ret(0)
+}
+
+func hostSecretGet(ctx context.Context, c *call, mem api.Memory, stack []uint64) {
+	a := args(stack, 4)
+	ret := func(code int32) { stack[0] = api.EncodeI32(code) }
+	name, code := c.read(mem, a[0], a[1], 253)
+	if code != 0 {
+		ret(code)
+		return
+	}
+	if !c.pack.secrets[string(name)] || c.rev.secrets == nil {
+		ret(codeDenied)
+		return
+	}
+	v, ok, err := c.rev.secrets.Secret(ctx, string(name))
+	if err != nil {
+		c.storeErr = err
+		ret(codeFailed)
+		return
+	}
+	if !ok {
+		ret(codeNotFound)
+		return
+	}
+	ret(c.writeBack(mem, a[2], a[3], v))
+}

@@ -1,0 +1,216 @@
+package runtime
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Limits on what a guest may store.
+const (
+	// MaxKeyLen is the longest state key a guest may use, in bytes.
+	MaxKeyLen = 512
+	// MaxValueLen is the largest state value or parked wait, in bytes.
+	MaxValueLen = 256 << 10
+)
+
+// StateKey names one state value. Pack comes from the host side of the call (the pack
+// whose instance made it); Name is the guest's key.
+type StateKey struct {
+	Pack string
+	Name string
+}
+
+// Wait is a flow parked by session wait, to be resumed by the session's next activity.
+type Wait struct {
+	// Pack and Flow are where the wait was parked.
+	Pack string
+	Flow string
+	// Data is what the guest parked; the resuming activity receives it.
+	Data []byte
+	// Expires is when the wait stops being resumable.
+	Expires time.Time
+}
+
+// Store is one revision's state namespace. The host scopes it: the runtime hands it
+// only keys and session keys, never a tenant or revision taken from a guest.
+type Store interface {
+	// Begin opens the transaction of one activity.
+	Begin(ctx context.Context) (Txn, error)
+}
+
+// Txn is the state transaction of one activity: reads are recorded, writes buffered, and
+// nothing is visible to others until Commit.
+type Txn interface {
+	// Get returns a value and whether it exists, reading the transaction's own writes.
+	Get(key StateKey) ([]byte, bool, error)
+	// Put buffers a write.
+	Put(key StateKey, value []byte) error
+	// Delete buffers a delete.
+	Delete(key StateKey) error
+	// Wait returns the session's parked wait, or nil. The read is recorded, so two
+	// activities cannot both consume one wait.
+	Wait(session string) (*Wait, error)
+	// SetWait parks w for the session at commit, or clears the session's wait when w is nil.
+	SetWait(session string, w *Wait)
+	// Commit makes the writes durable and visible. It returns an error wrapping
+	// ErrConflict when something the transaction read changed since; the caller may run
+	// the activity again.
+	Commit(ctx context.Context) error
+	// Discard drops the buffered writes.
+	Discard()
+}
+
+// MemStore is an in-memory Store with the same transaction semantics as the
+// ConfigMap-backed one: optimistic, per-key versions, conflict on a changed read.
+type MemStore struct {
+	mu      sync.Mutex
+	values  map[StateKey]memValue
+	waits   map[string]memWait
+	version uint64
+	// Commits counts successful commits that wrote something.
+	Commits int
+}
+
+type memValue struct {
+	data    []byte
+	version uint64
+}
+
+type memWait struct {
+	wait    Wait
+	version uint64
+}
+
+// NewMemStore returns an empty in-memory store.
+func NewMemStore() *MemStore {
+	return &MemStore{values: map[StateKey]memValue{}, waits: map[string]memWait{}}
+}
+
+// Begin implements Store.
+func (s *MemStore) Begin(context.Context) (Txn, error) {
+	return &memTxn{store: s}, nil
+}
+
+// Value returns a committed value, for tests and inspection.
+func (s *MemStore) Value(key StateKey) ([]byte, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.values[key]
+	return v.data, ok
+}
+
+// Waits returns the number of parked waits.
+func (s *MemStore) Waits() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.waits)
+}
+
+type memTxn struct {
+	store      *MemStore
+	reads      map[StateKey]uint64
+	waitReads  map[string]uint64
+	writes     map[StateKey][]byte // nil value: delete
+	waitWrites map[string]*Wait
+}
+
+func (t *memTxn) Get(key StateKey) ([]byte, bool, error) {
+	if v, ok := t.writes[key]; ok {
+		return v, v != nil, nil
+	}
+	t.store.mu.Lock()
+	v, ok := t.store.values[key]
+	t.store.mu.Unlock()
+	if t.reads == nil {
+		t.reads = map[StateKey]uint64{}
+	}
+	if _, seen := t.reads[key]; !seen {
+		t.reads[key] = v.version
+	}
+	return v.data, ok, nil
+}
+
+func (t *memTxn) Put(key StateKey, value []byte) error {
+	if t.writes == nil {
+		t.writes = map[StateKey][]byte{}
+	}
+	t.writes[key] = append([]byte{}, value...)
+	return nil
+}
+
+func (t *memTxn) Delete(key StateKey) error {
+	if t.writes == nil {
+		t.writes = map[StateKey][]byte{}
+	}
+	t.writes[key] = nil
+	return nil
+}
+
+func (t *memTxn) Wait(session string) (*Wait, error) {
+	t.store.mu.Lock()
+	w, ok := t.store.waits[session]
+	t.store.mu.Unlock()
+	if t.waitReads == nil {
+		t.waitReads = map[string]uint64{}
+	}
+	if _, seen := t.waitReads[session]; !seen {
+		t.waitReads[session] = w.version
+	}
+	if !ok {
+		return nil, nil
+	}
+	cp := w.wait
+	return &cp, nil
+}
+
+func (t *memTxn) SetWait(session string, w *Wait) {
+	if t.waitWrites == nil {
+		t.waitWrites = map[string]*Wait{}
+	}
+	t.waitWrites[session] = w
+}
+
+func (t *memTxn) Commit(context.Context) error {
+	s := t.store
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, ver := range t.reads {
+		if s.values[k].version != ver {
+			return &ConflictError{Key: k.Name}
+		}
+	}
+	for k, ver := range t.waitReads {
+		if s.waits[k].version != ver {
+			return &ConflictError{Key: "session " + k}
+		}
+	}
+	if len(t.writes) == 0 && len(t.waitWrites) == 0 {
+		return nil
+	}
+	s.version++
+	for k, v := range t.writes {
+		if v == nil {
+			delete(s.values, k)
+			continue
+		}
+		s.values[k] = memValue{data: v, version: s.version}
+	}
+	for k, w := range t.waitWrites {
+		if w == nil {
+			delete(s.waits, k)
+			continue
+		}
+		s.waits[k] = memWait{wait: *w, version: s.version}
+	}
+	s.Commits++
+	return nil
+}
+
+func (t *memTxn) Discard() { t.writes, t.waitWrites = nil, nil }
+
+// ConflictError says which key another writer changed under a transaction.
+type ConflictError struct{ Key string }
+
+func (e *ConflictError) Error() string { return "state key " + e.Key + " changed by another writer" }
+func (e *ConflictError) Unwrap() error { return ErrConflict }

@@ -1,0 +1,63 @@
+//go:build wasip1
+
+package packhost
+
+import "time"
+
+//go:wasmimport packhost state_get
+func hostStateGet(keyPtr, keyLen, bufPtr, bufCap uint32) int32
+
+//go:wasmimport packhost state_set
+func hostStateSet(keyPtr, keyLen, valPtr, valLen uint32) int32
+
+//go:wasmimport packhost state_delete
+func hostStateDelete(keyPtr, keyLen uint32) int32
+
+//go:wasmimport packhost session_wait
+func hostSessionWait(dataPtr, dataLen uint32, ttlMs int32) int32
+
+var getbuf = make([]byte, 256)
+
+// StateGet reads key from the revision's state (needs capabilities.state.read). The
+// returned slice is valid until the next StateGet.
+func StateGet(key string) ([]byte, bool, error) {
+	for {
+		n := hostStateGet(sptr(key), uint32(len(key)), ptr(getbuf), uint32(len(getbuf)))
+		switch {
+		case n == codeNotFound:
+			return nil, false, nil
+		case n < 0:
+			return nil, false, codeErr(n)
+		case int(n) > len(getbuf):
+			getbuf = make([]byte, n)
+		default:
+			return getbuf[:n], true, nil
+		}
+	}
+}
+
+// StateSet writes key (needs capabilities.state.write). It is committed only if the
+// activity succeeds.
+func StateSet(key string, value []byte) error {
+	if code := hostStateSet(sptr(key), uint32(len(key)), ptr(value), uint32(len(value))); code != 0 {
+		return codeErr(code)
+	}
+	return nil
+}
+
+// StateDelete deletes key (needs capabilities.state.write).
+func StateDelete(key string) error {
+	if code := hostStateDelete(sptr(key), uint32(len(key))); code != 0 {
+		return codeErr(code)
+	}
+	return nil
+}
+
+// Wait parks this flow for the session (needs capabilities.session): the session's next
+// activity resumes it with Resumed set and WaitData = data. ttl 0 takes the host default.
+func Wait(data []byte, ttl time.Duration) error {
+	if code := hostSessionWait(ptr(data), uint32(len(data)), int32(ttl/time.Millisecond)); code != 0 {
+		return codeErr(code)
+	}
+	return nil
+}
