@@ -48,7 +48,8 @@ func ParseActivity(data []byte) (*Activity, error) {
 	if dec.More() {
 		return nil, fmt.Errorf("%w: trailing data after the activity", ErrInvalidActivity)
 	}
-	if err := a.Validate(); err != nil {
+	// The decoder has checked that the payload is JSON; check the rest.
+	if err := a.validateFields(); err != nil {
 		return nil, err
 	}
 	return &a, nil
@@ -56,6 +57,16 @@ func ParseActivity(data []byte) (*Activity, error) {
 
 // Validate checks an activity built in code the way ParseActivity checks a decoded one.
 func (a *Activity) Validate() error {
+	if err := a.validateFields(); err != nil {
+		return err
+	}
+	if len(a.Payload) > 0 && !json.Valid(a.Payload) {
+		return fmt.Errorf("%w: payload is not valid JSON", ErrInvalidActivity)
+	}
+	return nil
+}
+
+func (a *Activity) validateFields() error {
 	switch a.Kind {
 	case KindMessage:
 	case KindCustom:
@@ -65,17 +76,15 @@ func (a *Activity) Validate() error {
 	default:
 		return fmt.Errorf("%w: kind %q is not message or custom", ErrInvalidActivity, a.Kind)
 	}
-	for name, v := range map[string]string{
-		"action": a.Action, "pack_id": a.PackID, "flow_id": a.FlowID, "flow_type": a.FlowType,
-		"session_id": a.SessionID, "provider_id": a.ProviderID, "endpoint_id": a.EndpointID,
-		"user_id": a.UserID, "channel_id": a.ChannelID, "conversation_id": a.ConversationID,
-	} {
-		if len(v) > maxHintLen {
-			return fmt.Errorf("%w: %s is longer than %d bytes", ErrInvalidActivity, name, maxHintLen)
-		}
+	hints := [...]struct{ name, v string }{
+		{"action", a.Action}, {"pack_id", a.PackID}, {"flow_id", a.FlowID}, {"flow_type", a.FlowType},
+		{"session_id", a.SessionID}, {"provider_id", a.ProviderID}, {"endpoint_id", a.EndpointID},
+		{"user_id", a.UserID}, {"channel_id", a.ChannelID}, {"conversation_id", a.ConversationID},
 	}
-	if len(a.Payload) > 0 && !json.Valid(a.Payload) {
-		return fmt.Errorf("%w: payload is not valid JSON", ErrInvalidActivity)
+	for _, h := range hints {
+		if len(h.v) > maxHintLen {
+			return fmt.Errorf("%w: %s is longer than %d bytes", ErrInvalidActivity, h.name, maxHintLen)
+		}
 	}
 	return nil
 }

@@ -1,3 +1,5 @@
+//go:build wasip1
+
 // Command compute is a compute-heavy pack for measuring what the deadline guard costs
 // guest code: a tight loop and recursive calls, then a reply with the results.
 package main

@@ -1,3 +1,5 @@
+//go:build wasip1
+
 // Command counter is a pack that keeps a counter in its revision's state and replies
 // with the new value: {"count":N}. A custom activity with action "count-user" counts per
 // user; "fail-after-write" writes and then fails, to show the write is not kept.

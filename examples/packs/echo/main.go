@@ -1,3 +1,5 @@
+//go:build wasip1
+
 // Command echo is a pack that replies with the payload it was sent.
 package main
 

@@ -1,3 +1,5 @@
+//go:build wasip1
+
 // Command rawecho is the echo pack written against the ABI directly, without the SDK:
 // the baseline that shows what the SDK itself costs.
 package main

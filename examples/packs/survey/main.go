@@ -1,3 +1,5 @@
+//go:build wasip1
+
 // Command survey is a multi-turn pack: it asks three questions, parking the flow with a
 // session wait between them, and answers with every reply it collected.
 package main

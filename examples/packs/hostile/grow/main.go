@@ -1,3 +1,5 @@
+//go:build wasip1
+
 // Command grow is a hostile test pack: its handler allocates without end unless the
 // payload is {"ok":true}.
 package main

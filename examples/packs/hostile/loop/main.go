@@ -1,3 +1,5 @@
+//go:build wasip1
+
 // Command loop is a hostile test pack: its handler never returns unless the payload is
 // {"ok":true}.
 package main

@@ -1,3 +1,5 @@
+//go:build wasip1
+
 // Command oob is a hostile test pack: it hands the host pointers outside its memory.
 // The payload picks the attack: {"attack":"output"}, "state-key", "state-value",
 // "huge-length"; {"ok":true} replies normally.

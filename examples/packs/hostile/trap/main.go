@@ -1,3 +1,5 @@
+//go:build wasip1
+
 // Command trap is a hostile test pack: its handler panics, unless the payload is
 // {"ok":true}, so a test can see the revision keep serving after a trap.
 package main

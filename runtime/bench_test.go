@@ -1,0 +1,242 @@
+package runtime_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/packhost/packhost/internal/packs"
+	"github.com/packhost/packhost/runtime"
+)
+
+// activity1KiB is a message activity whose encoded JSON is 1 KiB, with the routing hints
+// a chat channel sends.
+func activity1KiB() []byte {
+	head := `{"kind":"message","user_id":"user-42","channel_id":"web","conversation_id":"c-1","payload":{"text":"`
+	tail := `"}}`
+	return []byte(head + strings.Repeat("x", 1024-len(head)-len(tail)) + tail)
+}
+
+func parsed(b testing.TB) *runtime.Activity {
+	a, err := runtime.ParseActivity(activity1KiB())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return a
+}
+
+// reportLatency reports the p50 and p99 of d in microseconds.
+func reportLatency(b *testing.B, d []time.Duration) {
+	if len(d) == 0 {
+		return
+	}
+	slices.Sort(d)
+	b.ReportMetric(float64(d[len(d)/2].Nanoseconds())/1e3, "p50-µs")
+	b.ReportMetric(float64(d[len(d)*99/100].Nanoseconds())/1e3, "p99-µs")
+}
+
+// BenchmarkFloor is the bare wazero call of a pack's handler export on an instantiated
+// module with its input in memory: what Handle is measured against.
+func BenchmarkFloor(b *testing.B) {
+	for _, bc := range []struct{ name, pack string }{{"echo-1KiB", "rawecho"}, {"sdk-echo-1KiB", "echo"}} {
+		b.Run(bc.name, func(b *testing.B) {
+			rev := load(b, newEngine(b), nil, bc.pack)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			call, release, err := rev.Floor(ctx, parsed(b))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer release()
+			lat := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for range b.N {
+				start := time.Now()
+				if err := call(); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(start))
+			}
+			reportLatency(b, lat)
+		})
+	}
+}
+
+// BenchmarkHandle is the whole Handle path for an already-parsed activity: flow choice,
+// session key, pool, deadline, input record, guest call, output checks, state commit.
+func BenchmarkHandle(b *testing.B) {
+	for _, bc := range []struct{ name, pack string }{{"echo-1KiB", "rawecho"}, {"sdk-echo-1KiB", "echo"}, {"counter", "counter"}} {
+		b.Run(bc.name, func(b *testing.B) {
+			rev := load(b, newEngine(b), nil, bc.pack)
+			a := parsed(b)
+			ctx := context.Background()
+			lat := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for range b.N {
+				start := time.Now()
+				if _, err := rev.Handle(ctx, a); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(start))
+			}
+			reportLatency(b, lat)
+		})
+	}
+}
+
+// BenchmarkParseActivity is what the dispatcher pays, once per request, before Handle.
+func BenchmarkParseActivity(b *testing.B) {
+	b.Run("1KiB", func(b *testing.B) {
+		data := activity1KiB()
+		b.SetBytes(int64(len(data)))
+		for range b.N {
+			if _, err := runtime.ParseActivity(data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkHandleParallel drives one revision from every core and reports throughput.
+func BenchmarkHandleParallel(b *testing.B) {
+	for _, bc := range []struct{ name, pack string }{{"echo-1KiB", "rawecho"}, {"sdk-echo-1KiB", "echo"}} {
+		b.Run(bc.name, func(b *testing.B) {
+			rev := load(b, newEngine(b), nil, bc.pack)
+			a := parsed(b)
+			start := time.Now()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := rev.Handle(context.Background(), a); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "activities/s")
+		})
+	}
+}
+
+// BenchmarkGuard measures what close-on-context-done (the deadline guard) costs guest
+// code, on a compute-heavy pack: a tight loop and recursive calls.
+func BenchmarkGuard(b *testing.B) {
+	for _, bc := range []struct {
+		name      string
+		unguarded bool
+	}{{"guarded", false}, {"unguarded", true}} {
+		b.Run(bc.name, func(b *testing.B) {
+			e, err := runtime.NewEngine(context.Background(), runtime.EngineConfig{Unguarded: bc.unguarded, Logger: logr.Discard()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer e.Close(context.Background())
+			rev := load(b, e, nil, "compute")
+			a := msg(`{}`)
+			b.ResetTimer()
+			for range b.N {
+				if _, err := rev.Handle(context.Background(), a); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkLoad compiles a pack of 1 MiB or 10 MiB of code, without a compilation cache
+// and from a warm disk cache (a restart), and reports the compiled size over the wasm size.
+func BenchmarkLoad(b *testing.B) {
+	for _, size := range []int{1 << 20, 10 << 20} {
+		module := packs.Synthetic(size)
+		for _, mode := range []string{"nocache", "diskcache"} {
+			b.Run(fmt.Sprintf("%dMiB/%s", size>>20, mode), func(b *testing.B) {
+				dir := ""
+				if mode == "diskcache" {
+					dir = b.TempDir()
+					warm(b, dir, module)
+				}
+				ctx := context.Background()
+				for range b.N {
+					// A fresh engine each time: nothing in memory, as after a restart.
+					e, err := runtime.NewEngine(ctx, runtime.EngineConfig{CacheDir: dir})
+					if err != nil {
+						b.Fatal(err)
+					}
+					rss0 := rss()
+					p, err := e.Compile(ctx, module)
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.ReportMetric(float64(rss()-rss0)/float64(len(module)), "rss-growth/wasm-bytes")
+					e.Release(ctx, p)
+					_ = e.Close(ctx)
+				}
+				b.ReportMetric(float64(len(module))/(1<<20), "wasm-MiB")
+			})
+		}
+	}
+}
+
+func warm(b *testing.B, dir string, module []byte) {
+	ctx := context.Background()
+	e, err := runtime.NewEngine(ctx, runtime.EngineConfig{CacheDir: dir})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close(ctx)
+	p, err := e.Compile(ctx, module)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e.Release(ctx, p)
+}
+
+// rss is the process's resident set in bytes, from /proc/self/statm.
+func rss() int64 {
+	data, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseInt(f[1], 10, 64)
+	return pages * int64(os.Getpagesize())
+}
+
+// BenchmarkConcurrentLoad loads one digest from many goroutines: it compiles once.
+func BenchmarkConcurrentLoad(b *testing.B) {
+	module := packs.Synthetic(1 << 20)
+	ctx := context.Background()
+	for range b.N {
+		e, err := runtime.NewEngine(ctx, runtime.EngineConfig{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p, err := e.Compile(ctx, module)
+				if err != nil {
+					b.Error(err)
+				}
+				_ = p
+			}()
+		}
+		wg.Wait()
+		if e.Packs() != 1 {
+			b.Fatalf("8 concurrent loads of one digest left %d compiled packs", e.Packs())
+		}
+		_ = e.Close(ctx)
+	}
+}

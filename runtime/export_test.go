@@ -1,0 +1,67 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+)
+
+// Floor returns a function that calls the main pack's handler export once on an already
+// instantiated module, with a's input already in guest memory: the bare wazero call that
+// Handle is measured against. It holds one instance of the revision until release.
+func (r *Revision) Floor(ctx context.Context, a *Activity) (fn func() error, release func(), err error) {
+	p := r.packs[0]
+	inst, err := p.get(ctx, r)
+	if err != nil {
+		return nil, nil, err
+	}
+	flow := p.pack.Manifest.entryFlows()[0]
+	in := encodeInput(nil, a, p.id, flow, "", nil, r.config)
+	res, err := inst.alloc.Call(ctx, uint64(len(in)))
+	if err != nil {
+		return nil, nil, err
+	}
+	ptr := uint32(res[0])
+	if !inst.mem.Write(ptr, in) {
+		return nil, nil, fmt.Errorf("alloc returned %#x", ptr)
+	}
+	c := &call{rev: r, pack: p}
+	cctx := context.WithValue(ctx, callKey{}, c)
+	fn = func() error {
+		c.outputs, c.outBytes = c.outputs[:0], 0
+		res, err := inst.handle.Call(cctx, uint64(ptr), uint64(len(in)))
+		if err != nil {
+			return err
+		}
+		if res[0] != 0 || len(c.outputs) != 1 {
+			return fmt.Errorf("handler returned %d with %d outputs", res[0], len(c.outputs))
+		}
+		return nil
+	}
+	return fn, func() { p.put(inst, r.now()) }, nil
+}
+
+// HostCall calls host function name directly with args on an instance of the main pack,
+// as a guest would, and returns its result code, the guest memory size, how many outputs
+// it produced and whether it recorded a fault. For fuzzing the bounds checks.
+func (r *Revision) HostCall(ctx context.Context, name string, args []uint64) (code int32, memSize uint32, outputs int, faulted bool, err error) {
+	hf, ok := hostFunctions[name]
+	if !ok {
+		return 0, 0, 0, false, fmt.Errorf("no host function %s", name)
+	}
+	p := r.packs[0]
+	inst, err := p.get(ctx, r)
+	if err != nil {
+		return 0, 0, 0, false, err
+	}
+	defer p.put(inst, r.now())
+	txn, _ := r.store.Begin(ctx)
+	defer txn.Discard()
+	c := &call{rev: r, pack: p, flow: "f", session: "s", txn: txn}
+	stack := make([]uint64, max(len(hf.params), len(hf.results)))
+	copy(stack, args)
+	hf.fn(ctx, c, inst.mem, stack)
+	if len(hf.results) > 0 {
+		code = int32(uint32(stack[0]))
+	}
+	return code, inst.mem.Size(), len(c.outputs), c.faultErr != nil, nil
+}

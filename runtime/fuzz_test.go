@@ -1,0 +1,77 @@
+package runtime_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+
+	"github.com/packhost/packhost/runtime"
+)
+
+// FuzzParseActivity: any bytes are either refused with ErrInvalidActivity or parse to an
+// activity that survives a round trip unchanged.
+func FuzzParseActivity(f *testing.F) {
+	f.Add(activity1KiB())
+	f.Add([]byte(`{"kind":"custom","action":"x","payload":[1,{"a":null}]}`))
+	f.Add([]byte(`{"kind":"message","payload":"\u0000"}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		a, err := runtime.ParseActivity(data)
+		if err != nil {
+			if !errors.Is(err, runtime.ErrInvalidActivity) {
+				t.Fatalf("error does not wrap ErrInvalidActivity: %v", err)
+			}
+			return
+		}
+		if err := a.Validate(); err != nil {
+			t.Fatalf("parsed activity fails Validate: %v", err)
+		}
+		again, err := json.Marshal(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := runtime.ParseActivity(again)
+		if err != nil {
+			t.Fatalf("round trip refused: %v\n%s", err, again)
+		}
+		if runtime.SessionKey("e", "t", a) != runtime.SessionKey("e", "t", b) || a.Kind != b.Kind || a.Action != b.Action {
+			t.Fatalf("round trip changed the activity: %+v vs %+v", a, b)
+		}
+	})
+}
+
+// FuzzHostBounds hands every host function arbitrary pointers and lengths, as a hostile
+// guest would: the host never panics, and a range outside guest memory is refused with
+// a negative code and no output.
+func FuzzHostBounds(f *testing.F) {
+	e := newEngine(f)
+	rev := load(f, e, nil, "counter")
+	names := []string{"output", "log", "state_get", "state_set", "state_delete", "session_wait", "secret_get"}
+	f.Add(uint8(0), uint32(0), uint32(0), uint32(0), uint32(0))
+	f.Add(uint8(0), uint32(0), uint32(0), uint32(0xFFFFFF00), uint32(200))
+	f.Add(uint8(2), uint32(0xFFFFFFFF), uint32(1), uint32(0), uint32(16))
+	f.Add(uint8(3), uint32(1024), uint32(8), uint32(1<<30), uint32(1<<31))
+	f.Fuzz(func(t *testing.T, fn uint8, a, b, c, d uint32) {
+		name := names[int(fn)%len(names)]
+		code, size, outputs, _, err := rev.HostCall(context.Background(), name, []uint64{uint64(a), uint64(b), uint64(c), uint64(d)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		inRange := func(ptr, n uint32) bool { return n == 0 || uint64(ptr)+uint64(n) <= uint64(size) }
+		switch name {
+		case "output":
+			if (!inRange(a, b) || !inRange(c, d)) && (code >= 0 || outputs != 0) {
+				t.Fatalf("output(%#x,%d,%#x,%d) outside %d bytes: code %d, %d outputs", a, b, c, d, size, code, outputs)
+			}
+		case "state_set":
+			if (!inRange(a, b) || !inRange(c, d)) && code >= 0 {
+				t.Fatalf("state_set(%#x,%d,%#x,%d) outside %d bytes accepted", a, b, c, d, size)
+			}
+		case "state_get", "state_delete", "secret_get":
+			if !inRange(a, b) && code >= 0 {
+				t.Fatalf("%s key (%#x,%d) outside %d bytes accepted", name, a, b, size)
+			}
+		}
+	})
+}
