@@ -182,7 +182,7 @@ func (c *call) writeBack(mem api.Memory, bPtr, bCap uint64, v []byte) int32 {
 func hostStateGet(_ context.Context, c *call, mem api.Memory, stack []uint64) {
 	a := args(stack, 4)
 	ret := func(code int32) { stack[0] = api.EncodeI32(code) }
-	if !c.pack.stateRead {
+	if !c.pack.stateRead || c.txn == nil {
 		ret(codeDenied)
 		return
 	}
@@ -207,7 +207,7 @@ func hostStateGet(_ context.Context, c *call, mem api.Memory, stack []uint64) {
 func hostStateSet(_ context.Context, c *call, mem api.Memory, stack []uint64) {
 	a := args(stack, 4)
 	ret := func(code int32) { stack[0] = api.EncodeI32(code) }
-	if !c.pack.stateWrite {
+	if !c.pack.stateWrite || c.txn == nil {
 		ret(codeDenied)
 		return
 	}
@@ -231,7 +231,7 @@ func hostStateSet(_ context.Context, c *call, mem api.Memory, stack []uint64) {
 
 func hostStateDelete(_ context.Context, c *call, mem api.Memory, stack []uint64) {
 	ret := func(code int32) { stack[0] = api.EncodeI32(code) }
-	if !c.pack.stateWrite {
+	if !c.pack.stateWrite || c.txn == nil {
 		ret(codeDenied)
 		return
 	}

@@ -496,7 +496,7 @@ func (r *Revision) handleOnce(ctx context.Context, a *Activity, session string) 
 	c := &call{rev: r, pack: p, flow: flow.ID, session: session, txn: txn}
 	in := encodeInput(inst.buf[:0], a, p.id, flow, session, resumed, r.config)
 	inst.buf = in
-	res, err := r.invoke(ctx, inst, c, in)
+	res, err := r.invoke(ctx, inst, c, inst.handle, in)
 	if err != nil {
 		p.discard(inst)
 		return nil, err
@@ -522,9 +522,9 @@ func (r *Revision) handleOnce(ctx context.Context, a *Activity, session string) 
 	return c.outputs, nil
 }
 
-// invoke copies in into the instance's input buffer and calls the handler. Any error
+// invoke copies in into the instance's input buffer and calls fn with it. Any error
 // means the instance must be discarded.
-func (r *Revision) invoke(ctx context.Context, inst *instance, c *call, in []byte) (int32, error) {
+func (r *Revision) invoke(ctx context.Context, inst *instance, c *call, fn api.Function, in []byte) (int32, error) {
 	if uint32(len(in)) > inst.inCap || inst.inCap == 0 {
 		res, err := inst.alloc.Call(ctx, uint64(len(in)))
 		if err != nil {
@@ -537,7 +537,7 @@ func (r *Revision) invoke(ctx context.Context, inst *instance, c *call, in []byt
 		return 0, fmt.Errorf("%w: %s returned an input buffer at %#x outside its memory", ErrInvalidOutput, ExportAlloc, inst.inPtr)
 	}
 	ctx = context.WithValue(ctx, callKey{}, c)
-	res, err := inst.handle.Call(ctx, uint64(inst.inPtr), uint64(len(in)))
+	res, err := fn.Call(ctx, uint64(inst.inPtr), uint64(len(in)))
 	if err != nil {
 		return 0, classify(ctx, err, r.name)
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"time"
 	"unsafe"
 )
 
@@ -150,4 +149,3 @@ func decode(in []byte, a *Activity) bool {
 	return true
 }
 
-var _ = time.Second

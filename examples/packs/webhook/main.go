@@ -1,0 +1,63 @@
+//go:build wasip1
+
+// Command webhook is a provider pack: it identifies inbound webhooks by their
+// X-Webhook-Id header, handles them as activities, and runs the provider ops "send",
+// "sign" (with the signing-key secret) and "env" (what WASI environment it sees).
+package main
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"os"
+
+	"github.com/packhost/packhost/sdk/go/packhost"
+)
+
+func init() {
+	packhost.HandleIdentify(func(req *packhost.IdentifyRequest) (*packhost.Identity, error) {
+		id := req.Headers["x-webhook-id"]
+		if id == "" {
+			return nil, nil
+		}
+		var body struct {
+			Account string `json:"account"`
+		}
+		_ = json.Unmarshal(req.Body, &body)
+		if body.Account == "" {
+			// Not in the manifest's identify hint: the host's scoped identify never
+			// passes this header, so only unscoped identify can use it.
+			body.Account = req.Headers["x-account"]
+		}
+		return &packhost.Identity{ProviderType: "webhook", ProviderID: id, EndpointID: body.Account}, nil
+	})
+	packhost.HandleInvoke(func(req *packhost.InvokeRequest) ([]byte, error) {
+		switch req.Op {
+		case "send":
+			return json.Marshal(map[string]any{"sent": true, "idempotency_key": req.IdempotencyKey, "payload": req.Payload})
+		case "sign":
+			key, ok, err := packhost.Secret("signing-key")
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				return nil, errors.New("no signing-key secret")
+			}
+			mac := hmac.New(sha256.New, key)
+			mac.Write(req.Payload)
+			return json.Marshal(map[string]string{"signature": hex.EncodeToString(mac.Sum(nil))})
+		case "env":
+			region, hasRegion := os.LookupEnv("REGION")
+			_, hasOther := os.LookupEnv("OTHER")
+			return json.Marshal(map[string]any{"region": region, "has_region": hasRegion, "has_other": hasOther})
+		}
+		return nil, errors.New("unknown op " + req.Op)
+	})
+	packhost.Handle(func(a *packhost.Activity) error {
+		return packhost.Reply([]byte(`{"received":true}`))
+	})
+}
+
+func main() {}

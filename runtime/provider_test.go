@@ -1,0 +1,166 @@
+package runtime_test
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/packhost/packhost/internal/packs"
+	"github.com/packhost/packhost/runtime"
+)
+
+type secrets map[string]string
+
+func (s secrets) Secret(_ context.Context, name string) ([]byte, bool, error) {
+	v, ok := s[name]
+	return []byte(v), ok, nil
+}
+
+func TestIdentify(t *testing.T) {
+	e := newEngine(t)
+	ctx := context.Background()
+	both := load(t, e, nil, "echo", "webhook")
+	echoOnly := load(t, e, nil, "echo")
+	headers := map[string]string{"x-webhook-id": "w-1", "x-account": "acct-9"}
+	cases := []struct {
+		name    string
+		rev     *runtime.Revision
+		req     runtime.IdentifyRequest
+		scoped  bool
+		outcome string
+		want    runtime.Identity
+	}{
+		{"overlay identifies after the main pack's Unsupported", both, runtime.IdentifyRequest{Headers: headers}, false, "Identified",
+			runtime.Identity{Pack: "webhook", ProviderType: "webhook", ProviderID: "w-1", EndpointID: "acct-9"}},
+		{"scoped identify passes only hinted headers", both, runtime.IdentifyRequest{Headers: headers}, true, "Identified",
+			runtime.Identity{Pack: "webhook", ProviderType: "webhook", ProviderID: "w-1"}},
+		{"scoped identify still reads the body", both, runtime.IdentifyRequest{Headers: headers, Body: json.RawMessage(`{"account":"from-body"}`)}, true, "Identified",
+			runtime.Identity{Pack: "webhook", ProviderType: "webhook", ProviderID: "w-1", EndpointID: "from-body"}},
+		{"NoMatch beats Unsupported", both, runtime.IdentifyRequest{Headers: map[string]string{"x-other": "1"}}, false, "NoMatch",
+			runtime.Identity{Pack: "webhook", ProviderType: ""}},
+		{"no identify anywhere is Unsupported", echoOnly, runtime.IdentifyRequest{Headers: headers}, false, "Unsupported", runtime.Identity{}},
+		{"unknown provider type is Unsupported", both, runtime.IdentifyRequest{ProviderType: "sms", Headers: headers}, false, "Unsupported", runtime.Identity{}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.rev.Identify(ctx, tc.req, tc.scoped)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.OutcomeName() != tc.outcome {
+				t.Fatalf("outcome %s, want %s (%+v)", got.OutcomeName(), tc.outcome, got)
+			}
+			got.Outcome, tc.want.Outcome = 0, 0
+			if got != tc.want {
+				t.Fatalf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestDescribeIdentify(t *testing.T) {
+	rev := load(t, newEngine(t), nil, "echo", "webhook")
+	hints, err := rev.DescribeIdentify(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hints) != 1 || hints[0].ProviderType != "webhook" || hints[0].Headers[0] != "X-Webhook-Id" || hints[0].JSONPointers[0] != "/account" {
+		t.Fatalf("hints: %+v", hints)
+	}
+}
+
+func TestInvoke(t *testing.T) {
+	e := newEngine(t)
+	ctx := context.Background()
+	key := "k3y"
+	rev := load(t, e, []revOpt{func(c *runtime.RevisionConfig) {
+		c.Policy.Secrets = []string{"signing-key"}
+		c.Policy.Env = []string{"REGION"}
+		c.Secrets = secrets{"signing-key": key}
+		c.Config = map[string]string{"REGION": "eu-west", "OTHER": "hidden"}
+	}}, "echo", "webhook")
+
+	out, err := rev.Invoke(ctx, runtime.InvokeRequest{ProviderType: "webhook", Op: "send", CorrelationID: "corr-7", Payload: json.RawMessage(`{"to":"x"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), `"idempotency_key":"corr-7"`) || !strings.Contains(string(out), `"to":"x"`) {
+		t.Fatalf("send: %s", out)
+	}
+
+	out, err = rev.Invoke(ctx, runtime.InvokeRequest{ProviderType: "webhook", Op: "sign", Payload: json.RawMessage(`"msg"`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := hmac.New(sha256.New, []byte(key))
+	mac.Write([]byte(`"msg"`))
+	if want := `{"signature":"` + hex.EncodeToString(mac.Sum(nil)) + `"}`; string(out) != want {
+		t.Fatalf("sign: %s, want %s", out, want)
+	}
+
+	// Only allowlisted environment variables are visible, with values from config.
+	out, err = rev.Invoke(ctx, runtime.InvokeRequest{ProviderType: "webhook", Op: "env"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != `{"has_other":false,"has_region":true,"region":"eu-west"}` {
+		t.Fatalf("env: %s", out)
+	}
+
+	for _, tc := range []struct {
+		name string
+		req  runtime.InvokeRequest
+		want error
+	}{
+		{"unknown provider type", runtime.InvokeRequest{ProviderType: "sms", Op: "send"}, runtime.ErrUnsupported},
+		{"op outside the allowlist", runtime.InvokeRequest{ProviderType: "webhook", Op: "delete"}, runtime.ErrOpNotAllowed},
+	} {
+		if _, err := rev.Invoke(ctx, tc.req); !errors.Is(err, tc.want) {
+			t.Errorf("%s: got %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}
+
+func TestSecretNeedsTenantAllowlist(t *testing.T) {
+	rev := load(t, newEngine(t), []revOpt{func(c *runtime.RevisionConfig) {
+		c.Secrets = secrets{"signing-key": "k"} // present, but the tenant does not allowlist it
+	}}, "webhook")
+	_, err := rev.Invoke(context.Background(), runtime.InvokeRequest{ProviderType: "webhook", Op: "sign", Payload: json.RawMessage(`1`)})
+	if !errors.Is(err, runtime.ErrInvalidOutput) {
+		t.Fatalf("a secret outside the tenant's allowlist was readable: %v", err)
+	}
+}
+
+func TestInvokeFailsClosed(t *testing.T) {
+	e := newEngine(t)
+	ctx := context.Background()
+	twin := packs.WithManifest(pack(t, "webhook"), `{"abi":1,"pack_id":"webhook-twin","version":"1","flows":[{"id":"in","entry":true}],
+		"providers":[{"type":"webhook","ops":["send"]}],"capabilities":{"secrets":["signing-key"],"wasi":{"env":["REGION","OTHER"]}}}`)
+	p1, err := e.Compile(ctx, pack(t, "webhook"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := e.Compile(ctx, twin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := e.NewRevision(ctx, runtime.RevisionConfig{Name: "ns/twins", Packs: []*runtime.Pack{p1, p2}, Policy: allowAll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rev.Invoke(ctx, runtime.InvokeRequest{ProviderType: "webhook", Op: "send"}); !errors.Is(err, runtime.ErrAmbiguous) {
+		t.Fatalf("two packs binding one type: %v", err)
+	}
+	rev.Close(ctx)
+	if _, err := rev.Invoke(ctx, runtime.InvokeRequest{ProviderType: "webhook", Op: "send"}); !errors.Is(err, runtime.ErrNotLoaded) {
+		t.Fatalf("unloaded revision: %v", err)
+	}
+	if _, err := rev.Identify(ctx, runtime.IdentifyRequest{}, false); !errors.Is(err, runtime.ErrNotLoaded) {
+		t.Fatalf("identify on an unloaded revision: %v", err)
+	}
+}

@@ -1,0 +1,119 @@
+//go:build wasip1
+
+package packhost
+
+import (
+	"encoding/json"
+	"unsafe"
+)
+
+//go:wasmimport packhost secret_get
+func hostSecretGet(namePtr, nameLen, bufPtr, bufCap uint32) int32
+
+// IdentifyRequest is an inbound webhook the host asks the pack to attribute.
+type IdentifyRequest struct {
+	ProviderType string            `json:"provider_type"`
+	Headers      map[string]string `json:"headers"`
+	Body         json.RawMessage   `json:"body"`
+}
+
+// Identity names the provider instance a request addresses.
+type Identity struct {
+	ProviderType string `json:"provider_type,omitempty"`
+	ProviderID   string `json:"provider_id,omitempty"`
+	EndpointID   string `json:"endpoint_id,omitempty"`
+}
+
+// InvokeRequest is a provider operation the host asks the pack to run.
+type InvokeRequest struct {
+	ProviderType string `json:"provider_type"`
+	Op           string `json:"op"`
+	// IdempotencyKey is the caller's correlation id: running the same key twice must
+	// have the effect of running it once.
+	IdempotencyKey string          `json:"idempotency_key"`
+	Payload        json.RawMessage `json:"payload"`
+}
+
+var (
+	identifyFunc func(*IdentifyRequest) (*Identity, error)
+	invokeFunc   func(*InvokeRequest) ([]byte, error)
+)
+
+// HandleIdentify registers the pack's identify function. Return nil for "not mine"
+// (NoMatch); without a registered function the pack answers Unsupported.
+func HandleIdentify(f func(*IdentifyRequest) (*Identity, error)) { identifyFunc = f }
+
+// HandleInvoke registers the pack's provider-invoke function; its result (JSON) is the
+// op's response. The host only calls it for ops in the manifest's allowlist.
+func HandleInvoke(f func(*InvokeRequest) ([]byte, error)) { invokeFunc = f }
+
+func input(p, n uint32) []byte { return unsafe.Slice((*byte)(unsafe.Pointer(uintptr(p))), n) }
+
+//go:wasmexport packhost_identify
+func identify(p, n uint32) int32 {
+	if identifyFunc == nil {
+		return 0 // no output: Unsupported
+	}
+	var req IdentifyRequest
+	if err := json.Unmarshal(input(p, n), &req); err != nil {
+		Log("identify: bad request: " + err.Error())
+		return 2
+	}
+	id, err := identifyFunc(&req)
+	if err != nil {
+		Log("identify: " + err.Error())
+		return 1
+	}
+	action := "no_match"
+	if id != nil {
+		action = "identified"
+	} else {
+		id = &Identity{ProviderType: req.ProviderType}
+	}
+	out, _ := json.Marshal(id)
+	if Output(action, out) != nil {
+		return 1
+	}
+	return 0
+}
+
+//go:wasmexport packhost_invoke
+func invoke(p, n uint32) int32 {
+	if invokeFunc == nil {
+		Log("invoke: the pack registered no HandleInvoke")
+		return 3
+	}
+	var req InvokeRequest
+	if err := json.Unmarshal(input(p, n), &req); err != nil {
+		Log("invoke: bad request: " + err.Error())
+		return 2
+	}
+	out, err := invokeFunc(&req)
+	if err != nil {
+		Log("invoke: " + err.Error())
+		return 1
+	}
+	if Reply(out) != nil {
+		return 1
+	}
+	return 0
+}
+
+// Secret reads a secret by name (needs it in capabilities.secrets and the tenant's
+// allowlist). ok is false when the secret has no such key.
+func Secret(name string) ([]byte, bool, error) {
+	buf := make([]byte, 256)
+	for {
+		n := hostSecretGet(sptr(name), uint32(len(name)), ptr(buf), uint32(len(buf)))
+		switch {
+		case n == codeNotFound:
+			return nil, false, nil
+		case n < 0:
+			return nil, false, codeErr(n)
+		case int(n) > len(buf):
+			buf = make([]byte, n)
+		default:
+			return buf[:n], true, nil
+		}
+	}
+}
