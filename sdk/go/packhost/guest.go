@@ -148,4 +148,3 @@ func decode(in []byte, a *Activity) bool {
 	}
 	return true
 }
-
