@@ -1,0 +1,29 @@
+// Package runtime turns digest-pinned WebAssembly packs into loaded revision runtimes
+// that handle activities: one wazero runtime per process, each pack compiled once per
+// sha256 digest, a bounded instance pool per revision, and a state transaction per
+// activity. It imports no Kubernetes code; state, sessions and secrets reach it through
+// the Store and SecretSource interfaces, which the host scopes.
+//
+// The guest ABI (exports, host imports, input record, result codes) is in ABI.md next
+// to this file; a pack author needs nothing else.
+//
+// # Decisions
+//
+//   - A revision's packs are the main pack then the overlays; an activity enters the flow
+//     its flow_id names, else the unique entry flow of its flow_type, else the main pack's
+//     first entry flow. Flows tagged internal are never entered from outside.
+//   - A session key is built from env, tenant, endpoint, provider, channel, conversation
+//     (or session_id) and user, each escaped; "default" and "anonymous" fill the gaps. An
+//     activity with no user, conversation or session id has no session.
+//   - A wait is resumed by the session's next activity on the flow that parked it, is
+//     cleared when that turn completes, and expires after its TTL (default 30 minutes,
+//     at most 24 hours). The read of the wait is part of the activity's transaction, so
+//     two racing activities cannot both resume it: one of them re-runs.
+//   - Deadlines are enforced with wazero's close-on-context-done, which stops a guest in
+//     an infinite loop at the cost of slower guest code (BenchmarkGuard). The instance is
+//     discarded after a timeout or a trap; the revision keeps serving.
+//   - Memory limits are per instance: the instance's linear memory refuses to grow past
+//     the revision's memoryPages, so the guest traps instead of taking host memory.
+//   - An idle revision keeps one instance per pack; more are made on demand, up to
+//     MaxConcurrency, and closed after IdleTimeout.
+package runtime
