@@ -70,6 +70,19 @@ test-short: ## Run the tests that need no API server.
 build: manifests generate fmt vet ## Build the manager binary.
 	go build -o bin/manager ./cmd/manager
 
+PACKS := $(patsubst examples/packs/%/manifest.json,%,$(shell find examples/packs -name manifest.json))
+
+.PHONY: packs
+packs: ## Build the sample and test packs into bin/packs/ with packctl.
+	go build -o bin/packctl ./cmd/packctl
+	@mkdir -p bin/packs
+	@for p in $(PACKS); do \
+		out=bin/packs/$$(echo $$p | tr / -).wasm; \
+		echo "pack $$p -> $$out"; \
+		GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -trimpath -ldflags="-s -w" -o $$out ./examples/packs/$$p && \
+		bin/packctl pack -manifest examples/packs/$$p/manifest.json $$out || exit 1; \
+	done
+
 .PHONY: run-local
 run-local: build envtest ## Run packhost locally: a local control plane, the CRDs, the samples and the manager.
 	hack/run-local.sh
