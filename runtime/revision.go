@@ -409,6 +409,11 @@ func (r *Revision) acquire(ctx context.Context) error {
 
 func (r *Revision) release() { <-r.slots }
 
+// Load reports how many activities are running and how many wait for an instance.
+func (r *Revision) Load() (running, waiting int) {
+	return len(r.slots), int(r.waiting.Load())
+}
+
 // call is the host side of one guest call: where host functions find their scope.
 type call struct {
 	rev      *Revision

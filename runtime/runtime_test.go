@@ -296,18 +296,23 @@ func TestOverloaded(t *testing.T) {
 	}}, "hostile/loop")
 	ctx := context.Background()
 	errs := make(chan error, 2)
-	for range 2 { // one runs, one waits
-		go func() { _, err := rev.Handle(ctx, msg(`{}`)); errs <- err }()
-	}
-	deadline := time.Now().Add(time.Second)
-	var err error
-	for time.Now().Before(deadline) {
-		if _, err = rev.Handle(ctx, msg(`{"ok":true}`)); errors.Is(err, runtime.ErrOverloaded) {
-			break
+	waitFor := func(running, waiting int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			if r, w := rev.Load(); r == running && w == waiting {
+				return
+			}
+			time.Sleep(time.Millisecond)
 		}
-		time.Sleep(5 * time.Millisecond)
+		r, w := rev.Load()
+		t.Fatalf("revision has %d running and %d waiting, want %d and %d", r, w, running, waiting)
 	}
-	if !errors.Is(err, runtime.ErrOverloaded) {
+	go func() { _, err := rev.Handle(ctx, msg(`{}`)); errs <- err }()
+	waitFor(1, 0) // one runs
+	go func() { _, err := rev.Handle(ctx, msg(`{}`)); errs <- err }()
+	waitFor(1, 1) // one waits
+	if _, err := rev.Handle(ctx, msg(`{"ok":true}`)); !errors.Is(err, runtime.ErrOverloaded) {
 		t.Fatalf("third activity: got %v, want ErrOverloaded", err)
 	}
 	for range 2 {
