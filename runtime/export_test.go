@@ -65,3 +65,16 @@ func (r *Revision) HostCall(ctx context.Context, name string, args []uint64) (co
 	}
 	return code, inst.mem.Size(), len(c.outputs), c.faultErr != nil, nil
 }
+
+// SelectFlow runs flow selection over packs as a revision of them would.
+func SelectFlow(packs []*Pack, a *Activity) (pack, flow string, err error) {
+	prs := make([]*packRuntime, len(packs))
+	for i, p := range packs {
+		prs[i] = &packRuntime{id: p.Manifest.PackID, pack: p}
+	}
+	i, f, err := selectFlow(prs, a)
+	if err != nil {
+		return "", "", err
+	}
+	return prs[i].id, f.ID, nil
+}

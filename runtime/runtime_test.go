@@ -523,3 +523,14 @@ func TestSessionKey(t *testing.T) {
 		t.Fatal("an anonymous activity got a session key")
 	}
 }
+
+func TestOutputLimit(t *testing.T) {
+	rev := load(t, newEngine(t), []revOpt{func(c *runtime.RevisionConfig) { c.Limits.MaxOutputBytes = 100 }}, "echo")
+	ctx := context.Background()
+	if _, err := rev.Handle(ctx, msg(`"`+strings.Repeat("x", 200)+`"`)); !errors.Is(err, runtime.ErrInvalidOutput) {
+		t.Fatalf("200-byte output under a 100-byte limit: %v", err)
+	}
+	if out, err := rev.Handle(ctx, msg(`"short"`)); err != nil || string(out[0].Payload) != `"short"` {
+		t.Fatalf("small output: %v %v", out, err)
+	}
+}
