@@ -25,6 +25,9 @@ var (
 	ErrInvalidActivity = errors.New("invalid activity")
 	// ErrConflict: the activity's state transaction kept conflicting with other writers.
 	ErrConflict = errors.New("state conflict")
+	// ErrStateFull: a commit would take a state shard past its byte budget; nothing of
+	// the activity was kept.
+	ErrStateFull = errors.New("state full")
 	// ErrInvalidPack: the module or its manifest cannot be loaded.
 	ErrInvalidPack = errors.New("invalid pack")
 	// ErrCapabilityDenied: a pack asks for a capability the tenant's policy does not allow.

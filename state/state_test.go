@@ -1,0 +1,463 @@
+package state_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/packhost/packhost/internal/packs"
+	"github.com/packhost/packhost/internal/testenv"
+	"github.com/packhost/packhost/runtime"
+	"github.com/packhost/packhost/state"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { os.Exit(testenv.Run(m, &env)) }
+
+// newStore starts a Store, as one manager replica would.
+func newStore(t testing.TB, opts state.Options) *state.Store {
+	t.Helper()
+	s, err := state.New(env.Config, env.Scheme, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Start(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if !s.WaitForSync(ctx) {
+		t.Fatal("state cache did not sync")
+	}
+	return s
+}
+
+func ensure(t testing.TB, s *state.Store, spec state.Spec) *state.Namespace {
+	t.Helper()
+	if _, err := s.Ensure(context.Background(), spec); err != nil {
+		t.Fatal(err)
+	}
+	return s.Namespace(spec)
+}
+
+func put(t testing.TB, ns runtime.Store, kv map[runtime.StateKey]string) error {
+	t.Helper()
+	ctx := context.Background()
+	txn, err := ns.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range kv {
+		if err := txn.Put(k, []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return txn.Commit(ctx)
+}
+
+func get(t testing.TB, ns runtime.Store, k runtime.StateKey) (string, bool) {
+	t.Helper()
+	txn, err := ns.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer txn.Discard()
+	v, ok, err := txn.Get(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(v), ok
+}
+
+func TestLayoutAndIdempotentCreate(t *testing.T) {
+	testenv.Require(t, env)
+	ctx := context.Background()
+	s := newStore(t, state.Options{})
+	nsName := env.Namespace(t, "layout")
+	spec := state.Spec{Namespace: nsName, Revision: "bot-v1", RevisionUID: types.UID("0b1c2d3e-0000-4000-8000-000000000001"), Tenant: "acme", Shards: 3}
+	for range 2 {
+		names, err := s.Ensure(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Join(names, ",") != "bot-v1-state-0,bot-v1-state-1,bot-v1-state-2" {
+			t.Fatalf("names: %v", names)
+		}
+	}
+	var list corev1.ConfigMapList
+	if err := env.Client.List(ctx, &list, client.InNamespace(nsName)); err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) != 3 {
+		t.Fatalf("%d ConfigMaps after two Ensure calls, want 3", len(list.Items))
+	}
+	for _, cm := range list.Items {
+		l := cm.Labels
+		if l[state.LabelComponent] != "state" || l[state.LabelTenant] != "acme" || l[state.LabelRevision] != "bot-v1" || l[state.LabelShard] == "" {
+			t.Errorf("%s labels: %v", cm.Name, l)
+		}
+		if len(cm.OwnerReferences) != 1 || cm.OwnerReferences[0].Kind != "Revision" || cm.OwnerReferences[0].UID != spec.RevisionUID {
+			t.Errorf("%s owner: %v", cm.Name, cm.OwnerReferences)
+		}
+	}
+}
+
+// Any guest key up to 512 bytes round-trips exactly, and a restarted process (a new
+// Store) reads everything committed before.
+func TestKeysRoundTripAndSurviveRestart(t *testing.T) {
+	testenv.Require(t, env)
+	spec := state.Spec{Namespace: env.Namespace(t, "keys"), Revision: "r", Tenant: "acme", Shards: 4}
+	first := newStore(t, state.Options{})
+	ns := ensure(t, first, spec)
+	kv := map[runtime.StateKey]string{}
+	for i := range 40 {
+		key := make([]byte, 1+i*512/40)
+		_, _ = rand.Read(key)
+		if i == 0 {
+			key = bytes.Repeat([]byte{0xff}, runtime.MaxKeyLen)
+		}
+		kv[runtime.StateKey{Pack: "p", Name: string(key)}] = "value-" + strconv.Itoa(i)
+	}
+	kv[runtime.StateKey{Pack: "p", Name: "../../etc/passwd"}] = "odd"
+	kv[runtime.StateKey{Pack: "other", Name: "same"}] = "pack other"
+	kv[runtime.StateKey{Pack: "p", Name: "same"}] = "pack p"
+	if err := put(t, ns, kv); err != nil {
+		t.Fatal(err)
+	}
+	restarted := newStore(t, state.Options{})
+	ns2 := restarted.Namespace(spec)
+	for k, want := range kv {
+		if got, ok := get(t, ns2, k); !ok || got != want {
+			t.Fatalf("key %q of pack %s: got %q %v, want %q", k.Name, k.Pack, got, ok, want)
+		}
+	}
+}
+
+func TestForeignAndCorruptContent(t *testing.T) {
+	testenv.Require(t, env)
+	ctx := context.Background()
+	s := newStore(t, state.Options{})
+	nsName := env.Namespace(t, "foreign")
+
+	// A ConfigMap packhost did not create is never adopted.
+	foreign := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "r-state-0", Namespace: nsName}, Data: map[string]string{"x": "y"}}
+	if err := env.Client.Create(ctx, foreign); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Ensure(ctx, state.Spec{Namespace: nsName, Revision: "r", Tenant: "acme", Shards: 1})
+	if err == nil || !strings.Contains(err.Error(), "is not revision r's state") {
+		t.Fatalf("foreign ConfigMap: %v", err)
+	}
+
+	// Corrupted entries are reported and not trusted.
+	spec := state.Spec{Namespace: nsName, Revision: "q", Tenant: "acme", Shards: 1}
+	ns := ensure(t, s, spec)
+	key := runtime.StateKey{Pack: "p", Name: "k"}
+	if err := put(t, ns, map[runtime.StateKey]string{key: "good"}); err != nil {
+		t.Fatal(err)
+	}
+	cm := &corev1.ConfigMap{}
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: nsName, Name: "q-state-0"}, cm); err != nil {
+		t.Fatal(err)
+	}
+	for k := range cm.BinaryData {
+		cm.BinaryData[k] = []byte("garbage")
+	}
+	cm.BinaryData["not-ours"] = []byte("x")
+	if err := env.Client.Update(ctx, cm); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(s.Problems(nsName, "q", 1)) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	problems := strings.Join(s.Problems(nsName, "q", 1), "\n")
+	if !strings.Contains(problems, "foreign key") || !strings.Contains(problems, "corrupt") {
+		t.Fatalf("problems: %q", problems)
+	}
+	txn, _ := ns.Begin(ctx)
+	if _, _, err := txn.Get(key); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("reading a corrupted entry: %v", err)
+	}
+}
+
+func TestStateFull(t *testing.T) {
+	testenv.Require(t, env)
+	s := newStore(t, state.Options{ShardBudget: 4 << 10})
+	spec := state.Spec{Namespace: env.Namespace(t, "full"), Revision: "r", Tenant: "acme", Shards: 1}
+	ns := ensure(t, s, spec)
+	stored := map[runtime.StateKey]string{}
+	var err error
+	for i := 0; i < 100 && err == nil; i++ {
+		k := runtime.StateKey{Pack: "p", Name: "k" + strconv.Itoa(i)}
+		v := strings.Repeat(strconv.Itoa(i%10), 500)
+		if err = put(t, ns, map[runtime.StateKey]string{k: v}); err == nil {
+			stored[k] = v
+		}
+	}
+	if !errors.Is(err, runtime.ErrStateFull) || !strings.Contains(err.Error(), "revision r") {
+		t.Fatalf("filling a 4 KiB shard: %v", err)
+	}
+	if len(stored) < 5 {
+		t.Fatalf("only %d values fit in 4 KiB", len(stored))
+	}
+	fresh := newStore(t, state.Options{}).Namespace(spec)
+	for k, want := range stored {
+		if got, ok := get(t, fresh, k); !ok || got != want {
+			t.Fatalf("after state full, %s lost: %q %v", k.Name, got, ok)
+		}
+	}
+	// Deleting makes room again.
+	for k := range stored {
+		txn, _ := ns.Begin(context.Background())
+		_ = txn.Delete(k)
+		if err := txn.Commit(context.Background()); err != nil {
+			t.Fatalf("delete in a full shard: %v", err)
+		}
+		break
+	}
+	if err := put(t, ns, map[runtime.StateKey]string{{Pack: "p", Name: "after"}: "small"}); err != nil {
+		t.Fatalf("write after freeing room: %v", err)
+	}
+}
+
+// Two revisions of one tenant never see each other's keys or waits.
+func TestRevisionsAreIsolated(t *testing.T) {
+	testenv.Require(t, env)
+	s := newStore(t, state.Options{})
+	nsName := env.Namespace(t, "isolation")
+	a := ensure(t, s, state.Spec{Namespace: nsName, Revision: "bot-a", Tenant: "acme", Shards: 2})
+	b := ensure(t, s, state.Spec{Namespace: nsName, Revision: "bot-b", Tenant: "acme", Shards: 2})
+	key := runtime.StateKey{Pack: "bot", Name: "count"}
+	if err := put(t, a, map[runtime.StateKey]string{key: "41"}); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := get(t, b, key); ok {
+		t.Fatalf("revision b sees revision a's key: %q", v)
+	}
+	ctx := context.Background()
+	txn, _ := a.Begin(ctx)
+	txn.SetWait("sess-1", &runtime.Wait{Pack: "bot", Flow: "survey", Data: []byte("q1"), Expires: time.Now().Add(time.Hour)})
+	if err := txn.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tb, _ := b.Begin(ctx)
+	if w, err := tb.Wait("sess-1"); err != nil || w != nil {
+		t.Fatalf("revision b sees revision a's wait: %+v %v", w, err)
+	}
+	if rev, ok := s.PinnedRevision("sess-1", time.Now()); !ok || rev != nsName+"/bot-a" {
+		t.Fatalf("session index: %q %v", rev, ok)
+	}
+	if _, ok := s.PinnedRevision("sess-1", time.Now().Add(2*time.Hour)); ok {
+		t.Fatal("an expired wait still pins its session")
+	}
+	if n := s.OpenSessions(nsName, "bot-a", time.Now()); n != 1 {
+		t.Fatalf("open sessions of bot-a: %d", n)
+	}
+}
+
+// runtimeOn loads the counter pack into a fresh engine (one per replica) on ns.
+func runtimeOn(t testing.TB, ns runtime.Store, pack string) *runtime.Revision {
+	t.Helper()
+	ctx := context.Background()
+	e, err := runtime.NewEngine(ctx, runtime.EngineConfig{CacheDir: packCache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.Close(ctx) })
+	b, err := packs.Build(pack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := e.Compile(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := e.NewRevision(ctx, runtime.RevisionConfig{
+		Name: "r", Env: "prod", Tenant: "acme", Packs: []*runtime.Pack{p}, Store: ns, Logger: logr.Discard(),
+		Policy: runtime.Policy{StateRead: true, StateWrite: true},
+		Limits: runtime.Limits{MaxConcurrency: 64, Timeout: 30 * time.Second, MaxReruns: 64},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rev.Close(ctx) })
+	return rev
+}
+
+var packCache = os.TempDir() + "/packhost-state-test-cache"
+
+// An activity's write is on the API server when Handle returns.
+func TestDurableBeforeAnswered(t *testing.T) {
+	testenv.Require(t, env)
+	spec := state.Spec{Namespace: env.Namespace(t, "durable"), Revision: "r", Tenant: "acme", Shards: 1}
+	ns := ensure(t, newStore(t, state.Options{}), spec)
+	rev := runtimeOn(t, ns, "counter")
+	ctx := context.Background()
+	for i := 1; i <= 3; i++ {
+		if _, err := rev.Handle(ctx, &runtime.Activity{Kind: "message"}); err != nil {
+			t.Fatal(err)
+		}
+		// Read straight from the API server, not through any cache.
+		cm := &corev1.ConfigMap{}
+		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: spec.Namespace, Name: "r-state-0"}, cm); err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, v := range cm.BinaryData {
+			found = found || bytes.HasSuffix(v, []byte("count"+strconv.Itoa(i)))
+		}
+		if !found {
+			t.Fatalf("after activity %d returned, the API server does not hold count=%d", i, i)
+		}
+	}
+}
+
+// Two replicas (independent stores and engines) each run 200 increments of one counter
+// through the runtime: the final value is exactly 400.
+func TestReplicasNeverLoseAWrite(t *testing.T) {
+	testenv.Require(t, env)
+	spec := state.Spec{Namespace: env.Namespace(t, "replicas"), Revision: "r", Tenant: "acme", Shards: 2}
+	replicas := []*runtime.Revision{
+		runtimeOn(t, ensure(t, newStore(t, state.Options{}), spec), "counter"),
+		runtimeOn(t, ensure(t, newStore(t, state.Options{}), spec), "counter"),
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 400)
+	for _, rev := range replicas {
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 25 {
+					if _, err := rev.Handle(context.Background(), &runtime.Activity{Kind: "message"}); err != nil {
+						errs <- err
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("increment failed: %v", err)
+	}
+	fresh := newStore(t, state.Options{}).Namespace(spec)
+	if v, _ := get(t, fresh, runtime.StateKey{Pack: "counter", Name: "count"}); v != "400" {
+		t.Fatalf("two replicas × 200 increments ended at %q, want 400", v)
+	}
+}
+
+// Two replicas racing to resume one wait: exactly one resumes it.
+func TestWaitResumedOnceAcrossReplicas(t *testing.T) {
+	testenv.Require(t, env)
+	spec := state.Spec{Namespace: env.Namespace(t, "race"), Revision: "r", Tenant: "acme", Shards: 1}
+	s1, s2 := newStore(t, state.Options{}), newStore(t, state.Options{})
+	r1 := runtimeOn(t, ensure(t, s1, spec), "survey")
+	r2 := runtimeOn(t, s2.Namespace(spec), "survey")
+	ctx := context.Background()
+	a := &runtime.Activity{Kind: "message", UserID: "ann", Payload: []byte(`{}`)}
+	if _, err := r1.Handle(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	ans := &runtime.Activity{Kind: "message", UserID: "ann", Payload: []byte(`"Ann"`)}
+	out := make([]string, 2)
+	var wg sync.WaitGroup
+	for i, r := range []*runtime.Revision{r1, r2} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := r.Handle(ctx, ans)
+			if err != nil {
+				out[i] = err.Error()
+				return
+			}
+			out[i] = string(res[0].Payload)
+		}()
+	}
+	wg.Wait()
+	step2 := 0
+	for _, o := range out {
+		if strings.Contains(o, `"step":2`) {
+			step2++
+		}
+	}
+	// One resumes the wait (step 2); the other, re-run after the conflict, resumes the
+	// wait the winner parked (step 3): the first wait was consumed once.
+	if step2 != 1 || !strings.Contains(out[0]+out[1], `"step":3`) {
+		t.Fatalf("racing resumes: %v", out)
+	}
+}
+
+// Concurrent activities share updates: 64 activities writing their own keys take far
+// fewer than 64 updates.
+func TestGroupCommit(t *testing.T) {
+	testenv.Require(t, env)
+	s := newStore(t, state.Options{})
+	ns := ensure(t, s, state.Spec{Namespace: env.Namespace(t, "group"), Revision: "r", Tenant: "acme", Shards: 1})
+	before, _ := s.Updates()
+	var wg sync.WaitGroup
+	for i := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := put(t, ns, map[runtime.StateKey]string{{Pack: "p", Name: strconv.Itoa(i)}: "v"}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	after, _ := s.Updates()
+	if n := after - before; n > 32 {
+		t.Fatalf("64 concurrent commits took %d updates; group commit should take far fewer", n)
+	}
+	for i := range 64 {
+		if _, ok := get(t, ns, runtime.StateKey{Pack: "p", Name: strconv.Itoa(i)}); !ok {
+			t.Fatalf("key %d lost", i)
+		}
+	}
+}
+
+func TestRetention(t *testing.T) {
+	testenv.Require(t, env)
+	ctx := context.Background()
+	s := newStore(t, state.Options{})
+	nsName := env.Namespace(t, "retention")
+	uid := types.UID("0b1c2d3e-0000-4000-8000-000000000002")
+	for _, tc := range []struct {
+		rev    string
+		retain bool
+	}{{"gone", false}, {"kept", true}} {
+		ensure(t, s, state.Spec{Namespace: nsName, Revision: tc.rev, RevisionUID: uid, Tenant: "acme", Shards: 2})
+		if err := s.Remove(ctx, nsName, tc.rev, tc.retain); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 {
+			cm := &corev1.ConfigMap{}
+			err := env.Client.Get(ctx, types.NamespacedName{Namespace: nsName, Name: state.ShardName(tc.rev, i)}, cm)
+			switch {
+			case !tc.retain && !apierrors.IsNotFound(err):
+				t.Errorf("retention Delete left %s: %v", cm.Name, err)
+			case tc.retain && err != nil:
+				t.Errorf("retention Retain lost shard %d: %v", i, err)
+			case tc.retain && len(cm.OwnerReferences) != 0:
+				t.Errorf("retained %s still owned: %v", cm.Name, cm.OwnerReferences)
+			}
+		}
+	}
+}
+
