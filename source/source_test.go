@@ -1,0 +1,233 @@
+package source_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	packhostv1alpha1 "github.com/packhost/packhost/api/v1alpha1"
+	"github.com/packhost/packhost/internal/testenv"
+	"github.com/packhost/packhost/source"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { os.Exit(testenv.Run(m, &env)) }
+
+var module = []byte("\x00asm\x01\x00\x00\x00 a pack's bytes")
+
+func sum(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func fetcher(t *testing.T) *source.Fetcher {
+	f := &source.Fetcher{CacheDir: t.TempDir(), Insecure: true}
+	if env != nil {
+		f.Reader = env.Client
+	}
+	return f
+}
+
+func TestURLSource(t *testing.T) {
+	var hits, flaky atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		switch r.URL.Path {
+		case "/good.wasm":
+			w.Write(module)
+		case "/wrong.wasm":
+			w.Write([]byte("not the pinned bytes"))
+		case "/flaky.wasm":
+			if flaky.Add(1) == 1 {
+				http.Error(w, "try again", http.StatusServiceUnavailable)
+				return
+			}
+			w.Write(module)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	ctx := context.Background()
+	f := fetcher(t)
+	pack := func(path, sha string) packhostv1alpha1.Pack {
+		return packhostv1alpha1.Pack{Name: "bot", URL: srv.URL + path, SHA256: sha}
+	}
+
+	got, err := f.Fetch(ctx, "ns", pack("/good.wasm", sum(module)), nil, "")
+	if err != nil || string(got.Bytes) != string(module) || got.Digest != "sha256:"+sum(module) {
+		t.Fatalf("good url: %v %+v", err, got)
+	}
+	// Cached by digest: not fetched again.
+	before := hits.Load()
+	if _, err := f.Fetch(ctx, "ns", pack("/good.wasm", sum(module)), nil, ""); err != nil || hits.Load() != before {
+		t.Fatalf("a cached pack was fetched again (%d hits) or failed: %v", hits.Load()-before, err)
+	}
+
+	// A fresh cache: the pinned digest is cached above, and content addressing would
+	// (rightly) never fetch it again.
+	_, err = fetcher(t).Fetch(ctx, "ns", pack("/wrong.wasm", sum(module)), nil, "")
+	if !errors.Is(err, source.ErrDigestMismatch) || !strings.Contains(err.Error(), sum(module)) || !strings.Contains(err.Error(), sum([]byte("not the pinned bytes"))) {
+		t.Fatalf("wrong bytes: %v (must show both digests)", err)
+	}
+	if _, err := f.Fetch(ctx, "ns", pack("/flaky.wasm", sum(module)), nil, ""); err != nil {
+		t.Fatalf("a 503 then 200 should succeed on retry: %v", err)
+	}
+	if _, err := f.Fetch(ctx, "ns", pack("/missing.wasm", strings.Repeat("0", 64)), nil, ""); !errors.Is(err, source.ErrUnreachable) {
+		t.Fatalf("404: %v", err)
+	}
+}
+
+// pushArtifact pushes module as a wasm OCI artifact to the registry at host and returns
+// the reference by tag and the manifest digest.
+func pushArtifact(t *testing.T, host, repo, tag string, layers ...[]byte) (string, v1.Hash) {
+	t.Helper()
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	for _, l := range layers {
+		var err error
+		img, err = mutate.Append(img, mutate.Addendum{Layer: static.NewLayer(l, source.WasmLayerMediaType)})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	ref, err := name.ParseReference(host+"/"+repo+":"+tag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	return ref.String(), d
+}
+
+func TestImageSource(t *testing.T) {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	ctx := context.Background()
+	f := fetcher(t)
+
+	tagged, digest := pushArtifact(t, host, "packs/bot", "v1", module)
+	got, err := f.Fetch(ctx, "ns", packhostv1alpha1.Pack{Name: "bot", Image: tagged}, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantPinned := host + "/packs/bot@" + digest.String()
+	if string(got.Bytes) != string(module) || got.ResolvedImage != wantPinned {
+		t.Fatalf("by tag: resolved %q (want %q), %d bytes", got.ResolvedImage, wantPinned, len(got.Bytes))
+	}
+
+	// The tag moves; a Revision that resolved it keeps its digest.
+	pushArtifact(t, host, "packs/bot", "v1", []byte("\x00asm\x01\x00\x00\x00 a newer pack"))
+	again, err := fetcher(t).Fetch(ctx, "ns", packhostv1alpha1.Pack{Name: "bot", Image: tagged}, nil, got.ResolvedImage)
+	if err != nil || string(again.Bytes) != string(module) || again.ResolvedImage != wantPinned {
+		t.Fatalf("re-fetch of a resolved tag followed the moved tag: %v %q", err, again.ResolvedImage)
+	}
+
+	// By digest, with the sha256 of the wasm layer pinned too.
+	if _, err := fetcher(t).Fetch(ctx, "ns", packhostv1alpha1.Pack{Name: "bot", Image: wantPinned, SHA256: sum(module)}, nil, ""); err != nil {
+		t.Fatalf("by digest: %v", err)
+	}
+
+	noWasm, _ := pushArtifact(t, host, "packs/empty", "v1")
+	if _, err := fetcher(t).Fetch(ctx, "ns", packhostv1alpha1.Pack{Name: "bot", Image: noWasm}, nil, ""); !errors.Is(err, source.ErrInvalidSource) {
+		t.Fatalf("artifact without a wasm layer: %v", err)
+	}
+	if _, err := fetcher(t).Fetch(ctx, "ns", packhostv1alpha1.Pack{Name: "bot", Image: host + "/packs/none:v1"}, nil, ""); !errors.Is(err, source.ErrUnreachable) {
+		t.Fatalf("missing repository: %v", err)
+	}
+}
+
+// A registry that wants credentials gets them from the Revision's image pull Secret.
+func TestImagePullSecret(t *testing.T) {
+	testenv.Require(t, env)
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "robot" || p != "s3cret" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="packs"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	ns := env.Namespace(t, "pull")
+	auth := base64.StdEncoding.EncodeToString([]byte("robot:s3cret"))
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "regcred", Namespace: ns},
+		Type:       corev1.SecretTypeDockerConfigJson,
+		Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(`{"auths":{"` + host + `":{"auth":"` + auth + `"}}}`)},
+	}
+	if err := env.Client.Create(context.Background(), secret); err != nil {
+		t.Fatal(err)
+	}
+	// Push with the same credentials.
+	img, _ := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1), mutate.Addendum{Layer: static.NewLayer(module, source.WasmLayerMediaType)})
+	ref, _ := name.ParseReference(host+"/private/bot:v1", name.Insecure)
+	if err := remote.Write(ref, img, remote.WithAuth(&basic{"robot", "s3cret"})); err != nil {
+		t.Fatal(err)
+	}
+	pack := packhostv1alpha1.Pack{Name: "bot", Image: ref.String()}
+	if _, err := fetcher(t).Fetch(context.Background(), ns, pack, nil, ""); !errors.Is(err, source.ErrUnreachable) {
+		t.Fatalf("without credentials: %v", err)
+	}
+	got, err := fetcher(t).Fetch(context.Background(), ns, pack, []packhostv1alpha1.LocalObjectReference{{Name: "regcred"}}, "")
+	if err != nil || string(got.Bytes) != string(module) {
+		t.Fatalf("with the pull secret: %v", err)
+	}
+}
+
+type basic struct{ u, p string }
+
+func (b *basic) Authorization() (*authnConfig, error) { return &authnConfig{Username: b.u, Password: b.p}, nil }
+
+func TestConfigMapSource(t *testing.T) {
+	testenv.Require(t, env)
+	ctx := context.Background()
+	ns := env.Namespace(t, "cm")
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "packs", Namespace: ns},
+		BinaryData: map[string][]byte{"bot.wasm": module}, Data: map[string]string{"text.wasm": "oops"}}
+	if err := env.Client.Create(ctx, cm); err != nil {
+		t.Fatal(err)
+	}
+	f := fetcher(t)
+	ref := func(key string) packhostv1alpha1.Pack {
+		return packhostv1alpha1.Pack{Name: "bot", ConfigMapRef: &packhostv1alpha1.ConfigMapKeyReference{Name: "packs", Key: key}}
+	}
+	if got, err := f.Fetch(ctx, ns, ref("bot.wasm"), nil, ""); err != nil || string(got.Bytes) != string(module) {
+		t.Fatalf("configMapRef: %v", err)
+	}
+	if _, err := f.Fetch(ctx, ns, ref("text.wasm"), nil, ""); !errors.Is(err, source.ErrInvalidSource) || !strings.Contains(err.Error(), "binaryData") {
+		t.Fatalf("key in data: %v", err)
+	}
+	if _, err := f.Fetch(ctx, ns, ref("missing.wasm"), nil, ""); !errors.Is(err, source.ErrUnreachable) {
+		t.Fatalf("missing key: %v", err)
+	}
+}
+
+type authnConfig = authn.AuthConfig
