@@ -1,0 +1,5 @@
+// Package dispatcher is packhost's embedded HTTP server: it authenticates a tenant's
+// callers, routes each activity to a revision by the tenant's traffic split (explicit
+// choice, then session pin, then sticky weighted buckets, then weighted random), runs it
+// on the revision's runtime and answers with its replies.
+package dispatcher
