@@ -189,7 +189,7 @@ func (e *Engine) Release(ctx context.Context, p *Pack) {
 func (e *Engine) compile(ctx context.Context, wasm []byte, digest string) (*Pack, error) {
 	m, err := ReadManifest(wasm)
 	if err != nil {
-		return nil, invalidPack("%v", err)
+		return nil, fmt.Errorf("%w: %w: %v", ErrInvalidPack, ErrInvalidManifest, err)
 	}
 	compiled, err := e.rt.CompileModule(ctx, wasm)
 	if err != nil {

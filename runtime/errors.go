@@ -30,6 +30,9 @@ var (
 	ErrStateFull = errors.New("state full")
 	// ErrInvalidPack: the module or its manifest cannot be loaded.
 	ErrInvalidPack = errors.New("invalid pack")
+	// ErrInvalidManifest: the pack's manifest is missing or malformed; it also matches
+	// ErrInvalidPack.
+	ErrInvalidManifest = errors.New("invalid manifest")
 	// ErrCapabilityDenied: a pack asks for a capability the tenant's policy does not allow.
 	ErrCapabilityDenied = errors.New("capability not allowed")
 	// ErrUnsupported: the revision has no component for what was asked (identify or

@@ -24,6 +24,7 @@ const (
 	ReasonStateReady           = "StateReady"
 	ReasonReady                = "Ready"
 	ReasonSourceUnreachable    = "SourceUnreachable"
+	ReasonInvalidSource        = "InvalidSource"
 	ReasonDigestMismatch       = "DigestMismatch"
 	ReasonInvalidWasm          = "InvalidWasm"
 	ReasonInvalidManifest      = "InvalidManifest"

@@ -77,8 +77,8 @@ type RouteStatus struct {
 	// +optional
 	Tag string `json:"tag,omitempty"`
 
-	// dispatched counts the activities this route has served, summed over replicas and
-	// updated at a bounded rate.
+	// dispatched counts the activities this route has served on the replica that writes
+	// status (the leader), since it started; updated at a bounded rate, not per request.
 	// +optional
 	Dispatched int64 `json:"dispatched,omitempty"`
 }

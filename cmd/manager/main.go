@@ -35,6 +35,7 @@ type options struct {
 	leaderElectionNamespace string
 	cacheDir                string
 	gracefulShutdown        time.Duration
+	insecureRegistries      bool
 }
 
 func (o *options) bind(fs *flag.FlagSet) {
@@ -43,6 +44,7 @@ func (o *options) bind(fs *flag.FlagSet) {
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader among replicas; only the leader writes status. Enable it when running more than one replica.")
 	fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease; defaults to the manager's own namespace.")
 	fs.StringVar(&o.cacheDir, "cache-dir", defaultCacheDir(), "Directory for fetched packs and the compilation cache; must be writable.")
+	fs.BoolVar(&o.insecureRegistries, "insecure-registries", false, "Pull image sources over plain http (local registries only).")
 	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", 30*time.Second, "How long in-flight work may take to finish on shutdown.")
 }
 
@@ -100,6 +102,9 @@ func run(ctx context.Context, cfg *rest.Config, o options, log logr.Logger) erro
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
+	}
+	if err := wire(ctx, mgr, o, log); err != nil {
+		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("add health check: %w", err)

@@ -1,0 +1,148 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	v1 "github.com/packhost/packhost/api/v1alpha1"
+	"github.com/packhost/packhost/dispatcher"
+)
+
+// indexTenant indexes Revisions and TrafficSplits by spec.tenantRef.name.
+const indexTenant = "spec.tenantRef.name"
+
+// Setup registers the indexes and the three controllers. They run on every replica
+// (loading runtimes and publishing tables is per replica) and write status only where
+// isLeader says so.
+func Setup(mgr manager.Manager, rev *RevisionReconciler, tenant *TenantReconciler, split *TrafficSplitReconciler) error {
+	ctx := context.Background()
+	idx := mgr.GetFieldIndexer()
+	if err := idx.IndexField(ctx, &v1.Revision{}, indexTenant, func(o client.Object) []string {
+		return []string{o.(*v1.Revision).Spec.TenantRef.Name}
+	}); err != nil {
+		return fmt.Errorf("index revisions: %w", err)
+	}
+	if err := idx.IndexField(ctx, &v1.TrafficSplit{}, indexTenant, func(o client.Object) []string {
+		return []string{o.(*v1.TrafficSplit).Spec.TenantRef.Name}
+	}); err != nil {
+		return fmt.Errorf("index splits: %w", err)
+	}
+	opts := controller.Options{NeedLeaderElection: ptr.To(false), MaxConcurrentReconciles: 4}
+	c := mgr.GetClient()
+
+	revisionsOfTenant := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		return listRequests(ctx, c, &v1.RevisionList{}, o.GetNamespace(), o.GetName())
+	})
+	revisionsOfSplit := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		s := o.(*v1.TrafficSplit)
+		var out []reconcile.Request
+		for _, rt := range s.Spec.Routes {
+			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: s.Namespace, Name: rt.RevisionName}})
+		}
+		for _, rt := range s.Status.Routes {
+			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: s.Namespace, Name: rt.RevisionName}})
+		}
+		return out
+	})
+	if err := ctrl.NewControllerManagedBy(mgr).Named("revision").For(&v1.Revision{}).
+		Watches(&v1.Tenant{}, revisionsOfTenant).
+		Watches(&v1.TrafficSplit{}, revisionsOfSplit).
+		WithOptions(opts).Complete(rev); err != nil {
+		return fmt.Errorf("revision controller: %w", err)
+	}
+
+	tenantOf := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+		var name string
+		switch t := o.(type) {
+		case *v1.Revision:
+			name = t.Spec.TenantRef.Name
+		case *v1.TrafficSplit:
+			name = t.Spec.TenantRef.Name
+		}
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}}}
+	})
+	if err := ctrl.NewControllerManagedBy(mgr).Named("tenant").For(&v1.Tenant{}).
+		Watches(&v1.Revision{}, tenantOf).
+		Watches(&v1.TrafficSplit{}, tenantOf).
+		WithOptions(opts).Complete(tenant); err != nil {
+		return fmt.Errorf("tenant controller: %w", err)
+	}
+
+	splitsOfTenant := func(ctx context.Context, namespace, tenant string) []reconcile.Request {
+		return listRequests(ctx, c, &v1.TrafficSplitList{}, namespace, tenant)
+	}
+	if err := ctrl.NewControllerManagedBy(mgr).Named("trafficsplit").For(&v1.TrafficSplit{}).
+		Watches(&v1.Revision{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+			return splitsOfTenant(ctx, o.GetNamespace(), o.(*v1.Revision).Spec.TenantRef.Name)
+		})).
+		Watches(&v1.Tenant{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+			return splitsOfTenant(ctx, o.GetNamespace(), o.GetName())
+		})).
+		WithOptions(opts).Complete(split); err != nil {
+		return fmt.Errorf("split controller: %w", err)
+	}
+	return nil
+}
+
+func listRequests(ctx context.Context, c client.Client, list client.ObjectList, namespace, tenant string) []reconcile.Request {
+	if err := c.List(ctx, list, client.InNamespace(namespace), client.MatchingFields{indexTenant: tenant}); err != nil {
+		return nil
+	}
+	var out []reconcile.Request
+	switch l := list.(type) {
+	case *v1.RevisionList:
+		for _, i := range l.Items {
+			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: i.Namespace, Name: i.Name}})
+		}
+	case *v1.TrafficSplitList:
+		for _, i := range l.Items {
+			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: i.Namespace, Name: i.Name}})
+		}
+	}
+	return out
+}
+
+// LeaderFunc reports whether mgr is the elected leader (always true without election).
+func LeaderFunc(mgr manager.Manager) func() bool {
+	elected := mgr.Elected()
+	return func() bool {
+		select {
+		case <-elected:
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// RevisionsLoaded is a readiness check: the replica is ready when every revision a
+// published table routes to is loaded here.
+func RevisionsLoaded(router *dispatcher.Router, runtimes *Runtimes) func(*http.Request) error {
+	return func(*http.Request) error {
+		var missing []string
+		for tenant, t := range router.Tables() {
+			ns, _, _ := strings.Cut(tenant, "/")
+			for _, rt := range t.Routes {
+				if runtimes.Get(types.NamespacedName{Namespace: ns, Name: rt.Revision}) == nil {
+					missing = append(missing, ns+"/"+rt.Revision)
+				}
+			}
+		}
+		if len(missing) > 0 {
+			return errors.New("revisions routed but not loaded: " + strings.Join(missing, ", "))
+		}
+		return nil
+	}
+}

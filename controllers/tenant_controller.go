@@ -1,0 +1,204 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	v1 "github.com/packhost/packhost/api/v1alpha1"
+	"github.com/packhost/packhost/dispatcher"
+)
+
+// TenantFinalizer blocks a Tenant's deletion while Revisions still reference it.
+const TenantFinalizer = "packhost.io/tenant"
+
+// tenantResync is how often a tenant's auth Secret is read again, so a rotated token
+// takes effect without a change to the Tenant.
+const tenantResync = time.Minute
+
+// TenantReconciler publishes each Tenant's auth and limits to this replica's dispatcher
+// and, on the leader, validates the Tenant, reports its status and applies revision
+// retention.
+type TenantReconciler struct {
+	client.Client
+	APIReader client.Reader
+	Recorder  recorder.EventRecorder
+	Router    *dispatcher.Router
+	IsLeader  func() bool
+}
+
+// Reconcile implements reconcile.Reconciler.
+func (r *TenantReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
+	tenant := &v1.Tenant{}
+	if err := r.Get(ctx, req.NamespacedName, tenant); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.Router.PublishTenant(req.Namespace, req.Name, nil)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	leader := r.IsLeader()
+	var revs v1.RevisionList
+	if err := r.List(ctx, &revs, client.InNamespace(tenant.Namespace), client.MatchingFields{indexTenant: tenant.Name}); err != nil {
+		return ctrl.Result{}, err
+	}
+	before := tenant.Status.DeepCopy()
+	defer func() {
+		if leader && !equality.Semantic.DeepEqual(before, &tenant.Status) {
+			if uerr := r.Status().Update(ctx, tenant); uerr != nil && err == nil {
+				err = uerr
+			}
+		}
+	}()
+
+	if !tenant.DeletionTimestamp.IsZero() {
+		r.Router.PublishTenant(tenant.Namespace, tenant.Name, nil)
+		if !leader || !controllerutil.ContainsFinalizer(tenant, TenantFinalizer) {
+			return ctrl.Result{}, nil
+		}
+		if n := len(revs.Items); n > 0 {
+			tenant.Status.MarkNotReady(tenant.Generation, v1.ReasonRevisionsRemain,
+				fmt.Sprintf("deletion waits for %d Revisions that reference this tenant (first: %s): delete them first", n, revs.Items[0].Name))
+			return ctrl.Result{RequeueAfter: 10 * time.Second}, nil
+		}
+		controllerutil.RemoveFinalizer(tenant, TenantFinalizer)
+		before = tenant.Status.DeepCopy() // nothing more to write to status
+		return ctrl.Result{}, r.Update(ctx, tenant)
+	}
+	if leader && !controllerutil.ContainsFinalizer(tenant, TenantFinalizer) {
+		controllerutil.AddFinalizer(tenant, TenantFinalizer)
+		if err := r.Update(ctx, tenant); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+
+	cfg := &dispatcher.TenantConfig{
+		Namespace: tenant.Namespace, Name: tenant.Name, Env: tenant.Spec.Env,
+		MaxBodyBytes: tenant.Spec.Limits.MaxRequestBodyBytes, Tokens: map[string]string{},
+	}
+	if t := tenant.Spec.Limits.ActivityTimeout; t != nil {
+		cfg.Timeout = t.Duration
+	}
+	reason, message := r.auth(ctx, tenant, cfg)
+	r.Router.PublishTenant(tenant.Namespace, tenant.Name, cfg)
+
+	active, err := activeSplit(ctx, r.Client, tenant.Namespace, tenant.Name)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	tenant.Status.Revisions = int32(len(revs.Items))
+	tenant.Status.ActiveSplit = ""
+	if active != nil {
+		tenant.Status.ActiveSplit = active.Name
+	}
+	if reason != "" {
+		tenant.Status.MarkNotReady(tenant.Generation, reason, message)
+	} else {
+		tenant.Status.MarkReady(tenant.Generation)
+		tenant.Status.ObservedGeneration = tenant.Generation
+	}
+	if leader {
+		if err := r.retain(ctx, tenant, revs.Items, active); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	return ctrl.Result{RequeueAfter: tenantResync}, nil
+}
+
+// auth reads the tenant's tokens into cfg and checks its allowlisted Secrets; it returns
+// a not-ready reason and message when something is missing.
+func (r *TenantReconciler) auth(ctx context.Context, tenant *v1.Tenant, cfg *dispatcher.TenantConfig) (string, string) {
+	if tenant.Spec.Auth == nil {
+		return v1.ReasonAuthSecretMissing, "spec.auth.secretRef is not set: the dispatcher refuses every activity for this tenant"
+	}
+	sec := &corev1.Secret{}
+	name := tenant.Spec.Auth.SecretRef.Name
+	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: tenant.Namespace, Name: name}, sec); err != nil {
+		return v1.ReasonAuthSecretMissing, fmt.Sprintf("auth Secret %q: %v", name, err)
+	}
+	for caller, token := range sec.Data {
+		if len(token) > 0 {
+			cfg.Tokens[string(token)] = caller
+		}
+	}
+	if len(cfg.Tokens) == 0 {
+		return v1.ReasonAuthSecretEmpty, fmt.Sprintf("auth Secret %q holds no token: add a key whose value is a bearer token", name)
+	}
+	for _, s := range tenant.Spec.Secrets {
+		if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: tenant.Namespace, Name: s.Name}, &corev1.Secret{}); err != nil {
+			return v1.ReasonSecretMissing, fmt.Sprintf("allowlisted Secret %q: %v", s.Name, err)
+		}
+	}
+	return "", ""
+}
+
+// retain deletes the oldest Revisions no split routes to beyond the tenant's
+// revisionHistoryLimit. Routed, draining and loading revisions are never retired.
+func (r *TenantReconciler) retain(ctx context.Context, tenant *v1.Tenant, revs []v1.Revision, active *v1.TrafficSplit) error {
+	if tenant.Spec.RevisionHistoryLimit == nil {
+		return nil
+	}
+	routed := map[string]bool{}
+	if active != nil {
+		for _, rt := range active.Spec.Routes {
+			routed[rt.RevisionName] = true
+		}
+		for _, rt := range active.Status.Routes {
+			routed[rt.RevisionName] = true
+		}
+	}
+	var unrouted []v1.Revision
+	for _, rev := range revs {
+		switch {
+		case routed[rev.Name], !rev.DeletionTimestamp.IsZero():
+		case rev.Status.Phase == "", rev.Status.Phase == v1.RevisionPending, rev.Status.Phase == v1.RevisionLoading, rev.Status.Phase == v1.RevisionDraining:
+		default:
+			unrouted = append(unrouted, rev)
+		}
+	}
+	sort.Slice(unrouted, func(i, j int) bool {
+		return unrouted[j].CreationTimestamp.Before(&unrouted[i].CreationTimestamp)
+	})
+	for i := int(*tenant.Spec.RevisionHistoryLimit); i < len(unrouted); i++ {
+		rev := &unrouted[i]
+		if err := r.Delete(ctx, rev); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("retire revision %s: %w", rev.Name, err)
+		}
+		if r.Recorder != nil {
+			r.Recorder.Eventf(tenant, rev, corev1.EventTypeNormal, "RevisionRetired", "Retain",
+				"deleted Revision %s: no split routes to it and the tenant keeps %d unrouted revisions", rev.Name, *tenant.Spec.RevisionHistoryLimit)
+		}
+	}
+	return nil
+}
+
+// activeSplit is the tenant's oldest TrafficSplit (by creation, then name); any other
+// split of the tenant is in conflict with it.
+func activeSplit(ctx context.Context, c client.Reader, namespace, tenant string) (*v1.TrafficSplit, error) {
+	var splits v1.TrafficSplitList
+	if err := c.List(ctx, &splits, client.InNamespace(namespace), client.MatchingFields{indexTenant: tenant}); err != nil {
+		return nil, fmt.Errorf("list splits: %w", err)
+	}
+	var active *v1.TrafficSplit
+	for i := range splits.Items {
+		s := &splits.Items[i]
+		if !s.DeletionTimestamp.IsZero() {
+			continue
+		}
+		if active == nil || s.CreationTimestamp.Before(&active.CreationTimestamp) ||
+			(s.CreationTimestamp.Equal(&active.CreationTimestamp) && s.Name < active.Name) {
+			active = s
+		}
+	}
+	return active, nil
+}

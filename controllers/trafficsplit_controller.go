@@ -1,0 +1,188 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	v1 "github.com/packhost/packhost/api/v1alpha1"
+	"github.com/packhost/packhost/dispatcher"
+)
+
+// Intervals of the split controller.
+const (
+	// waitForRevision is how soon a split whose revisions are not loaded yet is checked again.
+	waitForRevision = 2 * time.Second
+	// countsRefresh bounds how often a split's dispatched counts are written to status.
+	countsRefresh = 15 * time.Second
+)
+
+// TrafficSplitReconciler publishes each tenant's routing table to this replica's
+// dispatcher once every route's revision is loaded here, keeping the last good table
+// until then, and on the leader reports the table in use.
+type TrafficSplitReconciler struct {
+	client.Client
+	Recorder recorder.EventRecorder
+	Router   *dispatcher.Router
+	Runtimes *Runtimes
+	IsLeader func() bool
+
+	mu        sync.Mutex
+	published map[types.NamespacedName]types.NamespacedName // split -> tenant
+}
+
+// Reconcile implements reconcile.Reconciler.
+func (r *TrafficSplitReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
+	split := &v1.TrafficSplit{}
+	if err := r.Get(ctx, req.NamespacedName, split); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.unpublish(req.NamespacedName)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	if !split.DeletionTimestamp.IsZero() {
+		r.unpublish(req.NamespacedName)
+		return ctrl.Result{}, nil
+	}
+	leader := r.IsLeader()
+	before := split.Status.DeepCopy()
+	defer func() {
+		if leader && !equality.Semantic.DeepEqual(before, &split.Status) {
+			if uerr := r.Status().Update(ctx, split); uerr != nil && err == nil {
+				err = uerr
+			}
+		}
+	}()
+	g := split.Generation
+	tenant := split.Spec.TenantRef.Name
+
+	active, err := activeSplit(ctx, r.Client, split.Namespace, tenant)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if active != nil && active.Name != split.Name {
+		r.unpublish(req.NamespacedName)
+		split.Status.MarkConflict(g, active.Name)
+		split.Status.Routes, split.Status.Summary = nil, ""
+		return ctrl.Result{}, nil
+	}
+
+	_, current := r.Router.Tenant(split.Namespace, tenant)
+	if current != nil && current.Split != split.Name {
+		current = nil // a table of a split that no longer routes this tenant
+	}
+	reason, message := r.check(ctx, split)
+	switch {
+	case reason == "":
+		table := dispatcher.NewTable(split.Name, routes(split), split.Spec.Stickiness != v1.StickinessNone)
+		if current == nil || !sameRoutes(current, table) {
+			r.Router.PublishTable(split.Namespace, tenant, table)
+			r.remember(req.NamespacedName, types.NamespacedName{Namespace: split.Namespace, Name: tenant})
+			if r.Recorder != nil && leader {
+				r.Recorder.Eventf(split, nil, "Normal", v1.ReasonTablePublished, "Publish", "routing %s", table.Summary())
+			}
+		}
+		current = table
+		split.Status.MarkPublished(g)
+		split.Status.ObservedGeneration = g
+	default:
+		split.Status.MarkRoutesNotReady(g, reason, message, current != nil)
+		res = ctrl.Result{RequeueAfter: waitForRevision}
+	}
+	split.Status.Routes, split.Status.Summary = nil, ""
+	if current != nil {
+		counts := r.Router.Dispatched(split.Namespace, tenant)
+		for _, rt := range current.Routes {
+			split.Status.Routes = append(split.Status.Routes, v1.RouteStatus{RevisionName: rt.Revision, Percent: int32(rt.Percent), Tag: rt.Tag, Dispatched: counts[rt.Revision]})
+		}
+		split.Status.Summary = current.Summary()
+	}
+	if res.RequeueAfter == 0 {
+		res.RequeueAfter = countsRefresh
+	}
+	return res, nil
+}
+
+// check says why the split's table cannot be used yet: a route's revision missing, of
+// another tenant, or not loaded on this replica.
+func (r *TrafficSplitReconciler) check(ctx context.Context, split *v1.TrafficSplit) (string, string) {
+	var waiting []string
+	for _, rt := range split.Spec.Routes {
+		rev := &v1.Revision{}
+		if err := r.Get(ctx, types.NamespacedName{Namespace: split.Namespace, Name: rt.RevisionName}, rev); err != nil {
+			return v1.ReasonRevisionNotFound, fmt.Sprintf("Revision %q: %v", rt.RevisionName, err)
+		}
+		if rev.Spec.TenantRef.Name != split.Spec.TenantRef.Name {
+			return v1.ReasonWrongTenant, fmt.Sprintf("Revision %q belongs to tenant %q, not %q", rt.RevisionName, rev.Spec.TenantRef.Name, split.Spec.TenantRef.Name)
+		}
+		l := r.Runtimes.Get(types.NamespacedName{Namespace: split.Namespace, Name: rt.RevisionName})
+		if l == nil || l.UID != rev.UID {
+			why := string(rev.Status.Phase)
+			if rev.Status.Phase == v1.RevisionFailed {
+				for _, c := range rev.Status.Conditions {
+					if c.Type == v1.ConditionReady {
+						why += " (" + c.Reason + ": " + c.Message + ")"
+					}
+				}
+			}
+			waiting = append(waiting, fmt.Sprintf("%s is not Ready: %s", rt.RevisionName, strings.TrimSpace(why)))
+		}
+	}
+	if len(waiting) > 0 {
+		return v1.ReasonRevisionNotReady, strings.Join(waiting, "; ")
+	}
+	return "", ""
+}
+
+func routes(split *v1.TrafficSplit) []dispatcher.Route {
+	out := make([]dispatcher.Route, len(split.Spec.Routes))
+	for i, rt := range split.Spec.Routes {
+		out[i] = dispatcher.Route{Revision: rt.RevisionName, Percent: int(rt.Percent), Tag: rt.Tag}
+	}
+	return out
+}
+
+func sameRoutes(a, b *dispatcher.Table) bool {
+	if a.Split != b.Split || a.Sticky != b.Sticky || len(a.Routes) != len(b.Routes) {
+		return false
+	}
+	for i := range a.Routes {
+		if a.Routes[i] != b.Routes[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *TrafficSplitReconciler) remember(split, tenant types.NamespacedName) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.published == nil {
+		r.published = map[types.NamespacedName]types.NamespacedName{}
+	}
+	r.published[split] = tenant
+}
+
+// unpublish removes the table a split published, if it is still the tenant's table.
+func (r *TrafficSplitReconciler) unpublish(split types.NamespacedName) {
+	r.mu.Lock()
+	tenant, ok := r.published[split]
+	delete(r.published, split)
+	r.mu.Unlock()
+	if !ok {
+		return
+	}
+	if _, t := r.Router.Tenant(tenant.Namespace, tenant.Name); t != nil && t.Split == split.Name {
+		r.Router.PublishTable(tenant.Namespace, tenant.Name, nil)
+	}
+}

@@ -1,0 +1,138 @@
+package dispatcher
+
+import (
+	"crypto/subtle"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// TenantConfig is what the dispatcher needs of a Tenant, published by its controller.
+type TenantConfig struct {
+	// Namespace and Name identify the Tenant.
+	Namespace string
+	Name      string
+	// Env scopes the tenant's session keys.
+	Env string
+	// Tokens maps each accepted bearer token to the caller it names (the key in the auth
+	// Secret).
+	Tokens map[string]string
+	// MaxBodyBytes bounds one activity.
+	MaxBodyBytes int64
+	// Timeout bounds one activity.
+	Timeout time.Duration
+}
+
+// Caller returns the caller a bearer token belongs to, comparing in constant time.
+func (t *TenantConfig) Caller(token string) (string, bool) {
+	found, caller := 0, ""
+	for tok, name := range t.Tokens {
+		if subtle.ConstantTimeCompare([]byte(tok), []byte(token)) == 1 {
+			found, caller = 1, name
+		}
+	}
+	return caller, found == 1
+}
+
+// Router holds what controllers publish for the dispatcher: each tenant's config and its
+// routing table, each swapped atomically, and counts of dispatched activities.
+type Router struct {
+	mu      sync.RWMutex
+	tenants map[string]*tenantEntry
+}
+
+type tenantEntry struct {
+	config atomic.Pointer[TenantConfig]
+	table  atomic.Pointer[Table]
+	counts sync.Map // revision name -> *atomic.Int64
+}
+
+// NewRouter returns an empty router.
+func NewRouter() *Router { return &Router{tenants: map[string]*tenantEntry{}} }
+
+func tenantKey(namespace, name string) string { return namespace + "/" + name }
+
+func (r *Router) entry(namespace, name string, create bool) *tenantEntry {
+	key := tenantKey(namespace, name)
+	r.mu.RLock()
+	e := r.tenants[key]
+	r.mu.RUnlock()
+	if e != nil || !create {
+		return e
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e = r.tenants[key]; e == nil {
+		e = &tenantEntry{}
+		r.tenants[key] = e
+	}
+	return e
+}
+
+// PublishTenant sets a tenant's config; nil removes the tenant.
+func (r *Router) PublishTenant(namespace, name string, c *TenantConfig) {
+	if c == nil {
+		if e := r.entry(namespace, name, false); e != nil {
+			e.config.Store(nil)
+		}
+		return
+	}
+	r.entry(namespace, name, true).config.Store(c)
+}
+
+// PublishTable swaps in a tenant's routing table; nil removes it.
+func (r *Router) PublishTable(namespace, tenant string, t *Table) {
+	if t == nil {
+		if e := r.entry(namespace, tenant, false); e != nil {
+			e.table.Store(nil)
+		}
+		return
+	}
+	r.entry(namespace, tenant, true).table.Store(t)
+}
+
+// Tenant returns a tenant's config and table (either may be nil).
+func (r *Router) Tenant(namespace, name string) (*TenantConfig, *Table) {
+	e := r.entry(namespace, name, false)
+	if e == nil {
+		return nil, nil
+	}
+	return e.config.Load(), e.table.Load()
+}
+
+// Tables returns every published table by tenant namespace/name.
+func (r *Router) Tables() map[string]*Table {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := map[string]*Table{}
+	for k, e := range r.tenants {
+		if t := e.table.Load(); t != nil {
+			out[k] = t
+		}
+	}
+	return out
+}
+
+// count records one activity dispatched to a revision.
+func (r *Router) count(namespace, tenant, revision string) {
+	e := r.entry(namespace, tenant, true)
+	c, ok := e.counts.Load(revision)
+	if !ok {
+		c, _ = e.counts.LoadOrStore(revision, new(atomic.Int64))
+	}
+	c.(*atomic.Int64).Add(1)
+}
+
+// Dispatched returns how many activities this replica dispatched to each revision of a tenant.
+func (r *Router) Dispatched(namespace, tenant string) map[string]int64 {
+	out := map[string]int64{}
+	e := r.entry(namespace, tenant, false)
+	if e == nil {
+		return out
+	}
+	e.counts.Range(func(k, v any) bool {
+		out[k.(string)] = v.(*atomic.Int64).Load()
+		return true
+	})
+	return out
+}
