@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/types"
 
 	packhostv1alpha1 "github.com/packhost/packhost/api/v1alpha1"
@@ -23,6 +24,9 @@ type Loaded struct {
 // Runtimes is this replica's registry of loaded revision runtimes. Every replica loads
 // the revisions it may have to serve; the dispatcher looks them up here.
 type Runtimes struct {
+	// OnUnload, when set, is called after a revision is unloaded (to drop its metrics).
+	OnUnload func(types.NamespacedName)
+
 	mu     sync.RWMutex
 	loaded map[types.NamespacedName]*Loaded
 }
@@ -63,6 +67,9 @@ func (r *Runtimes) Unload(ctx context.Context, key types.NamespacedName) bool {
 	r.mu.Unlock()
 	if l != nil {
 		l.Runtime.Close(ctx)
+		if r.OnUnload != nil {
+			r.OnUnload(key)
+		}
 	}
 	return l != nil
 }
@@ -76,4 +83,38 @@ func (r *Runtimes) Keys() []types.NamespacedName {
 		out = append(out, k)
 	}
 	return out
+}
+
+// PoolCollector exports each loaded revision's pool saturation. It reads the registry
+// when scraped, so an unloaded revision's series disappear with it.
+type PoolCollector struct {
+	runtimes *Runtimes
+	running  *prometheus.Desc
+	waiting  *prometheus.Desc
+}
+
+// NewPoolCollector returns a collector over runtimes.
+func NewPoolCollector(runtimes *Runtimes) *PoolCollector {
+	labels := []string{"namespace", "revision"}
+	return &PoolCollector{
+		runtimes: runtimes,
+		running:  prometheus.NewDesc("packhost_revision_activities_running", "Activities running on the revision's instances.", labels, nil),
+		waiting:  prometheus.NewDesc("packhost_revision_activities_waiting", "Activities waiting for an instance of the revision.", labels, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *PoolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.running; ch <- c.waiting }
+
+// Collect implements prometheus.Collector.
+func (c *PoolCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, key := range c.runtimes.Keys() {
+		l := c.runtimes.Get(key)
+		if l == nil {
+			continue
+		}
+		running, waiting := l.Runtime.Load()
+		ch <- prometheus.MustNewConstMetric(c.running, prometheus.GaugeValue, float64(running), key.Namespace, key.Name)
+		ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(waiting), key.Namespace, key.Name)
+	}
 }

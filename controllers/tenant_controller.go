@@ -7,8 +7,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -88,6 +88,9 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	}
 	if t := tenant.Spec.Limits.ActivityTimeout; t != nil {
 		cfg.Timeout = t.Duration
+	}
+	if tenant.Spec.Auth != nil {
+		cfg.RoutingCallers = tenant.Spec.Auth.RoutingCallers
 	}
 	reason, message := r.auth(ctx, tenant, cfg)
 	r.Router.PublishTenant(tenant.Namespace, tenant.Name, cfg)

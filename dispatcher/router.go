@@ -17,6 +17,8 @@ type TenantConfig struct {
 	// Tokens maps each accepted bearer token to the caller it names (the key in the auth
 	// Secret).
 	Tokens map[string]string
+	// RoutingCallers may choose a revision by tag or header.
+	RoutingCallers []string
 	// MaxBodyBytes bounds one activity.
 	MaxBodyBytes int64
 	// Timeout bounds one activity.

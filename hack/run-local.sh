@@ -24,8 +24,9 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+make --no-print-directory packs >/dev/null
 go build -o bin/localenv ./hack/localenv
-bin/localenv --write-kubeconfig "$KUBECONFIG" &
+bin/localenv --write-kubeconfig "$KUBECONFIG" --registry 127.0.0.1:5001 --packs bin/packs &
 pids+=($!)
 for _ in $(seq 1 300); do
   [ -s "$KUBECONFIG" ] && break
@@ -38,7 +39,7 @@ done
 echo "run-local: samples applied; starting the manager (Ctrl-C stops everything)"
 
 bin/manager --metrics-bind-address=127.0.0.1:8080 --health-probe-bind-address=127.0.0.1:8081 \
-  --cache-dir "$state/cache" &
+  --dispatcher-bind-address=127.0.0.1:8090 --cache-dir "$state/cache" &
 pids+=($!)
 for _ in $(seq 1 100); do curl -fsS http://127.0.0.1:8081/readyz >/dev/null 2>&1 && break; sleep 0.2; done
 

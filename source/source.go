@@ -308,4 +308,3 @@ func (f *Fetcher) keychain(ctx context.Context, namespace string, refs []packhos
 	}
 	return authn.NewMultiKeychain(kcs...), nil
 }
-

@@ -204,7 +204,9 @@ func TestImagePullSecret(t *testing.T) {
 
 type basic struct{ u, p string }
 
-func (b *basic) Authorization() (*authnConfig, error) { return &authnConfig{Username: b.u, Password: b.p}, nil }
+func (b *basic) Authorization() (*authnConfig, error) {
+	return &authnConfig{Username: b.u, Password: b.p}, nil
+}
 
 func TestConfigMapSource(t *testing.T) {
 	testenv.Require(t, env)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -159,6 +160,10 @@ func (t *txn) Commit(ctx context.Context) error {
 		order = append(order, i)
 	}
 	slices.Sort(order)
+	if f := t.ns.store.onCommit; f != nil {
+		start := time.Now()
+		defer func() { f(time.Since(start)) }()
+	}
 	for _, i := range order {
 		if err := t.ns.store.shard(t.ns.shards[i]).submit(ctx, parts[i]); err != nil {
 			return err

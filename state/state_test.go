@@ -460,4 +460,3 @@ func TestRetention(t *testing.T) {
 		}
 	}
 }
-

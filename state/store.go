@@ -87,14 +87,17 @@ type Options struct {
 	ShardBudget int
 	// Logger receives problems found in state ConfigMaps.
 	Logger logr.Logger
+	// OnCommit, when set, is told how long each successful commit took.
+	OnCommit func(time.Duration)
 }
 
 // Store is the process's view of every revision's state namespace.
 type Store struct {
-	client client.Client
-	cache  cache.Cache
-	budget int
-	log    logr.Logger
+	client   client.Client
+	cache    cache.Cache
+	budget   int
+	log      logr.Logger
+	onCommit func(time.Duration)
 
 	mu       sync.RWMutex
 	view     map[types.NamespacedName]*corev1.ConfigMap
@@ -134,7 +137,7 @@ func New(cfg *rest.Config, scheme *runtime.Scheme, opts Options) (*Store, error)
 		opts.ShardBudget = DefaultShardBudget
 	}
 	s := &Store{
-		client: c, cache: ca, budget: opts.ShardBudget, log: opts.Logger,
+		client: c, cache: ca, budget: opts.ShardBudget, log: opts.Logger, onCommit: opts.OnCommit,
 		view: map[types.NamespacedName]*corev1.ConfigMap{}, shards: map[types.NamespacedName]*shard{},
 		sessions: map[string]Pin{}, problems: map[types.NamespacedName]string{},
 	}

@@ -56,6 +56,15 @@ type TenantAuth struct {
 	// an accepted bearer token for the dispatcher; the key names the caller.
 	// +required
 	SecretRef LocalObjectReference `json:"secretRef"`
+
+	// routingCallers names the callers (keys of the auth Secret) allowed to choose a
+	// revision themselves, by tag or by the Packhost-Revision header. Everyone else is
+	// routed by the split.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MaxLength=253
+	RoutingCallers []string `json:"routingCallers,omitempty"`
 }
 
 // TenantPolicy lists the capabilities a tenant's packs may be granted.

@@ -36,6 +36,8 @@ type options struct {
 	cacheDir                string
 	gracefulShutdown        time.Duration
 	insecureRegistries      bool
+	dispatcherAddr          string
+	maxInFlight             int
 }
 
 func (o *options) bind(fs *flag.FlagSet) {
@@ -44,6 +46,8 @@ func (o *options) bind(fs *flag.FlagSet) {
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader among replicas; only the leader writes status. Enable it when running more than one replica.")
 	fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease; defaults to the manager's own namespace.")
 	fs.StringVar(&o.cacheDir, "cache-dir", defaultCacheDir(), "Directory for fetched packs and the compilation cache; must be writable.")
+	fs.StringVar(&o.dispatcherAddr, "dispatcher-bind-address", ":8090", "Address the activity dispatcher binds to; 0 disables it.")
+	fs.IntVar(&o.maxInFlight, "max-in-flight", 1024, "Activities this replica serves at once; more are refused with 429.")
 	fs.BoolVar(&o.insecureRegistries, "insecure-registries", false, "Pull image sources over plain http (local registries only).")
 	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", 30*time.Second, "How long in-flight work may take to finish on shutdown.")
 }

@@ -7,7 +7,10 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/packhost/packhost/controllers"
 	"github.com/packhost/packhost/dispatcher"
@@ -27,7 +30,16 @@ func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger) err
 	if err != nil {
 		return fmt.Errorf("start the wasm engine: %w", err)
 	}
-	store, err := state.New(mgr.GetConfig(), mgr.GetScheme(), state.Options{Logger: log.WithName("state")})
+	commitLatency := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "packhost_state_commit_duration_seconds", Help: "Time from an activity's commit to its state being on the API server.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	})
+	if err := crmetrics.Registry.Register(commitLatency); err != nil {
+		return fmt.Errorf("register state metrics: %w", err)
+	}
+	store, err := state.New(mgr.GetConfig(), mgr.GetScheme(), state.Options{
+		Logger: log.WithName("state"), OnCommit: func(d time.Duration) { commitLatency.Observe(d.Seconds()) },
+	})
 	if err != nil {
 		return err
 	}
@@ -57,16 +69,18 @@ func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger) err
 	if err := mgr.AddReadyzCheck("revisions-loaded", controllers.RevisionsLoaded(router, runtimes)); err != nil {
 		return err
 	}
-	parts = &wired{engine: engine, store: store, runtimes: runtimes, router: router}
-	return nil
+	if o.dispatcherAddr == "0" {
+		return nil
+	}
+	metrics := dispatcher.NewMetrics(crmetrics.Registry, crmetrics.Registry)
+	runtimes.OnUnload = func(key types.NamespacedName) { metrics.ForgetRevision(key.Namespace, key.Name) }
+	if err := crmetrics.Registry.Register(controllers.NewPoolCollector(runtimes)); err != nil {
+		return fmt.Errorf("register pool metrics: %w", err)
+	}
+	ready := controllers.RevisionsLoaded(router, runtimes)
+	return mgr.Add(&dispatcher.Server{
+		Addr: o.dispatcherAddr, Router: router, Revisions: runtimes, Pins: store,
+		MaxInFlight: o.maxInFlight, Ready: ready, Metrics: metrics,
+		Log: log.WithName("dispatcher"), ShutdownTimeout: o.gracefulShutdown,
+	})
 }
-
-// wired keeps the parts for the dispatcher.
-type wired struct {
-	engine   *runtime.Engine
-	store    *state.Store
-	runtimes *controllers.Runtimes
-	router   *dispatcher.Router
-}
-
-var parts *wired

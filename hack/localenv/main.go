@@ -1,33 +1,56 @@
 // Command localenv runs a local Kubernetes control plane (kube-apiserver and etcd from
-// hack/setup-envtest.sh) with the packhost CRDs installed, writes a kubeconfig for it and
-// runs until interrupted. hack/run-local.sh starts the manager against it.
+// hack/setup-envtest.sh) with the packhost CRDs installed, and an OCI registry holding
+// the built packs, writes a kubeconfig for the control plane and runs until interrupted.
+// hack/run-local.sh starts the manager against it.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
 	"github.com/packhost/packhost/internal/testenv"
+	"github.com/packhost/packhost/source"
 )
 
 func main() {
 	kubeconfig := flag.String("write-kubeconfig", "bin/local/kubeconfig", "Where to write the kubeconfig of the local control plane.")
+	registryAddr := flag.String("registry", "127.0.0.1:5001", "Address of the local OCI registry; empty runs none.")
+	packs := flag.String("packs", "bin/packs", "Directory of built packs (*.wasm) to push to the registry as packs/<name>:v1.")
 	flag.Parse()
-	if err := run(*kubeconfig); err != nil {
+	if err := run(*kubeconfig, *registryAddr, *packs); err != nil {
 		fmt.Fprintln(os.Stderr, "localenv:", err)
 		os.Exit(1)
 	}
 }
 
-func run(kubeconfig string) error {
+func run(kubeconfig, registryAddr, packs string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	if registryAddr != "" {
+		if err := serveRegistry(registryAddr, packs); err != nil {
+			return err
+		}
+	}
 	env, err := testenv.Start()
 	if err != nil {
 		return err
@@ -49,5 +72,39 @@ func run(kubeconfig string) error {
 	fmt.Printf("localenv: control plane at %s, CRDs installed, kubeconfig %s\n", env.Config.Host, kubeconfig)
 	<-ctx.Done()
 	fmt.Println("localenv: stopping the control plane")
+	return nil
+}
+
+// serveRegistry starts an in-process OCI registry and pushes every pack in dir to it as
+// a wasm artifact.
+func serveRegistry(addr, dir string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	go func() { _ = http.Serve(l, registry.New(registry.Logger(log.New(io.Discard, "", 0)))) }()
+	files, _ := filepath.Glob(filepath.Join(dir, "*.wasm"))
+	if len(files) == 0 {
+		return errors.New("no packs in " + dir + ": run make packs")
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		img, err := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1),
+			mutate.Addendum{Layer: static.NewLayer(b, source.WasmLayerMediaType)})
+		if err != nil {
+			return err
+		}
+		ref, err := name.ParseReference(addr + "/packs/" + strings.TrimSuffix(filepath.Base(f), ".wasm") + ":v1")
+		if err != nil {
+			return err
+		}
+		if err := remote.Write(ref, img); err != nil {
+			return fmt.Errorf("push %s: %w", ref, err)
+		}
+	}
+	fmt.Printf("localenv: OCI registry at %s holds %d packs as packs/<name>:v1\n", addr, len(files))
 	return nil
 }

@@ -1,0 +1,487 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/packhost/packhost/runtime"
+)
+
+// RevisionHeader names, on a request, the revision a routing caller chooses, and on a
+// response, the revision that served it.
+const RevisionHeader = "Packhost-Revision"
+
+// Revisions finds the runtimes loaded on this replica.
+type Revisions interface {
+	Revision(namespace, name string) *runtime.Revision
+}
+
+// Pins says which revision holds a live wait for a session key.
+type Pins interface {
+	PinnedRevision(session string, now time.Time) (string, bool)
+}
+
+// Server is the dispatcher's HTTP server.
+type Server struct {
+	Addr      string
+	Router    *Router
+	Revisions Revisions
+	Pins      Pins
+	// MaxInFlight bounds the activities served at once by this replica; past it
+	// requests get 429 with Retry-After.
+	MaxInFlight int
+	// Ready answers /readyz.
+	Ready   func(*http.Request) error
+	Metrics *Metrics
+	Log     logr.Logger
+	// ShutdownTimeout bounds how long in-flight activities may finish on shutdown.
+	ShutdownTimeout time.Duration
+
+	inFlight atomic.Int64
+	listener net.Listener
+}
+
+// Error codes in error bodies: stable, for clients to branch on.
+const (
+	CodeInvalidActivity = "invalid_activity"
+	CodeUnknownTenant   = "unknown_tenant"
+	CodeNoSplit         = "no_split"
+	CodeUnauthenticated = "unauthenticated"
+	CodeForbidden       = "forbidden"
+	CodeTooLarge        = "body_too_large"
+	CodeConflict        = "session_conflict"
+	CodeOverloaded      = "overloaded"
+	CodeGuestTrap       = "guest_error"
+	CodeTimeout         = "timeout"
+	CodeNoReadyRevision = "no_ready_revision"
+	CodeNoSuchFlow      = "no_such_flow"
+	CodeUnknownTag      = "unknown_tag"
+	CodeStateFull       = "state_full"
+	CodeUnsupported     = "unsupported"
+	CodeInternal        = "internal"
+)
+
+// Handler returns the dispatcher's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/namespaces/{ns}/tenants/{tenant}/activities", s.activities)
+	mux.HandleFunc("POST /v1/namespaces/{ns}/tenants/{tenant}/tags/{tag}/activities", s.activities)
+	mux.HandleFunc("POST /v1/namespaces/{ns}/tenants/{tenant}/revisions/{revision}/identify", s.identify)
+	mux.HandleFunc("GET /v1/namespaces/{ns}/tenants/{tenant}/revisions/{revision}/identify", s.describe)
+	mux.HandleFunc("POST /v1/namespaces/{ns}/tenants/{tenant}/revisions/{revision}/invoke", s.invoke)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Metrics.gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if s.Ready != nil {
+			if err := s.Ready(r); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		io.WriteString(w, "ok")
+	})
+	return mux
+}
+
+// Listen binds the server's address; Start then serves on it. Tests use it to learn
+// the port before serving.
+func (s *Server) Listen() (net.Addr, error) {
+	l, err := net.Listen("tcp", s.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher listen on %s: %w", s.Addr, err)
+	}
+	s.listener = l
+	return l.Addr(), nil
+}
+
+// Start serves until ctx is done, then stops taking requests and lets in-flight
+// activities finish (up to ShutdownTimeout). It is a manager Runnable.
+func (s *Server) Start(ctx context.Context) error {
+	if s.listener == nil {
+		if _, err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(s.listener) }()
+	s.Log.Info("Dispatcher serving", "address", s.listener.Addr().String())
+	select {
+	case err := <-errc:
+		return fmt.Errorf("dispatcher: %w", err)
+	case <-ctx.Done():
+	}
+	timeout := s.ShutdownTimeout
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("dispatcher shutdown: %w", err)
+	}
+	return nil
+}
+
+// NeedLeaderElection is false: every replica serves activities.
+func (s *Server) NeedLeaderElection() bool { return false }
+
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	var b errorBody
+	b.Error.Code, b.Error.Message = code, msg
+	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(b)
+}
+
+// statusOf maps a runtime error to an HTTP status and code.
+func statusOf(err error) (int, string) {
+	switch {
+	case errors.Is(err, runtime.ErrInvalidActivity):
+		return http.StatusBadRequest, CodeInvalidActivity
+	case errors.Is(err, runtime.ErrNoSuchFlow):
+		return http.StatusNotFound, CodeNoSuchFlow
+	case errors.Is(err, runtime.ErrOverloaded):
+		return http.StatusTooManyRequests, CodeOverloaded
+	case errors.Is(err, runtime.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, CodeTimeout
+	case errors.Is(err, runtime.ErrTrap), errors.Is(err, runtime.ErrInvalidOutput):
+		return http.StatusBadGateway, CodeGuestTrap
+	case errors.Is(err, runtime.ErrNotLoaded):
+		return http.StatusServiceUnavailable, CodeNoReadyRevision
+	case errors.Is(err, runtime.ErrConflict):
+		return http.StatusConflict, CodeConflict
+	case errors.Is(err, runtime.ErrStateFull):
+		return http.StatusInsufficientStorage, CodeStateFull
+	case errors.Is(err, runtime.ErrUnsupported), errors.Is(err, runtime.ErrAmbiguous), errors.Is(err, runtime.ErrOpNotAllowed):
+		return http.StatusUnprocessableEntity, CodeUnsupported
+	}
+	return http.StatusInternalServerError, CodeInternal
+}
+
+// authenticate finds the tenant and checks the caller's bearer token. It writes the
+// error response and returns nil when the request may not go on.
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (*TenantConfig, *Table, string) {
+	ns, name := r.PathValue("ns"), r.PathValue("tenant")
+	cfg, table := s.Router.Tenant(ns, name)
+	if cfg == nil {
+		writeError(w, http.StatusNotFound, CodeUnknownTenant, fmt.Sprintf("no tenant %s/%s", ns, name))
+		return nil, nil, ""
+	}
+	auth := r.Header.Get("Authorization")
+	token, ok := strings.CutPrefix(auth, "Bearer ")
+	if auth == "" || !ok || token == "" {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="packhost"`)
+		writeError(w, http.StatusUnauthorized, CodeUnauthenticated, "send Authorization: Bearer <token> with a token from the tenant's auth Secret")
+		return nil, nil, ""
+	}
+	caller, ok := cfg.Caller(token)
+	if !ok {
+		writeError(w, http.StatusForbidden, CodeForbidden, fmt.Sprintf("the token is not one of tenant %s/%s's", ns, name))
+		return nil, nil, ""
+	}
+	return cfg, table, caller
+}
+
+// readBody reads at most limit bytes; past it the response is 413.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
+	if limit <= 0 {
+		limit = 1 << 20
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, CodeTooLarge, fmt.Sprintf("the body is larger than the tenant's %d-byte limit", limit))
+		} else {
+			writeError(w, http.StatusBadRequest, CodeInvalidActivity, "read body: "+err.Error())
+		}
+		return nil, false
+	}
+	return body, true
+}
+
+// Response is what an activity request answers.
+type Response struct {
+	Revision   string             `json:"revision"`
+	Activities []runtime.Activity `json:"activities"`
+}
+
+func (s *Server) activities(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	ns, tenant := r.PathValue("ns"), r.PathValue("tenant")
+	if n := s.inFlight.Add(1); s.MaxInFlight > 0 && n > int64(s.MaxInFlight) {
+		s.inFlight.Add(-1)
+		s.Metrics.request(ns, tenant, "", http.StatusTooManyRequests, start)
+		writeError(w, http.StatusTooManyRequests, CodeOverloaded, "the dispatcher is at its in-flight limit")
+		return
+	}
+	defer s.inFlight.Add(-1)
+
+	cfg, table, caller := s.authenticate(w, r)
+	if cfg == nil {
+		s.Metrics.request(ns, tenant, "", 401, start)
+		return
+	}
+	body, ok := readBody(w, r, cfg.MaxBodyBytes)
+	if !ok {
+		s.Metrics.request(ns, tenant, "", http.StatusRequestEntityTooLarge, start)
+		return
+	}
+	a, err := runtime.ParseActivity(body)
+	if err != nil {
+		s.Metrics.request(ns, tenant, "", http.StatusBadRequest, start)
+		writeError(w, http.StatusBadRequest, CodeInvalidActivity, err.Error())
+		return
+	}
+	revision, status, code, msg := s.route(r, cfg, table, caller, a)
+	if status != 0 {
+		s.Metrics.request(ns, tenant, revision, status, start)
+		writeError(w, status, code, msg)
+		return
+	}
+	rt := s.Revisions.Revision(ns, revision)
+	if rt == nil {
+		s.Metrics.request(ns, tenant, revision, http.StatusServiceUnavailable, start)
+		writeError(w, http.StatusServiceUnavailable, CodeNoReadyRevision, fmt.Sprintf("revision %s is not loaded on this replica yet", revision))
+		return
+	}
+	done := s.Metrics.inFlight(ns, tenant, revision)
+	ctx := r.Context()
+	if cfg.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.Timeout)
+		defer cancel()
+	}
+	out, err := rt.Handle(ctx, a)
+	done()
+	if err != nil {
+		status, code := statusOf(err)
+		s.Metrics.request(ns, tenant, revision, status, start)
+		w.Header().Set(RevisionHeader, revision)
+		writeError(w, status, code, err.Error())
+		return
+	}
+	s.Router.count(ns, tenant, revision)
+	resp, err := json.Marshal(Response{Revision: revision, Activities: nonNil(out)})
+	if err != nil {
+		writeError(w, http.StatusBadGateway, CodeGuestTrap, "encode replies: "+err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set(RevisionHeader, revision)
+	w.Header().Set("Content-Length", strconv.Itoa(len(resp)))
+	_, _ = w.Write(resp)
+	s.Metrics.request(ns, tenant, revision, http.StatusOK, start)
+}
+
+func nonNil(a []runtime.Activity) []runtime.Activity {
+	if a == nil {
+		return []runtime.Activity{}
+	}
+	return a
+}
+
+// route picks the revision: an explicit choice (tag or header) for routing callers,
+// then the session's pin, then the table's sticky bucket or weighted random choice.
+func (s *Server) route(r *http.Request, cfg *TenantConfig, table *Table, caller string, a *runtime.Activity) (revision string, status int, code, msg string) {
+	tag, chosen := r.PathValue("tag"), r.Header.Get(RevisionHeader)
+	if tag != "" || chosen != "" {
+		if !slices.Contains(cfg.RoutingCallers, caller) {
+			return "", http.StatusForbidden, CodeForbidden, fmt.Sprintf("caller %q may not choose a revision: list it in the Tenant's spec.auth.routingCallers", caller)
+		}
+		if chosen != "" {
+			return chosen, 0, "", ""
+		}
+		if table == nil {
+			return "", http.StatusNotFound, CodeNoSplit, "the tenant has no TrafficSplit in use"
+		}
+		rt, ok := table.ByTag(tag)
+		if !ok {
+			return "", http.StatusNotFound, CodeUnknownTag, fmt.Sprintf("the split has no route tagged %q", tag)
+		}
+		return rt.Revision, 0, "", ""
+	}
+	session := runtime.SessionKey(cfg.Env, cfg.Namespace+"/"+cfg.Name, a)
+	if session != "" && s.Pins != nil {
+		if pinned, ok := s.Pins.PinnedRevision(session, time.Now()); ok {
+			if ns, name, _ := strings.Cut(pinned, "/"); ns == cfg.Namespace && s.Revisions.Revision(ns, name) != nil {
+				return name, 0, "", ""
+			}
+		}
+	}
+	if table == nil {
+		return "", http.StatusNotFound, CodeNoSplit, "the tenant has no TrafficSplit in use"
+	}
+	return table.Pick(session).Revision, 0, "", ""
+}
+
+func (s *Server) revisionFor(w http.ResponseWriter, r *http.Request) (*runtime.Revision, *TenantConfig, string) {
+	cfg, _, caller := s.authenticate(w, r)
+	if cfg == nil {
+		return nil, nil, ""
+	}
+	name := r.PathValue("revision")
+	rt := s.Revisions.Revision(cfg.Namespace, name)
+	if rt == nil {
+		writeError(w, http.StatusServiceUnavailable, CodeNoReadyRevision, fmt.Sprintf("revision %s is not loaded on this replica", name))
+		return nil, nil, ""
+	}
+	_ = caller
+	return rt, cfg, name
+}
+
+func writeJSON(w http.ResponseWriter, revision string, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set(RevisionHeader, revision)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) identify(w http.ResponseWriter, r *http.Request) {
+	rt, cfg, name := s.revisionFor(w, r)
+	if rt == nil {
+		return
+	}
+	body, ok := readBody(w, r, cfg.MaxBodyBytes)
+	if !ok {
+		return
+	}
+	var req runtime.IdentifyRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, CodeInvalidActivity, "identify request: "+err.Error())
+		return
+	}
+	lower := make(map[string]string, len(req.Headers))
+	for k, v := range req.Headers {
+		lower[strings.ToLower(k)] = v
+	}
+	req.Headers = lower
+	id, err := rt.Identify(r.Context(), req, r.URL.Query().Get("scoped") == "true")
+	if err != nil {
+		status, code := statusOf(err)
+		writeError(w, status, code, err.Error())
+		return
+	}
+	writeJSON(w, name, struct {
+		Outcome string `json:"outcome"`
+		runtime.Identity
+	}{id.OutcomeName(), id})
+}
+
+func (s *Server) describe(w http.ResponseWriter, r *http.Request) {
+	rt, _, name := s.revisionFor(w, r)
+	if rt == nil {
+		return
+	}
+	hints, err := rt.DescribeIdentify(r.Context())
+	if err != nil {
+		status, code := statusOf(err)
+		writeError(w, status, code, err.Error())
+		return
+	}
+	writeJSON(w, name, map[string]any{"hints": hints})
+}
+
+func (s *Server) invoke(w http.ResponseWriter, r *http.Request) {
+	rt, cfg, name := s.revisionFor(w, r)
+	if rt == nil {
+		return
+	}
+	body, ok := readBody(w, r, cfg.MaxBodyBytes)
+	if !ok {
+		return
+	}
+	var req runtime.InvokeRequest
+	if err := json.Unmarshal(body, &req); err != nil || req.ProviderType == "" || req.Op == "" {
+		writeError(w, http.StatusBadRequest, CodeInvalidActivity, "invoke request needs provider_type and op")
+		return
+	}
+	out, err := rt.Invoke(r.Context(), req)
+	if err != nil {
+		status, code := statusOf(err)
+		writeError(w, status, code, err.Error())
+		return
+	}
+	writeJSON(w, name, map[string]json.RawMessage{"result": out})
+}
+
+// Metrics are the dispatcher's Prometheus series.
+type Metrics struct {
+	gatherer prometheus.Gatherer
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	inflight *prometheus.GaugeVec
+}
+
+// NewMetrics registers the dispatcher's series with reg.
+func NewMetrics(reg prometheus.Registerer, gatherer prometheus.Gatherer) *Metrics {
+	m := &Metrics{
+		gatherer: gatherer,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "packhost_dispatcher_requests_total", Help: "Activity requests by tenant, revision and HTTP status.",
+		}, []string{"namespace", "tenant", "revision", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "packhost_dispatcher_request_duration_seconds", Help: "Activity request latency by tenant and revision.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"namespace", "tenant", "revision"}),
+		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "packhost_dispatcher_in_flight", Help: "Activities being served by tenant and revision.",
+		}, []string{"namespace", "tenant", "revision"}),
+	}
+	reg.MustRegister(m.requests, m.latency, m.inflight)
+	return m
+}
+
+func (m *Metrics) request(ns, tenant, revision string, status int, start time.Time) {
+	if m == nil {
+		return
+	}
+	m.requests.WithLabelValues(ns, tenant, revision, strconv.Itoa(status)).Inc()
+	if status == http.StatusOK {
+		m.latency.WithLabelValues(ns, tenant, revision).Observe(time.Since(start).Seconds())
+	}
+}
+
+func (m *Metrics) inFlight(ns, tenant, revision string) func() {
+	if m == nil {
+		return func() {}
+	}
+	g := m.inflight.WithLabelValues(ns, tenant, revision)
+	g.Inc()
+	return g.Dec
+}
+
+// ForgetRevision removes a revision's series, when it is unloaded.
+func (m *Metrics) ForgetRevision(namespace, revision string) {
+	if m == nil {
+		return
+	}
+	labels := prometheus.Labels{"namespace": namespace, "revision": revision}
+	m.requests.DeletePartialMatch(labels)
+	m.latency.DeletePartialMatch(labels)
+	m.inflight.DeletePartialMatch(labels)
+}
