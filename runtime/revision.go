@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -76,7 +77,7 @@ func (l *Limits) defaults() {
 		l.IdleTimeout = 30 * time.Second
 	}
 	if l.MaxReruns == 0 {
-		l.MaxReruns = 8
+		l.MaxReruns = 32
 	}
 }
 
@@ -446,6 +447,13 @@ func (r *Revision) Handle(ctx context.Context, a *Activity) ([]Activity, error) 
 		out, err := r.handleOnce(ctx, a, session)
 		if !errors.Is(err, ErrConflict) || attempt >= r.limits.MaxReruns {
 			return out, err
+		}
+		// Activities that conflicted on a hot key retry at jittered times, so they do not
+		// collide again in lockstep.
+		select {
+		case <-time.After(time.Duration(mrand.Int64N(int64(time.Millisecond) << min(attempt, 5)))):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %s: re-running after conflicts until the deadline", ErrTimeout, r.name)
 		}
 	}
 }

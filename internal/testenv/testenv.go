@@ -120,7 +120,7 @@ func Kubectl() string { return filepath.Join(AssetsDir(), "kubectl") }
 // Run is a TestMain body: it starts a control plane into *env, runs the tests and stops
 // it. Under -short no control plane starts, *env stays nil and Require skips. When the
 // binaries are missing the run fails: `make test` builds them first.
-func Run(m *testing.M, env **Env) int {
+func Run(m *testing.M, env **Env, setup ...func(*Env) error) int {
 	flag.Parse()
 	if testing.Short() {
 		return m.Run()
@@ -131,6 +131,13 @@ func Run(m *testing.M, env **Env) int {
 		return 1
 	}
 	*env = e
+	for _, s := range setup {
+		if err := s(e); err != nil {
+			fmt.Fprintln(os.Stderr, "testenv: setup:", err)
+			_ = e.Stop()
+			return 1
+		}
+	}
 	code := m.Run()
 	if err := e.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "testenv: stop:", err)
