@@ -467,4 +467,3 @@ func count(m map[string]string, rev string) int {
 	}
 	return n
 }
-
