@@ -1,0 +1,361 @@
+package controllers_test
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	v1 "github.com/packhost/packhost/api/v1alpha1"
+	"github.com/packhost/packhost/controllers"
+	"github.com/packhost/packhost/dispatcher"
+	"github.com/packhost/packhost/internal/packs"
+	"github.com/packhost/packhost/internal/testenv"
+	"github.com/packhost/packhost/internal/wasmbin"
+	"github.com/packhost/packhost/runtime"
+	"github.com/packhost/packhost/source"
+	"github.com/packhost/packhost/state"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { os.Exit(testenv.Run(m, &env)) }
+
+// replica is one manager's worth of packhost, in process.
+type replica struct {
+	runtimes *controllers.Runtimes
+	router   *dispatcher.Router
+	stop     context.CancelFunc
+}
+
+func startReplica(t *testing.T, leader bool) *replica {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+		Scheme: env.Scheme, Metrics: metricsserver.Options{BindAddress: "0"}, Logger: logr.Discard(),
+		// Several replicas share this test process.
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	engine, err := runtime.NewEngine(ctx, runtime.EngineConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := state.New(env.Config, env.Scheme, state.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mgr.Add(store); err != nil {
+		t.Fatal(err)
+	}
+	r := &replica{runtimes: controllers.NewRuntimes(), router: dispatcher.NewRouter(), stop: cancel}
+	isLeader := func() bool { return leader }
+	err = controllers.Setup(mgr,
+		&controllers.RevisionReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Engine: engine, State: store,
+			Fetcher: &source.Fetcher{Reader: mgr.GetAPIReader(), CacheDir: t.TempDir()}, Runtimes: r.runtimes, IsLeader: isLeader, Clock: time.Now},
+		&controllers.TenantReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Router: r.router, IsLeader: isLeader},
+		&controllers.TrafficSplitReconciler{Client: mgr.GetClient(), Router: r.router, Runtimes: r.runtimes, IsLeader: isLeader},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = mgr.Start(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; _ = engine.Close(context.Background()) })
+	return r
+}
+
+var ctx = context.Background()
+
+func create(t *testing.T, objs ...client.Object) {
+	t.Helper()
+	for _, o := range objs {
+		if err := env.Client.Create(ctx, o); err != nil {
+			t.Fatalf("create %T %s: %v", o, o.GetName(), err)
+		}
+	}
+}
+
+func eventually(t *testing.T, what string, ok func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	last := ""
+	for time.Now().Before(deadline) {
+		var done bool
+		if done, last = ok(); done {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting until %s; last: %s", what, last)
+}
+
+func revisionState(t *testing.T, ns, name string) (v1.RevisionPhase, string, string) {
+	rev := &v1.Revision{}
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, rev); err != nil {
+		return "", "", err.Error()
+	}
+	for _, c := range rev.Status.Conditions {
+		if c.Type == v1.ConditionReady {
+			return rev.Status.Phase, c.Reason, c.Message
+		}
+	}
+	return rev.Status.Phase, "", ""
+}
+
+func waitPhase(t *testing.T, ns, name string, phase v1.RevisionPhase, reason string) string {
+	t.Helper()
+	var msg string
+	eventually(t, name+" is "+string(phase)+"/"+reason, func() (bool, string) {
+		p, r, m := revisionState(t, ns, name)
+		msg = m
+		return p == phase && (reason == "" || r == reason), string(p) + "/" + r + ": " + m
+	})
+	return msg
+}
+
+// smallPack is a pack that fits a ConfigMap, with the given manifest.
+func smallPack(manifest string) []byte {
+	return packs.WithManifest(packs.Synthetic(8<<10), manifest)
+}
+
+const okManifest = `{"abi":1,"pack_id":"small","version":"1","flows":[{"id":"f","entry":true}]}`
+
+func tenant(ns, name string, mutate ...func(*v1.Tenant)) *v1.Tenant {
+	t := &v1.Tenant{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: v1.TenantSpec{Auth: &v1.TenantAuth{SecretRef: v1.LocalObjectReference{Name: name + "-tokens"}}}}
+	for _, m := range mutate {
+		m(t)
+	}
+	return t
+}
+
+func tokens(ns, name string) *corev1.Secret {
+	return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name + "-tokens", Namespace: ns}, StringData: map[string]string{"ci": "tok"}}
+}
+
+func packConfigMap(ns string, packs map[string][]byte) *corev1.ConfigMap {
+	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "packs", Namespace: ns}, BinaryData: packs}
+}
+
+func revision(ns, name, tenant, key string, mutate ...func(*v1.Revision)) *v1.Revision {
+	r := &v1.Revision{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: v1.RevisionSpec{
+		TenantRef: v1.LocalObjectReference{Name: tenant},
+		Packs:     []v1.Pack{{Name: "main", ConfigMapRef: &v1.ConfigMapKeyReference{Name: "packs", Key: key}}},
+		State:     v1.RevisionState{Shards: 1, Retention: v1.StateRetentionDelete},
+	}}
+	for _, m := range mutate {
+		m(r)
+	}
+	return r
+}
+
+func split(ns, name, tenant string, routes ...v1.Route) *v1.TrafficSplit {
+	return &v1.TrafficSplit{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: v1.TrafficSplitSpec{TenantRef: v1.LocalObjectReference{Name: tenant}, Routes: routes, Stickiness: v1.StickinessSession}}
+}
+
+func TestRevisionPhasesAndFailureReasons(t *testing.T) {
+	testenv.Require(t, env)
+	startReplica(t, true)
+	ns := env.Namespace(t, "phases")
+	garbage := append([]byte("\x00asm\x01\x00\x00\x00"), 0x01, 0x05, 0xff, 0xff, 0xff, 0xff, 0xff)
+	create(t, tokens(ns, "acme"),
+		packConfigMap(ns, map[string][]byte{
+			"ok.wasm":      smallPack(okManifest),
+			"state.wasm":   smallPack(`{"abi":1,"pack_id":"small","version":"1","flows":[{"id":"f","entry":true}],"capabilities":{"state":{"read":true,"write":true}}}`),
+			"nomanif.wasm": wasmbin.Strip(packs.Synthetic(4<<10), runtime.ManifestSection),
+			"garbage.wasm": packs.WithManifest(garbage, okManifest),
+		}),
+		tenant(ns, "acme", func(t *v1.Tenant) {
+			t.Spec.Policy.State = v1.StatePolicy{Read: ptr.To(true), Write: ptr.To(false)}
+			t.Spec.Limits = v1.TenantLimits{MemoryPages: 1024, MaxConcurrentActivities: 16, MaxRequestBodyBytes: 1 << 20, ActivityTimeout: &metav1.Duration{Duration: 5 * time.Second}}
+		}),
+		revision(ns, "ok", "acme", "ok.wasm"),
+		revision(ns, "no-tenant", "ghost", "ok.wasm"),
+		revision(ns, "cap", "acme", "state.wasm"),
+		revision(ns, "no-manifest", "acme", "nomanif.wasm"),
+		revision(ns, "garbage", "acme", "garbage.wasm"),
+		revision(ns, "missing-key", "acme", "absent.wasm"),
+		revision(ns, "wrong-sha", "acme", "ok.wasm", func(r *v1.Revision) { r.Spec.Packs[0].SHA256 = strings.Repeat("0", 64) }),
+		revision(ns, "too-much", "acme", "ok.wasm", func(r *v1.Revision) { r.Spec.Limits = &v1.RevisionLimits{MemoryPages: ptr.To[int32](2048)} }),
+	)
+	waitPhase(t, ns, "ok", v1.RevisionReady, "")
+	for _, tc := range []struct{ name, reason, says string }{
+		{"no-tenant", v1.ReasonTenantNotFound, `Tenant "ghost" not found`},
+		{"cap", v1.ReasonCapabilityNotAllowed, "state writes"},
+		{"no-manifest", v1.ReasonInvalidManifest, "packhost.manifest"},
+		{"garbage", v1.ReasonInvalidWasm, "compile"},
+		{"missing-key", v1.ReasonSourceUnreachable, `no binaryData key "absent.wasm"`},
+		{"wrong-sha", v1.ReasonDigestMismatch, strings.Repeat("0", 64)},
+		{"too-much", v1.ReasonLimitAboveTenant, "above the tenant's"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			msg := waitPhase(t, ns, tc.name, v1.RevisionFailed, tc.reason)
+			if !strings.Contains(msg, tc.says) {
+				t.Errorf("message %q does not say %q", msg, tc.says)
+			}
+		})
+	}
+
+	// The healthy revision's status is complete and truthful.
+	rev := &v1.Revision{}
+	_ = env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "ok"}, rev)
+	if len(rev.Status.Packs) != 1 || !strings.HasPrefix(rev.Status.Packs[0].Digest, "sha256:") || rev.Status.Packs[0].Size == 0 ||
+		len(rev.Status.StateConfigMaps) != 1 || rev.Status.ObservedGeneration != rev.Generation {
+		t.Errorf("status: %+v", rev.Status)
+	}
+	for _, c := range rev.Status.Conditions {
+		if c.Status != metav1.ConditionTrue || c.ObservedGeneration != rev.Generation {
+			t.Errorf("condition %s: %s (generation %d)", c.Type, c.Status, c.ObservedGeneration)
+		}
+	}
+
+	// A missing tenant that appears lets the revision load.
+	create(t, tokens(ns, "ghost"), tenant(ns, "ghost"))
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "no-tenant"}, rev); err != nil {
+		t.Fatal(err)
+	}
+	waitPhase(t, ns, "no-tenant", v1.RevisionReady, "")
+}
+
+func TestSplitsPublishKeepLastGoodAndConflict(t *testing.T) {
+	testenv.Require(t, env)
+	r := startReplica(t, true)
+	ns := env.Namespace(t, "splits")
+	create(t, tokens(ns, "acme"), packConfigMap(ns, map[string][]byte{"ok.wasm": smallPack(okManifest)}), tenant(ns, "acme"),
+		revision(ns, "a", "acme", "ok.wasm"), revision(ns, "b", "acme", "ok.wasm"),
+		revision(ns, "broken", "acme", "absent.wasm"))
+	waitPhase(t, ns, "a", v1.RevisionReady, "")
+	waitPhase(t, ns, "b", v1.RevisionReady, "")
+	create(t, split(ns, "main", "acme", v1.Route{RevisionName: "a", Percent: 90}, v1.Route{RevisionName: "b", Percent: 10, Tag: "canary"}))
+	eventually(t, "the table is published", func() (bool, string) {
+		_, table := r.router.Tenant(ns, "acme")
+		return table != nil && table.Summary() == "a=90,b=10", ""
+	})
+
+	// A second split for the tenant is a Conflict and changes nothing.
+	time.Sleep(10 * time.Millisecond)
+	create(t, split(ns, "rival", "acme", v1.Route{RevisionName: "b", Percent: 100}))
+	eventually(t, "the rival split is marked Conflict", func() (bool, string) {
+		s := &v1.TrafficSplit{}
+		_ = env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "rival"}, s)
+		for _, c := range s.Status.Conditions {
+			if c.Type == v1.ConditionReady && c.Reason == v1.ReasonConflict {
+				return true, c.Message
+			}
+		}
+		return false, ""
+	})
+	if _, table := r.router.Tenant(ns, "acme"); table.Summary() != "a=90,b=10" {
+		t.Fatalf("a conflicting split changed the table to %s", table.Summary())
+	}
+
+	// Routing to a revision that cannot load keeps the last good table, and says so.
+	s := &v1.TrafficSplit{}
+	_ = env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "main"}, s)
+	s.Spec.Routes = []v1.Route{{RevisionName: "a", Percent: 50}, {RevisionName: "broken", Percent: 50}}
+	if err := env.Client.Update(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the split reports the last good table", func() (bool, string) {
+		_ = env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "main"}, s)
+		for _, c := range s.Status.Conditions {
+			if c.Type == v1.TrafficSplitRoutesReady && c.Reason == v1.ReasonRevisionNotReady {
+				return s.Status.Summary == "a=90,b=10", s.Status.Summary
+			}
+		}
+		return false, s.Status.Summary
+	})
+	if _, table := r.router.Tenant(ns, "acme"); table.Summary() != "a=90,b=10" {
+		t.Fatalf("the table in use changed to %s while broken cannot load", table.Summary())
+	}
+}
+
+func TestFinalizersRetentionAndTenantDeletion(t *testing.T) {
+	testenv.Require(t, env)
+	startReplica(t, true)
+	ns := env.Namespace(t, "lifecycle")
+	create(t, tokens(ns, "acme"), packConfigMap(ns, map[string][]byte{"ok.wasm": smallPack(okManifest)}),
+		tenant(ns, "acme", func(t *v1.Tenant) { t.Spec.RevisionHistoryLimit = ptr.To[int32](1) }),
+		revision(ns, "kept-state", "acme", "ok.wasm", func(r *v1.Revision) { r.Spec.State.Retention = v1.StateRetentionRetain }))
+	waitPhase(t, ns, "kept-state", v1.RevisionReady, "")
+	time.Sleep(1100 * time.Millisecond) // creation timestamps have second resolution
+	create(t, revision(ns, "newest", "acme", "ok.wasm"))
+	waitPhase(t, ns, "newest", v1.RevisionReady, "")
+
+	// History limit 1: the older unrouted revision is retired and deleted; Retain keeps
+	// its state ConfigMap, without owner.
+	eventually(t, "the older unrouted revision is deleted", func() (bool, string) {
+		err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "kept-state"}, &v1.Revision{})
+		return apierrors.IsNotFound(err), ""
+	})
+	cm := &corev1.ConfigMap{}
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "kept-state-state-0"}, cm); err != nil || len(cm.OwnerReferences) != 0 {
+		t.Fatalf("retained state: %v %v", err, cm.OwnerReferences)
+	}
+
+	// Deleting the tenant waits for its revisions.
+	tn := &v1.Tenant{}
+	_ = env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme"}, tn)
+	if err := env.Client.Delete(ctx, tn); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the tenant says revisions remain", func() (bool, string) {
+		_ = env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme"}, tn)
+		for _, c := range tn.Status.Conditions {
+			if c.Reason == v1.ReasonRevisionsRemain {
+				return true, c.Message
+			}
+		}
+		return false, ""
+	})
+	rev := &v1.Revision{}
+	_ = env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "newest"}, rev)
+	if err := env.Client.Delete(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the revision, its Delete-retention state and then the tenant are gone", func() (bool, string) {
+		errRev := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "newest"}, &v1.Revision{})
+		errCM := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "newest-state-0"}, &corev1.ConfigMap{})
+		errTenant := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "acme"}, &v1.Tenant{})
+		return apierrors.IsNotFound(errRev) && apierrors.IsNotFound(errCM) && apierrors.IsNotFound(errTenant), ""
+	})
+}
+
+// Two replicas against one API server: both load the runtimes, only the leader writes
+// status.
+func TestOnlyTheLeaderWritesStatusButEveryReplicaLoads(t *testing.T) {
+	testenv.Require(t, env)
+	follower := startReplica(t, false)
+	ns := env.Namespace(t, "replicas")
+	create(t, tokens(ns, "acme"), packConfigMap(ns, map[string][]byte{"ok.wasm": smallPack(okManifest)}), tenant(ns, "acme"),
+		revision(ns, "r", "acme", "ok.wasm"))
+	key := types.NamespacedName{Namespace: ns, Name: "r"}
+	eventually(t, "the follower loads the revision", func() (bool, string) { return follower.runtimes.Get(key) != nil, "" })
+	time.Sleep(time.Second)
+	rev := &v1.Revision{}
+	_ = env.Client.Get(ctx, key, rev)
+	if rev.Status.Phase != "" || len(rev.Finalizers) != 0 {
+		t.Fatalf("a follower wrote status or finalizers: %+v %v", rev.Status, rev.Finalizers)
+	}
+	leader := startReplica(t, true)
+	waitPhase(t, ns, "r", v1.RevisionReady, "")
+	if leader.runtimes.Get(key) == nil || follower.runtimes.Get(key) == nil {
+		t.Fatal("both replicas must hold the runtime")
+	}
+}
