@@ -359,3 +359,59 @@ func TestOnlyTheLeaderWritesStatusButEveryReplicaLoads(t *testing.T) {
 		t.Fatal("both replicas must hold the runtime")
 	}
 }
+
+// A revision taken out of its split drains while a session is pinned to it, then retires
+// and unloads once the session is gone.
+func TestDrainingThenRetired(t *testing.T) {
+	testenv.Require(t, env)
+	r := startReplica(t, true)
+	ns := env.Namespace(t, "drain")
+	create(t, tokens(ns, "acme"), packConfigMap(ns, map[string][]byte{"ok.wasm": smallPack(okManifest)}), tenant(ns, "acme"),
+		revision(ns, "old", "acme", "ok.wasm"), revision(ns, "new", "acme", "ok.wasm"))
+	waitPhase(t, ns, "old", v1.RevisionReady, "")
+	waitPhase(t, ns, "new", v1.RevisionReady, "")
+	create(t, split(ns, "main", "acme", v1.Route{RevisionName: "old", Percent: 100}, v1.Route{RevisionName: "new", Percent: 0}))
+	waitPhase(t, ns, "old", v1.RevisionReady, "Routed")
+
+	// A session parks a wait on the old revision.
+	store, err := state.New(env.Config, env.Scheme, state.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { _ = store.Start(sctx) }()
+	store.WaitForSync(sctx)
+	old := &v1.Revision{}
+	_ = env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "old"}, old)
+	nsState := store.Namespace(state.Spec{Namespace: ns, Revision: "old", RevisionUID: old.UID, Tenant: "acme", Shards: 1})
+	txn, _ := nsState.Begin(ctx)
+	txn.SetWait("prod/acme/ann", &runtime.Wait{Pack: "small", Flow: "f", Expires: time.Now().Add(time.Hour)})
+	if err := txn.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	s := &v1.TrafficSplit{}
+	_ = env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "main"}, s)
+	s.Spec.Routes = []v1.Route{{RevisionName: "new", Percent: 100}}
+	if err := env.Client.Update(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	msg := waitPhase(t, ns, "old", v1.RevisionDraining, v1.ReasonDraining)
+	if !strings.Contains(msg, "1 sessions still pinned") {
+		t.Errorf("draining message: %q", msg)
+	}
+	if r.runtimes.Get(types.NamespacedName{Namespace: ns, Name: "old"}) == nil {
+		t.Fatal("a draining revision was unloaded while a session is pinned to it")
+	}
+
+	txn, _ = nsState.Begin(ctx)
+	txn.SetWait("prod/acme/ann", nil)
+	if err := txn.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitPhase(t, ns, "old", v1.RevisionRetired, v1.ReasonRetired)
+	eventually(t, "the retired revision is unloaded", func() (bool, string) {
+		return r.runtimes.Get(types.NamespacedName{Namespace: ns, Name: "old"}) == nil, ""
+	})
+}
