@@ -42,6 +42,10 @@ bin/manager --metrics-bind-address=127.0.0.1:8080 --health-probe-bind-address=12
   --dispatcher-bind-address=127.0.0.1:8090 --cache-dir "$state/cache" &
 pids+=($!)
 for _ in $(seq 1 100); do curl -fsS http://127.0.0.1:8081/readyz >/dev/null 2>&1 && break; sleep 0.2; done
+"$kubectl" wait --for=condition=Ready --timeout=180s phrev --all
+"$kubectl" wait --for=condition=Ready --timeout=60s phsplit/acme
+"$kubectl" get packhost
+go run ./hack/demo --dispatcher 127.0.0.1:8090
 
 cat <<MSG
 
@@ -49,6 +53,8 @@ packhost is running against a local control plane.
   export KUBECONFIG=$KUBECONFIG
   $kubectl get packhost             # tenants, revisions and splits
   curl http://127.0.0.1:8081/readyz # manager readiness
-  curl http://127.0.0.1:8080/metrics
+  curl http://127.0.0.1:8080/metrics # Prometheus metrics (also on :8090/metrics)
+  dispatcher: http://127.0.0.1:8090/v1/namespaces/default/tenants/acme/activities
+Ctrl-C stops everything.
 MSG
 wait "${pids[@]}"

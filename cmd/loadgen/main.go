@@ -1,0 +1,179 @@
+// Command loadgen drives the dispatcher (or any HTTP endpoint) at given concurrencies
+// and prints throughput and p50/p99/p999 latency. With -floor it first drives, in the
+// same run, a bare net/http server that answers with the same bytes the target does: the
+// floor for HTTP on this machine, which the target's figures are compared with.
+//
+//	loadgen -url http://127.0.0.1:8090/v1/namespaces/default/tenants/bench/activities \
+//	  -token demo-token-change-me -c 1,8,32 -d 5s -floor
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+func main() {
+	url := flag.String("url", "", "the endpoint to drive (POST)")
+	token := flag.String("token", "", "bearer token")
+	body := flag.String("body", `{"kind":"message","user_id":"{{user}}","payload":{"text":"hello"}}`, "request body; {{user}} becomes one of -users user ids")
+	users := flag.Int("users", 1000, "distinct user ids to spread requests over")
+	conc := flag.String("c", "1,8,32", "comma-separated concurrencies")
+	dur := flag.Duration("d", 5*time.Second, "how long to drive each concurrency")
+	floor := flag.Bool("floor", false, "also drive a bare net/http server answering the same bytes")
+	label := flag.String("label", "target", "name of the target in the output")
+	flag.Parse()
+	if *url == "" {
+		fmt.Fprintln(os.Stderr, "loadgen: -url is required")
+		os.Exit(2)
+	}
+	var cs []int
+	for _, c := range strings.Split(*conc, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(c))
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "loadgen: bad concurrency %q\n", c)
+			os.Exit(2)
+		}
+		cs = append(cs, n)
+	}
+	if err := run(*url, *token, *body, *users, cs, *dur, *floor, *label); err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(1)
+	}
+}
+
+// result is one run's figures.
+type result struct {
+	requests, errors int
+	elapsed          time.Duration
+	lat              []time.Duration
+}
+
+func (r result) rps() float64 { return float64(r.requests) / r.elapsed.Seconds() }
+
+func (r result) pct(p float64) time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	return r.lat[min(len(r.lat)-1, int(float64(len(r.lat))*p))]
+}
+
+func run(url, token, body string, users int, cs []int, dur time.Duration, floor bool, label string) error {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}, Timeout: 30 * time.Second}
+	var floorURL string
+	if floor {
+		// The floor answers what the target answers, byte for byte.
+		sample, err := do(client, url, token, strings.ReplaceAll(body, "{{user}}", "u0"))
+		if err != nil {
+			return fmt.Errorf("sample request to the target: %w", err)
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Content-Length", strconv.Itoa(len(sample)))
+			_, _ = w.Write(sample)
+		}))
+		floorURL = "http://" + l.Addr().String() + "/"
+	}
+	fmt.Printf("%-12s %5s %10s %10s %10s %10s %7s\n", "target", "c", "req/s", "p50", "p99", "p999", "errors")
+	for _, c := range cs {
+		var fr result
+		if floor {
+			fr = drive(client, floorURL, token, body, users, c, dur)
+			print("floor", c, fr)
+		}
+		tr := drive(client, url, token, body, users, c, dur)
+		print(label, c, tr)
+		if floor {
+			fmt.Printf("%-12s %5d %9.2fx %+9s\n", "ratio", c, tr.rps()/fr.rps(), (tr.pct(0.5) - fr.pct(0.5)).Round(time.Microsecond))
+		}
+	}
+	return nil
+}
+
+func print(label string, c int, r result) {
+	fmt.Printf("%-12s %5d %10.0f %10s %10s %10s %7d\n", label, c, r.rps(),
+		r.pct(0.5).Round(time.Microsecond), r.pct(0.99).Round(time.Microsecond), r.pct(0.999).Round(time.Microsecond), r.errors)
+}
+
+func do(client *http.Client, url, token, body string) ([]byte, error) {
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(b))
+	}
+	return b, nil
+}
+
+// drive runs c workers against url for dur; requests stop when dur is over.
+func drive(client *http.Client, url, token, body string, users, c int, dur time.Duration) result {
+	ctx, cancel := context.WithTimeout(context.Background(), dur)
+	defer cancel()
+	var (
+		mu     sync.Mutex
+		all    []time.Duration
+		errs   atomic.Int64
+		next   atomic.Int64
+		wg     sync.WaitGroup
+		start  = time.Now()
+		bodies = make([]string, users)
+	)
+	for i := range bodies {
+		bodies[i] = strings.ReplaceAll(body, "{{user}}", "u"+strconv.Itoa(i))
+	}
+	for range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lat := make([]time.Duration, 0, 4096)
+			for ctx.Err() == nil {
+				b := bodies[int(next.Add(1))%users]
+				t0 := time.Now()
+				if _, err := do(client, url, token, b); err != nil {
+					if !errors.Is(err, context.DeadlineExceeded) {
+						errs.Add(1)
+					}
+					continue
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			mu.Lock()
+			all = append(all, lat...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	slices.Sort(all)
+	return result{requests: len(all), errors: int(errs.Load()), elapsed: time.Since(start), lat: all}
+}
