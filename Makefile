@@ -87,6 +87,10 @@ packs: ## Build the sample and test packs into bin/packs/ with packctl.
 run-local: build envtest ## Run packhost locally: a local control plane, the CRDs, the samples and the manager.
 	hack/run-local.sh
 
+.PHONY: loadtest
+loadtest: envtest ## Measure the dispatcher against this machine's net/http floor (hack/loadtest.sh).
+	hack/loadtest.sh
+
 .PHONY: docker-build
 docker-build: ## Build the manager image (needs a Docker engine).
 	docker build -t $(IMG) .

@@ -8,6 +8,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,7 +36,16 @@ func main() {
 	dur := flag.Duration("d", 5*time.Second, "how long to drive each concurrency")
 	floor := flag.Bool("floor", false, "also drive a bare net/http server answering the same bytes")
 	label := flag.String("label", "target", "name of the target in the output")
+	serveFloor := flag.String("serve-floor", "", "internal: serve the floor on this address, answering the bytes of -floor-file")
+	floorFile := flag.String("floor-file", "", "internal: the floor's answer")
 	flag.Parse()
+	if *serveFloor != "" {
+		if err := serve(*serveFloor, *floorFile); err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen floor:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *url == "" {
 		fmt.Fprintln(os.Stderr, "loadgen: -url is required")
 		os.Exit(2)
@@ -79,18 +90,12 @@ func run(url, token, body string, users int, cs []int, dur time.Duration, floor 
 		if err != nil {
 			return fmt.Errorf("sample request to the target: %w", err)
 		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		addr, stop, err := startFloor(sample)
 		if err != nil {
 			return err
 		}
-		defer l.Close()
-		go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			_, _ = io.Copy(io.Discard, r.Body)
-			w.Header().Set("Content-Type", "application/json")
-			w.Header().Set("Content-Length", strconv.Itoa(len(sample)))
-			_, _ = w.Write(sample)
-		}))
-		floorURL = "http://" + l.Addr().String() + "/"
+		defer stop()
+		floorURL = "http://" + addr + "/"
 	}
 	fmt.Printf("%-12s %5s %10s %10s %10s %10s %7s\n", "target", "c", "req/s", "p50", "p99", "p999", "errors")
 	for _, c := range cs {
@@ -176,4 +181,54 @@ func drive(client *http.Client, url, token, body string, users, c int, dur time.
 	wg.Wait()
 	slices.Sort(all)
 	return result{requests: len(all), errors: int(errs.Load()), elapsed: time.Since(start), lat: all}
+}
+
+// startFloor runs this binary as the floor server in a process of its own and returns
+// its address.
+func startFloor(sample []byte) (string, func(), error) {
+	f, err := os.CreateTemp("", "loadgen-floor-")
+	if err != nil {
+		return "", nil, err
+	}
+	_, _ = f.Write(sample)
+	f.Close()
+	self, err := os.Executable()
+	if err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command(self, "-serve-floor", "127.0.0.1:0", "-floor-file", f.Name())
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", nil, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); os.Remove(f.Name()) }
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		stop()
+		return "", nil, fmt.Errorf("floor server: %w", err)
+	}
+	return strings.TrimSpace(line), stop, nil
+}
+
+// serve is the floor: a bare net/http server answering every request with the same bytes.
+func serve(addr, file string) error {
+	sample, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	fmt.Println(l.Addr().String())
+	return http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", strconv.Itoa(len(sample)))
+		_, _ = w.Write(sample)
+	}))
 }

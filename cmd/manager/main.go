@@ -38,6 +38,7 @@ type options struct {
 	insecureRegistries      bool
 	dispatcherAddr          string
 	maxInFlight             int
+	pprofAddr               string
 }
 
 func (o *options) bind(fs *flag.FlagSet) {
@@ -47,6 +48,7 @@ func (o *options) bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease; defaults to the manager's own namespace.")
 	fs.StringVar(&o.cacheDir, "cache-dir", defaultCacheDir(), "Directory for fetched packs and the compilation cache; must be writable.")
 	fs.StringVar(&o.dispatcherAddr, "dispatcher-bind-address", ":8090", "Address the activity dispatcher binds to; 0 disables it.")
+	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "", "Address of the Go pprof endpoints; empty disables them.")
 	fs.IntVar(&o.maxInFlight, "max-in-flight", 1024, "Activities this replica serves at once; more are refused with 429.")
 	fs.BoolVar(&o.insecureRegistries, "insecure-registries", false, "Pull image sources over plain http (local registries only).")
 	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", 30*time.Second, "How long in-flight work may take to finish on shutdown.")
@@ -97,6 +99,7 @@ func run(ctx context.Context, cfg *rest.Config, o options, log logr.Logger) erro
 		Logger:                  log,
 		Metrics:                 metricsserver.Options{BindAddress: o.metricsAddr},
 		HealthProbeBindAddress:  o.probeAddr,
+		PprofBindAddress:        o.pprofAddr,
 		LeaderElection:          o.leaderElect,
 		LeaderElectionID:        leaderElectionID,
 		LeaderElectionNamespace: o.leaderElectionNamespace,
