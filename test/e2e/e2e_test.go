@@ -467,3 +467,20 @@ func count(m map[string]string, rev string) int {
 	}
 	return n
 }
+
+// config/default is what users deploy: it renders with kubectl kustomize and the API
+// server accepts every object of it (dry run: no image can be pulled here).
+func TestDeployManifestsDryRun(t *testing.T) {
+	testenv.Require(t, env)
+	rendered := mustKubectl(t, "", "kustomize", "config/default")
+	for _, want := range []string{"kind: Deployment", "replicas: 2", "--leader-elect", "kind: PodDisruptionBudget",
+		"name: packhost-dispatcher", "readOnlyRootFilesystem: true", "runAsNonRoot: true", "readinessProbe", "kind: CustomResourceDefinition"} {
+		if !strings.Contains(rendered, want) {
+			t.Errorf("config/default does not render %q", want)
+		}
+	}
+	mustKubectl(t, "", "create", "namespace", "packhost-system")
+	if out, err := kubectl(t, rendered, "apply", "--server-side", "--dry-run=server", "--force-conflicts", "-f", "-"); err != nil {
+		t.Fatalf("dry run of config/default: %v\n%s", err, out)
+	}
+}
