@@ -158,6 +158,12 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	_ = json.NewEncoder(w).Encode(b)
 }
 
+// writeRuntimeError answers with the status and code of a runtime error.
+func writeRuntimeError(w http.ResponseWriter, err error) {
+	status, code := statusOf(err)
+	writeError(w, status, code, err.Error())
+}
+
 // statusOf maps a runtime error to an HTTP status and code.
 func statusOf(err error) (int, string) {
 	switch {
@@ -280,10 +286,10 @@ func (s *Server) activities(w http.ResponseWriter, r *http.Request) {
 	out, err := rt.Handle(ctx, a)
 	done()
 	if err != nil {
-		status, code := statusOf(err)
+		status, _ := statusOf(err)
 		s.Metrics.request(ns, tenant, revision, status, start)
 		w.Header().Set(RevisionHeader, revision)
-		writeError(w, status, code, err.Error())
+		writeRuntimeError(w, err)
 		return
 	}
 	s.Router.count(ns, tenant, revision)
@@ -382,8 +388,7 @@ func (s *Server) identify(w http.ResponseWriter, r *http.Request) {
 	req.Headers = lower
 	id, err := rt.Identify(r.Context(), req, r.URL.Query().Get("scoped") == "true")
 	if err != nil {
-		status, code := statusOf(err)
-		writeError(w, status, code, err.Error())
+		writeRuntimeError(w, err)
 		return
 	}
 	writeJSON(w, name, struct {
@@ -399,8 +404,7 @@ func (s *Server) describe(w http.ResponseWriter, r *http.Request) {
 	}
 	hints, err := rt.DescribeIdentify(r.Context())
 	if err != nil {
-		status, code := statusOf(err)
-		writeError(w, status, code, err.Error())
+		writeRuntimeError(w, err)
 		return
 	}
 	writeJSON(w, name, map[string]any{"hints": hints})
@@ -422,8 +426,7 @@ func (s *Server) invoke(w http.ResponseWriter, r *http.Request) {
 	}
 	out, err := rt.Invoke(r.Context(), req)
 	if err != nil {
-		status, code := statusOf(err)
-		writeError(w, status, code, err.Error())
+		writeRuntimeError(w, err)
 		return
 	}
 	writeJSON(w, name, map[string]json.RawMessage{"result": out})

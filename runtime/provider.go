@@ -283,13 +283,8 @@ func (r *Revision) callExport(ctx context.Context, p *packRuntime, export string
 		return nil, err
 	}
 	p.put(inst, r.now())
-	switch {
-	case c.storeErr != nil:
-		return nil, fmt.Errorf("state: %w", c.storeErr)
-	case c.faultErr != nil:
-		return nil, fmt.Errorf("%w: %v", ErrInvalidOutput, c.faultErr)
-	case res != 0:
-		return nil, fmt.Errorf("%w: %s of pack %s returned error code %d", ErrInvalidOutput, export, p.id, res)
+	if err := c.outcome(res, export+" of pack "+p.id); err != nil {
+		return nil, err
 	}
 	return c.outputs, nil
 }

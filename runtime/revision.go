@@ -53,7 +53,8 @@ type Limits struct {
 	MaxOutputBytes int
 	// IdleTimeout is how long an idle instance beyond the first is kept.
 	IdleTimeout time.Duration
-	// MaxReruns bounds how often an activity is run again after a state conflict.
+	// MaxReruns bounds how often an activity is run again after a state conflict; the
+	// activity's deadline bounds the re-runs too.
 	MaxReruns int
 }
 
@@ -77,7 +78,7 @@ func (l *Limits) defaults() {
 		l.IdleTimeout = 30 * time.Second
 	}
 	if l.MaxReruns == 0 {
-		l.MaxReruns = 32
+		l.MaxReruns = 128 // the deadline bounds them too
 	}
 }
 
@@ -415,6 +416,20 @@ func (r *Revision) Load() (running, waiting int) {
 	return len(r.slots), int(r.waiting.Load())
 }
 
+// outcome is the error of a guest call that returned res: a store failure, a fault the
+// host recorded, or a non-zero result; nil when the call succeeded.
+func (c *call) outcome(res int32, what string) error {
+	switch {
+	case c.storeErr != nil:
+		return fmt.Errorf("state: %w", c.storeErr)
+	case c.faultErr != nil:
+		return fmt.Errorf("%w: %v", ErrInvalidOutput, c.faultErr)
+	case res != 0:
+		return fmt.Errorf("%w: %s returned error code %d", ErrInvalidOutput, what, res)
+	}
+	return nil
+}
+
 // call is the host side of one guest call: where host functions find their scope.
 type call struct {
 	rev      *Revision
@@ -444,7 +459,7 @@ func (r *Revision) Handle(ctx context.Context, a *Activity) ([]Activity, error) 
 	defer r.release()
 	session := SessionKey(r.env, r.tenant, a)
 	for attempt := 0; ; attempt++ {
-		out, err := r.handleOnce(ctx, a, session)
+		out, err := r.handleOnce(WithAttempt(ctx, attempt), a, session)
 		if !errors.Is(err, ErrConflict) || attempt >= r.limits.MaxReruns {
 			return out, err
 		}
@@ -515,13 +530,8 @@ func (r *Revision) handleOnce(ctx context.Context, a *Activity, session string) 
 		return nil, err
 	}
 	p.put(inst, r.now())
-	switch {
-	case c.storeErr != nil:
-		return nil, fmt.Errorf("state: %w", c.storeErr)
-	case c.faultErr != nil:
-		return nil, fmt.Errorf("%w: %v", ErrInvalidOutput, c.faultErr)
-	case res != 0:
-		return nil, fmt.Errorf("%w: handler of flow %s returned error code %d", ErrInvalidOutput, flow.ID, res)
+	if err := c.outcome(res, "handler of flow "+flow.ID); err != nil {
+		return nil, err
 	}
 	if c.wait != nil {
 		txn.SetWait(session, c.wait)

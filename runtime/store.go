@@ -32,6 +32,20 @@ type Wait struct {
 	Expires time.Time
 }
 
+type attemptKey struct{}
+
+// WithAttempt marks ctx as the n-th run of an activity (0 for the first), so a Store
+// may let activities that already lost a conflict commit first.
+func WithAttempt(ctx context.Context, n int) context.Context {
+	return context.WithValue(ctx, attemptKey{}, n)
+}
+
+// Attempt is how many times the activity of ctx has run before (see WithAttempt).
+func Attempt(ctx context.Context) int {
+	n, _ := ctx.Value(attemptKey{}).(int)
+	return n
+}
+
 // Store is one revision's state namespace. The host scopes it: the runtime hands it
 // only keys and session keys, never a tenant or revision taken from a guest.
 type Store interface {

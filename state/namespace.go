@@ -34,11 +34,11 @@ func (s *Store) Namespace(spec Spec) *Namespace {
 var _ runtime.Store = (*Namespace)(nil)
 
 // Begin implements runtime.Store.
-func (n *Namespace) Begin(context.Context) (runtime.Txn, error) {
+func (n *Namespace) Begin(ctx context.Context) (runtime.Txn, error) {
 	if len(n.shards) == 0 {
 		return nil, errNoShards
 	}
-	return &txn{ns: n}, nil
+	return &txn{ns: n, attempt: runtime.Attempt(ctx)}, nil
 }
 
 // read is what a transaction saw of one entry.
@@ -55,9 +55,10 @@ type write struct {
 }
 
 type txn struct {
-	ns     *Namespace
-	reads  map[string]read
-	writes map[string]write
+	ns      *Namespace
+	attempt int
+	reads   map[string]read
+	writes  map[string]write
 }
 
 // entry reads one entry from the newest known copy of its shard and records the read.
@@ -145,7 +146,7 @@ func (t *txn) Commit(ctx context.Context) error {
 	for k, w := range t.writes {
 		p := parts[w.shard]
 		if p == nil {
-			p = &part{reads: map[string]read{}, writes: map[string][]byte{}, done: make(chan struct{})}
+			p = &part{attempt: t.attempt, reads: map[string]read{}, writes: map[string][]byte{}, done: make(chan struct{})}
 			parts[w.shard] = p
 		}
 		p.writes[k] = w.blob
@@ -174,10 +175,12 @@ func (t *txn) Commit(ctx context.Context) error {
 
 // part is one transaction's share of a group commit on one shard.
 type part struct {
-	reads  map[string]read
-	writes map[string][]byte
-	done   chan struct{}
-	err    error
+	// attempt is how often the activity already ran; parts that lost before go first.
+	attempt int
+	reads   map[string]read
+	writes  map[string][]byte
+	done    chan struct{}
+	err     error
 }
 
 // shard serialises the group commits of one ConfigMap in this process.
@@ -262,6 +265,9 @@ func (sh *shard) flush(batch []*part) {
 		p.err = err
 		close(p.done)
 	}
+	// Activities that already lost conflicts are merged first, so a hot key cannot
+	// starve one of them.
+	slices.SortStableFunc(batch, func(a, b *part) int { return b.attempt - a.attempt })
 	base, err := sh.store.latest(ctx, sh.key)
 	for attempt := 0; err == nil && attempt < maxFlushAttempts; attempt++ {
 		obj := base.DeepCopy()

@@ -290,7 +290,7 @@ func runtimeOn(t testing.TB, ns runtime.Store, pack string) *runtime.Revision {
 	rev, err := e.NewRevision(ctx, runtime.RevisionConfig{
 		Name: "r", Env: "prod", Tenant: "acme", Packs: []*runtime.Pack{p}, Store: ns, Logger: logr.Discard(),
 		Policy: runtime.Policy{StateRead: true, StateWrite: true},
-		Limits: runtime.Limits{MaxConcurrency: 64, Timeout: 30 * time.Second, MaxReruns: 64},
+		Limits: runtime.Limits{MaxConcurrency: 64, Timeout: 30 * time.Second, MaxReruns: 1000},
 	})
 	if err != nil {
 		t.Fatal(err)

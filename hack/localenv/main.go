@@ -9,26 +9,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"log"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
-
+	"github.com/packhost/packhost/internal/packs"
 	"github.com/packhost/packhost/internal/testenv"
-	"github.com/packhost/packhost/source"
 )
 
 func main() {
@@ -78,32 +66,20 @@ func run(kubeconfig, registryAddr, packs string) error {
 // serveRegistry starts an in-process OCI registry and pushes every pack in dir to it as
 // a wasm artifact.
 func serveRegistry(addr, dir string) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("registry: %w", err)
-	}
-	go func() { _ = http.Serve(l, registry.New(registry.Logger(log.New(io.Discard, "", 0)))) }()
 	files, _ := filepath.Glob(filepath.Join(dir, "*.wasm"))
 	if len(files) == 0 {
 		return errors.New("no packs in " + dir + ": run make packs")
 	}
+	all := map[string][]byte{}
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return err
 		}
-		img, err := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1),
-			mutate.Addendum{Layer: static.NewLayer(b, source.WasmLayerMediaType)})
-		if err != nil {
-			return err
-		}
-		ref, err := name.ParseReference(addr + "/packs/" + strings.TrimSuffix(filepath.Base(f), ".wasm") + ":v1")
-		if err != nil {
-			return err
-		}
-		if err := remote.Write(ref, img); err != nil {
-			return fmt.Errorf("push %s: %w", ref, err)
-		}
+		all[strings.TrimSuffix(filepath.Base(f), ".wasm")] = b
+	}
+	if err := packs.ServeRegistry(addr, all); err != nil {
+		return err
 	}
 	fmt.Printf("localenv: OCI registry at %s holds %d packs as packs/<name>:v1\n", addr, len(files))
 	return nil

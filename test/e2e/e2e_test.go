@@ -6,8 +6,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log"
 	"math"
 	"net"
 	"net/http"
@@ -21,17 +19,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
-
 	"github.com/packhost/packhost/internal/packs"
 	"github.com/packhost/packhost/internal/testenv"
-	"github.com/packhost/packhost/source"
 )
 
 // The samples pull their packs from this registry address.
@@ -69,21 +58,16 @@ func setup(e *testenv.Env) error {
 
 // serveRegistry runs an OCI registry at the samples' address holding the built packs.
 func serveRegistry() error {
-	l, err := net.Listen("tcp", registryAddr)
-	if err != nil {
-		return fmt.Errorf("the samples pull from %s, which is taken (is make run-local running?): %w", registryAddr, err)
-	}
-	go func() { _ = http.Serve(l, registry.New(registry.Logger(log.New(io.Discard, "", 0)))) }()
+	all := map[string][]byte{}
 	for _, p := range []string{"counter", "survey", "echo"} {
 		b, err := packs.Build(p)
 		if err != nil {
 			return err
 		}
-		img, _ := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1), mutate.Addendum{Layer: static.NewLayer(b, source.WasmLayerMediaType)})
-		ref, _ := name.ParseReference(registryAddr + "/packs/" + p + ":v1")
-		if err := remote.Write(ref, img); err != nil {
-			return fmt.Errorf("push %s: %w", p, err)
-		}
+		all[p] = b
+	}
+	if err := packs.ServeRegistry(registryAddr, all); err != nil {
+		return fmt.Errorf("the samples pull from %s (is make run-local running?): %w", registryAddr, err)
 	}
 	return nil
 }

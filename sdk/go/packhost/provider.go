@@ -103,17 +103,7 @@ func invoke(p, n uint32) int32 {
 // allowlist). ok is false when the secret has no such key.
 func Secret(name string) ([]byte, bool, error) {
 	buf := make([]byte, 256)
-	for {
-		n := hostSecretGet(sptr(name), uint32(len(name)), ptr(buf), uint32(len(buf)))
-		switch {
-		case n == codeNotFound:
-			return nil, false, nil
-		case n < 0:
-			return nil, false, codeErr(n)
-		case int(n) > len(buf):
-			buf = make([]byte, n)
-		default:
-			return buf[:n], true, nil
-		}
-	}
+	return readInto(&buf, func(buf []byte) int32 {
+		return hostSecretGet(sptr(name), uint32(len(name)), ptr(buf), uint32(len(buf)))
+	})
 }

@@ -21,17 +21,25 @@ var getbuf = make([]byte, 256)
 // StateGet reads key from the revision's state (needs capabilities.state.read). The
 // returned slice is valid until the next StateGet.
 func StateGet(key string) ([]byte, bool, error) {
+	return readInto(&getbuf, func(buf []byte) int32 {
+		return hostStateGet(sptr(key), uint32(len(key)), ptr(buf), uint32(len(buf)))
+	})
+}
+
+// readInto runs a host call of the buffer protocol (runtime/ABI.md): a result larger
+// than the buffer asks for a larger one and another call.
+func readInto(buf *[]byte, call func([]byte) int32) ([]byte, bool, error) {
 	for {
-		n := hostStateGet(sptr(key), uint32(len(key)), ptr(getbuf), uint32(len(getbuf)))
+		n := call(*buf)
 		switch {
 		case n == codeNotFound:
 			return nil, false, nil
 		case n < 0:
 			return nil, false, codeErr(n)
-		case int(n) > len(getbuf):
-			getbuf = make([]byte, n)
+		case int(n) > len(*buf):
+			*buf = make([]byte, n)
 		default:
-			return getbuf[:n], true, nil
+			return (*buf)[:n], true, nil
 		}
 	}
 }

@@ -1,0 +1,173 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/packhost/packhost/internal/packs"
+	"github.com/packhost/packhost/runtime"
+)
+
+// revisions serves named runtimes.
+type revisions map[string]*runtime.Revision
+
+func (r revisions) Revision(_, name string) *runtime.Revision { return r[name] }
+
+func loadRevision(t *testing.T, e *runtime.Engine, name, pack string, store runtime.Store, limits runtime.Limits) *runtime.Revision {
+	t.Helper()
+	ctx := context.Background()
+	b, err := packs.Build(pack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := e.Compile(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := e.NewRevision(ctx, runtime.RevisionConfig{Name: "default/" + name, Env: "prod", Tenant: "default/acme",
+		Packs: []*runtime.Pack{p}, Store: store, Limits: limits, Logger: logr.Discard(),
+		Policy: runtime.Policy{StateRead: true, StateWrite: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rev.Close(ctx) })
+	return rev
+}
+
+func TestErrorsAreTypedAndChangeNothing(t *testing.T) {
+	ctx := context.Background()
+	e, err := runtime.NewEngine(ctx, runtime.EngineConfig{Logger: logr.Discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(ctx)
+	store := runtime.NewMemStore()
+	short := runtime.Limits{Timeout: 300 * time.Millisecond}
+	revs := revisions{
+		"counter": loadRevision(t, e, "counter", "counter", store, runtime.Limits{}),
+		"trap":    loadRevision(t, e, "trap", "hostile/trap", runtime.NewMemStore(), short),
+		"loop":    loadRevision(t, e, "loop", "hostile/loop", runtime.NewMemStore(), short),
+	}
+	router := NewRouter()
+	router.PublishTenant("default", "acme", &TenantConfig{Namespace: "default", Name: "acme", Env: "prod",
+		Tokens: map[string]string{"tok": "app", "ops-tok": "ops"}, RoutingCallers: []string{"ops"}, MaxBodyBytes: 2048})
+	router.PublishTable("default", "acme", NewTable("s", []Route{
+		{Revision: "counter", Percent: 100, Tag: "stable"}, {Revision: "trap", Percent: 0, Tag: "trap"},
+		{Revision: "loop", Percent: 0, Tag: "loop"}, {Revision: "gone", Percent: 0, Tag: "gone"}}, true))
+	router.PublishTenant("default", "nosplit", &TenantConfig{Namespace: "default", Name: "nosplit", Tokens: map[string]string{"tok": "app"}})
+	reg := prometheus.NewRegistry()
+	s := &Server{Router: router, Revisions: revs, Metrics: NewMetrics(reg, reg), Log: logr.Discard()}
+	h := s.Handler()
+
+	do := func(path, token, body string, hdr ...string) (*httptest.ResponseRecorder, errorBody) {
+		req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		var eb errorBody
+		_ = json.Unmarshal(w.Body.Bytes(), &eb)
+		return w, eb
+	}
+	const acme = "/v1/namespaces/default/tenants/acme"
+	ok := `{"kind":"message","user_id":"ann"}`
+	cases := []struct {
+		name, path, token, body string
+		hdr                     []string
+		status                  int
+		code                    string
+	}{
+		{"invalid JSON", acme + "/activities", "tok", `{"kind":`, nil, 400, CodeInvalidActivity},
+		{"invalid activity", acme + "/activities", "tok", `{"kind":"smoke"}`, nil, 400, CodeInvalidActivity},
+		{"unknown field", acme + "/activities", "tok", `{"kind":"message","tenant":"other"}`, nil, 400, CodeInvalidActivity},
+		{"no token", acme + "/activities", "", ok, nil, 401, CodeUnauthenticated},
+		{"wrong token", acme + "/activities", "nope", ok, nil, 403, CodeForbidden},
+		{"choosing without the right", acme + "/tags/stable/activities", "tok", ok, nil, 403, CodeForbidden},
+		{"choosing by header without the right", acme + "/activities", "tok", ok, []string{RevisionHeader, "trap"}, 403, CodeForbidden},
+		{"unknown tenant", "/v1/namespaces/default/tenants/ghost/activities", "tok", ok, nil, 404, CodeUnknownTenant},
+		{"another tenant's token", "/v1/namespaces/default/tenants/nosplit/activities", "ops-tok", ok, nil, 403, CodeForbidden},
+		{"no split", "/v1/namespaces/default/tenants/nosplit/activities", "tok", ok, nil, 404, CodeNoSplit},
+		{"unknown tag", acme + "/tags/blue/activities", "ops-tok", ok, nil, 404, CodeUnknownTag},
+		{"no such flow", acme + "/activities", "tok", `{"kind":"message","flow_id":"nope"}`, nil, 404, CodeNoSuchFlow},
+		{"body too large", acme + "/activities", "tok", `{"kind":"message","payload":"` + strings.Repeat("x", 4096) + `"}`, nil, 413, CodeTooLarge},
+		{"guest trap", acme + "/tags/trap/activities", "ops-tok", ok, nil, 502, CodeGuestTrap},
+		{"timeout", acme + "/tags/loop/activities", "ops-tok", ok, nil, 504, CodeTimeout},
+		{"revision not loaded", acme + "/tags/gone/activities", "ops-tok", ok, nil, 503, CodeNoReadyRevision},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := store.Commits
+			w, eb := do(tc.path, tc.token, tc.body, tc.hdr...)
+			if w.Code != tc.status || eb.Error.Code != tc.code || eb.Error.Message == "" {
+				t.Fatalf("got %d %q, want %d %q: %s", w.Code, eb.Error.Code, tc.status, tc.code, w.Body)
+			}
+			if store.Commits != before {
+				t.Fatal("a refused activity changed state")
+			}
+			if (tc.status == 429 || tc.status == 503) && w.Header().Get("Retry-After") == "" {
+				t.Error("no Retry-After")
+			}
+		})
+	}
+
+	// A routing caller picks a revision by tag; everyone is served by the split.
+	w, _ := do(acme+"/tags/stable/activities", "ops-tok", ok)
+	if w.Code != 200 || w.Header().Get(RevisionHeader) != "counter" || !strings.Contains(w.Body.String(), `"count":1`) {
+		t.Fatalf("tagged request: %d %s", w.Code, w.Body)
+	}
+	w, _ = do(acme+"/activities", "tok", ok)
+	if w.Code != 200 || !strings.Contains(w.Body.String(), `"revision":"counter"`) {
+		t.Fatalf("split request: %d %s", w.Code, w.Body)
+	}
+	if got := router.Dispatched("default", "acme")["counter"]; got != 2 {
+		t.Errorf("dispatched count %d, want 2", got)
+	}
+
+	// Past the in-flight limit: 429 with Retry-After.
+	s.MaxInFlight = 1
+	s.inFlight.Add(1)
+	w, eb := do(acme+"/activities", "tok", ok)
+	s.inFlight.Add(-1)
+	if w.Code != 429 || eb.Error.Code != CodeOverloaded || w.Header().Get("Retry-After") == "" {
+		t.Fatalf("in-flight limit: %d %s", w.Code, w.Body)
+	}
+}
+
+func TestShutdownStopsServing(t *testing.T) {
+	s, _ := newTestServer(t, "echo")
+	s.Addr = "127.0.0.1:0"
+	addr, err := s.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Start(ctx) }()
+	url := "http://" + addr.String() + "/v1/namespaces/default/tenants/acme/activities"
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(`{"kind":"message","payload":1}`))
+	req.Header.Set("Authorization", "Bearer tok")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("before shutdown: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if _, err := http.Post(url, "application/json", strings.NewReader(`{}`)); err == nil {
+		t.Fatal("the server still answers after shutdown")
+	}
+}
