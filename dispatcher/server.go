@@ -293,11 +293,7 @@ func (s *Server) activities(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.Router.count(ns, tenant, revision)
-	resp, err := json.Marshal(Response{Revision: revision, Activities: nonNil(out)})
-	if err != nil {
-		writeError(w, http.StatusBadGateway, CodeGuestTrap, "encode replies: "+err.Error())
-		return
-	}
+	resp := appendResponse(make([]byte, 0, 256+outputBytes(out)), revision, out)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set(RevisionHeader, revision)
 	w.Header().Set("Content-Length", strconv.Itoa(len(resp)))
@@ -305,11 +301,51 @@ func (s *Server) activities(w http.ResponseWriter, r *http.Request) {
 	s.Metrics.request(ns, tenant, revision, http.StatusOK, start)
 }
 
-func nonNil(a []runtime.Activity) []runtime.Activity {
-	if a == nil {
-		return []runtime.Activity{}
+func outputBytes(out []runtime.Activity) int {
+	n := 0
+	for _, a := range out {
+		n += len(a.Payload) + len(a.Action) + 48
 	}
-	return a
+	return n
+}
+
+// appendResponse encodes a Response by hand: the replies' payloads were checked as
+// JSON by the runtime when the guest output them, so they are embedded as they are,
+// not parsed and compacted again. Replies carry only kind, action and payload.
+func appendResponse(b []byte, revision string, out []runtime.Activity) []byte {
+	b = append(b, `{"revision":`...)
+	b = appendString(b, revision)
+	b = append(b, `,"activities":[`...)
+	for i, a := range out {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"kind":`...)
+		b = appendString(b, a.Kind)
+		if a.Action != "" {
+			b = append(b, `,"action":`...)
+			b = appendString(b, a.Action)
+		}
+		if len(a.Payload) > 0 {
+			b = append(b, `,"payload":`...)
+			b = append(b, a.Payload...)
+		}
+		b = append(b, '}')
+	}
+	return append(b, "]}"...)
+}
+
+// appendString appends s as a JSON string.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x7f {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // route picks the revision: an explicit choice (tag or header) for routing callers,

@@ -171,3 +171,21 @@ func TestShutdownStopsServing(t *testing.T) {
 		t.Fatal("the server still answers after shutdown")
 	}
 }
+
+func TestAppendResponseIsJSON(t *testing.T) {
+	out := []runtime.Activity{
+		{Kind: "custom", Action: "response", Payload: json.RawMessage(`{"a": [1, 2]}`)},
+		{Kind: "custom", Action: "say \"hi\"\n\u00e9"},
+	}
+	b := appendResponse(nil, "rev-1", out)
+	var got Response
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, b)
+	}
+	if got.Revision != "rev-1" || len(got.Activities) != 2 || got.Activities[1].Action != "say \"hi\"\n\u00e9" || string(got.Activities[0].Payload) != `{"a": [1, 2]}` {
+		t.Fatalf("round trip: %+v", got)
+	}
+	if b := appendResponse(nil, "r", nil); string(b) != `{"revision":"r","activities":[]}` {
+		t.Fatalf("no replies: %s", b)
+	}
+}
