@@ -34,16 +34,8 @@ func newTestServer(tb testing.TB, pack string) (*Server, *runtime.Revision) {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { _ = e.Close(ctx) })
-	b, err := packs.Build(pack)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	p, err := e.Compile(ctx, b)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	rev, err := e.NewRevision(ctx, runtime.RevisionConfig{Name: "default/v1", Env: "prod", Tenant: "default/acme", Packs: []*runtime.Pack{p},
-		Policy: runtime.Policy{StateRead: true, StateWrite: true}, Logger: logr.Discard()})
+	rev, err := packs.Revision(ctx, e, runtime.RevisionConfig{Name: "default/v1", Env: "prod", Tenant: "default/acme",
+		Policy: runtime.Policy{StateRead: true, StateWrite: true}, Logger: logr.Discard()}, pack)
 	if err != nil {
 		tb.Fatal(err)
 	}

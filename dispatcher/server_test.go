@@ -23,22 +23,12 @@ func (r revisions) Revision(_, name string) *runtime.Revision { return r[name] }
 
 func loadRevision(t *testing.T, e *runtime.Engine, name, pack string, store runtime.Store, limits runtime.Limits) *runtime.Revision {
 	t.Helper()
-	ctx := context.Background()
-	b, err := packs.Build(pack)
+	rev, err := packs.Revision(context.Background(), e, runtime.RevisionConfig{Name: "default/" + name, Env: "prod", Tenant: "default/acme",
+		Store: store, Limits: limits, Logger: logr.Discard(), Policy: runtime.Policy{StateRead: true, StateWrite: true}}, pack)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := e.Compile(ctx, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rev, err := e.NewRevision(ctx, runtime.RevisionConfig{Name: "default/" + name, Env: "prod", Tenant: "default/acme",
-		Packs: []*runtime.Pack{p}, Store: store, Limits: limits, Logger: logr.Discard(),
-		Policy: runtime.Policy{StateRead: true, StateWrite: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rev.Close(ctx) })
+	t.Cleanup(func() { rev.Close(context.Background()) })
 	return rev
 }
 

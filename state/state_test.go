@@ -279,19 +279,11 @@ func runtimeOn(t testing.TB, ns runtime.Store, pack string) *runtime.Revision {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = e.Close(ctx) })
-	b, err := packs.Build(pack)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := e.Compile(ctx, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rev, err := e.NewRevision(ctx, runtime.RevisionConfig{
-		Name: "r", Env: "prod", Tenant: "acme", Packs: []*runtime.Pack{p}, Store: ns, Logger: logr.Discard(),
+	rev, err := packs.Revision(ctx, e, runtime.RevisionConfig{
+		Name: "r", Env: "prod", Tenant: "acme", Store: ns, Logger: logr.Discard(),
 		Policy: runtime.Policy{StateRead: true, StateWrite: true},
 		Limits: runtime.Limits{MaxConcurrency: 64, Timeout: 30 * time.Second, MaxReruns: 1000},
-	})
+	}, pack)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@
 package packs
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -69,4 +70,25 @@ func Build(name string) ([]byte, error) {
 // tests of what the host does with a bad one.
 func WithManifest(pack []byte, manifest string) []byte {
 	return wasmbin.Append(wasmbin.Strip(pack, runtime.ManifestSection), runtime.ManifestSection, []byte(manifest))
+}
+
+// Revision builds and compiles the named packs (main first) and starts a revision of
+// them with cfg; cfg.Packs is filled in.
+func Revision(ctx context.Context, e *runtime.Engine, cfg runtime.RevisionConfig, names ...string) (*runtime.Revision, error) {
+	cfg.Packs = nil
+	for _, name := range names {
+		b, err := Build(name)
+		if err == nil {
+			var p *runtime.Pack
+			if p, err = e.Compile(ctx, b); err == nil {
+				cfg.Packs = append(cfg.Packs, p)
+				continue
+			}
+		}
+		for _, p := range cfg.Packs {
+			e.Release(ctx, p)
+		}
+		return nil, err
+	}
+	return e.NewRevision(ctx, cfg)
 }
