@@ -70,7 +70,8 @@ test-short: ## Run the tests that need no API server.
 build: manifests generate fmt vet ## Build the manager binary.
 	go build -o bin/manager ./cmd/manager
 
-PACKS := $(patsubst examples/packs/%/manifest.json,%,$(shell find examples/packs -name manifest.json))
+# Benchmark-only packs (examples/packs/bench) are built by the benchmarks that use them.
+PACKS := $(patsubst examples/packs/%/manifest.json,%,$(shell find examples/packs -name manifest.json -not -path '*/bench/*'))
 
 .PHONY: packs
 packs: ## Build the sample and test packs into bin/packs/ with packctl.
