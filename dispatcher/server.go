@@ -382,8 +382,10 @@ func (s *Server) route(r *http.Request, cfg *TenantConfig, table *Table, caller 
 	return table.Pick(session).Revision, 0, "", ""
 }
 
+// revisionFor authenticates the caller and finds the revision the path names; it writes
+// the error response and returns nil when the request may not go on.
 func (s *Server) revisionFor(w http.ResponseWriter, r *http.Request) (*runtime.Revision, *TenantConfig, string) {
-	cfg, _, caller := s.authenticate(w, r)
+	cfg, _, _ := s.authenticate(w, r)
 	if cfg == nil {
 		return nil, nil, ""
 	}
@@ -393,8 +395,24 @@ func (s *Server) revisionFor(w http.ResponseWriter, r *http.Request) (*runtime.R
 		writeError(w, http.StatusServiceUnavailable, CodeNoReadyRevision, fmt.Sprintf("revision %s is not loaded on this replica", name))
 		return nil, nil, ""
 	}
-	_ = caller
 	return rt, cfg, name
+}
+
+// decodeFor is revisionFor plus a JSON body decoded into v.
+func (s *Server) decodeFor(w http.ResponseWriter, r *http.Request, what string, v any) (*runtime.Revision, string) {
+	rt, cfg, name := s.revisionFor(w, r)
+	if rt == nil {
+		return nil, ""
+	}
+	body, ok := readBody(w, r, cfg.MaxBodyBytes)
+	if !ok {
+		return nil, ""
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		writeError(w, http.StatusBadRequest, CodeInvalidActivity, what+": "+err.Error())
+		return nil, ""
+	}
+	return rt, name
 }
 
 func writeJSON(w http.ResponseWriter, revision string, v any) {
@@ -404,17 +422,9 @@ func writeJSON(w http.ResponseWriter, revision string, v any) {
 }
 
 func (s *Server) identify(w http.ResponseWriter, r *http.Request) {
-	rt, cfg, name := s.revisionFor(w, r)
-	if rt == nil {
-		return
-	}
-	body, ok := readBody(w, r, cfg.MaxBodyBytes)
-	if !ok {
-		return
-	}
 	var req runtime.IdentifyRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		writeError(w, http.StatusBadRequest, CodeInvalidActivity, "identify request: "+err.Error())
+	rt, name := s.decodeFor(w, r, "identify request", &req)
+	if rt == nil {
 		return
 	}
 	lower := make(map[string]string, len(req.Headers))
@@ -447,16 +457,12 @@ func (s *Server) describe(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) invoke(w http.ResponseWriter, r *http.Request) {
-	rt, cfg, name := s.revisionFor(w, r)
+	var req runtime.InvokeRequest
+	rt, name := s.decodeFor(w, r, "invoke request", &req)
 	if rt == nil {
 		return
 	}
-	body, ok := readBody(w, r, cfg.MaxBodyBytes)
-	if !ok {
-		return
-	}
-	var req runtime.InvokeRequest
-	if err := json.Unmarshal(body, &req); err != nil || req.ProviderType == "" || req.Op == "" {
+	if req.ProviderType == "" || req.Op == "" {
 		writeError(w, http.StatusBadRequest, CodeInvalidActivity, "invoke request needs provider_type and op")
 		return
 	}

@@ -179,3 +179,47 @@ func TestAppendResponseIsJSON(t *testing.T) {
 		t.Fatalf("no replies: %s", b)
 	}
 }
+
+func TestProviderEndpoints(t *testing.T) {
+	ctx := context.Background()
+	e, err := runtime.NewEngine(ctx, runtime.EngineConfig{Logger: logr.Discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(ctx)
+	router := NewRouter()
+	router.PublishTenant("default", "acme", &TenantConfig{Namespace: "default", Name: "acme", Tokens: map[string]string{"tok": "app"}, MaxBodyBytes: 4096})
+	reg := prometheus.NewRegistry()
+	s := &Server{Router: router, Revisions: revisions{"hooks": loadRevision(t, e, "hooks", "webhook", nil, runtime.Limits{})},
+		Metrics: NewMetrics(reg, reg), Log: logr.Discard()}
+	h := s.Handler()
+	call := func(method, path, body string) (int, string) {
+		req := httptest.NewRequest(method, "/v1/namespaces/default/tenants/acme/revisions/"+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer tok")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		return w.Code, w.Body.String()
+	}
+	for _, tc := range []struct {
+		name, method, path, body string
+		status                   int
+		says                     string
+	}{
+		{"identify", "POST", "hooks/identify", `{"headers":{"X-Webhook-Id":"w-1","X-Account":"a-1"}}`, 200, `"outcome":"Identified","pack":"webhook","provider_type":"webhook","provider_id":"w-1","endpoint_id":"a-1"`},
+		{"scoped identify drops unhinted headers", "POST", "hooks/identify?scoped=true", `{"headers":{"X-Webhook-Id":"w-1","X-Account":"a-1"}}`, 200, `"provider_id":"w-1"}`},
+		{"no match", "POST", "hooks/identify", `{"headers":{}}`, 200, `"outcome":"NoMatch"`},
+		{"describe", "GET", "hooks/identify", ``, 200, `"headers":["X-Webhook-Id"]`},
+		{"invoke", "POST", "hooks/invoke", `{"provider_type":"webhook","op":"send","correlation_id":"c-9","payload":{}}`, 200, `"idempotency_key":"c-9"`},
+		{"invoke outside the allowlist", "POST", "hooks/invoke", `{"provider_type":"webhook","op":"drop"}`, 422, CodeUnsupported},
+		{"invoke without op", "POST", "hooks/invoke", `{"provider_type":"webhook"}`, 400, CodeInvalidActivity},
+		{"bad JSON", "POST", "hooks/identify", `{`, 400, CodeInvalidActivity},
+		{"unknown revision", "POST", "ghost/invoke", `{}`, 503, CodeNoReadyRevision},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := call(tc.method, tc.path, tc.body)
+			if status != tc.status || !strings.Contains(body, tc.says) {
+				t.Fatalf("got %d %s, want %d saying %s", status, body, tc.status, tc.says)
+			}
+		})
+	}
+}
