@@ -358,6 +358,10 @@ func TestOnlyTheLeaderWritesStatusButEveryReplicaLoads(t *testing.T) {
 	if leader.runtimes.Get(key) == nil || follower.runtimes.Get(key) == nil {
 		t.Fatal("both replicas must hold the runtime")
 	}
+	// The dispatcher's lookup is scoped by tenant: another tenant never gets this runtime.
+	if follower.runtimes.Revision(ns, "acme", "r") == nil || follower.runtimes.Revision(ns, "other", "r") != nil {
+		t.Fatal("a revision's runtime is reachable through another tenant")
+	}
 }
 
 // A revision taken out of its split drains while a session is pinned to it, then retires

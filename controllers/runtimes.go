@@ -41,9 +41,10 @@ func (r *Runtimes) Get(key types.NamespacedName) *Loaded {
 	return r.loaded[key]
 }
 
-// Revision returns the runtime of a loaded revision, for the dispatcher.
-func (r *Runtimes) Revision(namespace, name string) *runtime.Revision {
-	if l := r.Get(types.NamespacedName{Namespace: namespace, Name: name}); l != nil {
+// Revision returns the runtime of a loaded revision of tenant, for the dispatcher; a
+// revision of another tenant is not found.
+func (r *Runtimes) Revision(namespace, tenant, name string) *runtime.Revision {
+	if l := r.Get(types.NamespacedName{Namespace: namespace, Name: name}); l != nil && l.Tenant == tenant {
 		return l.Runtime
 	}
 	return nil

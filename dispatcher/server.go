@@ -25,9 +25,10 @@ import (
 // response, the revision that served it.
 const RevisionHeader = "Packhost-Revision"
 
-// Revisions finds the runtimes loaded on this replica.
+// Revisions finds the runtimes loaded on this replica. A revision that belongs to
+// another tenant is not found, so no caller reaches another tenant's revisions.
 type Revisions interface {
-	Revision(namespace, name string) *runtime.Revision
+	Revision(namespace, tenant, name string) *runtime.Revision
 }
 
 // Pins says which revision holds a live wait for a session key.
@@ -270,7 +271,7 @@ func (s *Server) activities(w http.ResponseWriter, r *http.Request) {
 		writeError(w, status, code, msg)
 		return
 	}
-	rt := s.Revisions.Revision(ns, revision)
+	rt := s.Revisions.Revision(ns, tenant, revision)
 	if rt == nil {
 		s.Metrics.request(ns, tenant, revision, http.StatusServiceUnavailable, start)
 		writeError(w, http.StatusServiceUnavailable, CodeNoReadyRevision, fmt.Sprintf("revision %s is not loaded on this replica yet", revision))
@@ -371,7 +372,7 @@ func (s *Server) route(r *http.Request, cfg *TenantConfig, table *Table, caller 
 	session := runtime.SessionKey(cfg.Env, cfg.Namespace+"/"+cfg.Name, a)
 	if session != "" && s.Pins != nil {
 		if pinned, ok := s.Pins.PinnedRevision(session, time.Now()); ok {
-			if ns, name, _ := strings.Cut(pinned, "/"); ns == cfg.Namespace && s.Revisions.Revision(ns, name) != nil {
+			if ns, name, _ := strings.Cut(pinned, "/"); ns == cfg.Namespace && s.Revisions.Revision(ns, cfg.Name, name) != nil {
 				return name, 0, "", ""
 			}
 		}
@@ -390,7 +391,7 @@ func (s *Server) revisionFor(w http.ResponseWriter, r *http.Request) (*runtime.R
 		return nil, nil, ""
 	}
 	name := r.PathValue("revision")
-	rt := s.Revisions.Revision(cfg.Namespace, name)
+	rt := s.Revisions.Revision(cfg.Namespace, cfg.Name, name)
 	if rt == nil {
 		writeError(w, http.StatusServiceUnavailable, CodeNoReadyRevision, fmt.Sprintf("revision %s is not loaded on this replica", name))
 		return nil, nil, ""

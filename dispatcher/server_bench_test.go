@@ -18,7 +18,7 @@ import (
 
 type oneRevision struct{ rev *runtime.Revision }
 
-func (o oneRevision) Revision(_, name string) *runtime.Revision {
+func (o oneRevision) Revision(_, _, name string) *runtime.Revision {
 	if name == "v1" {
 		return o.rev
 	}

@@ -16,10 +16,15 @@ import (
 	"github.com/packhost/packhost/runtime"
 )
 
-// revisions serves named runtimes.
+// revisions serves named runtimes of tenant acme; "other/<name>" belongs to tenant other.
 type revisions map[string]*runtime.Revision
 
-func (r revisions) Revision(_, name string) *runtime.Revision { return r[name] }
+func (r revisions) Revision(_, tenant, name string) *runtime.Revision {
+	if tenant != "acme" {
+		return r["other/"+name]
+	}
+	return r[name]
+}
 
 func loadRevision(t *testing.T, e *runtime.Engine, name, pack string, store runtime.Store, limits runtime.Limits) *runtime.Revision {
 	t.Helper()
@@ -46,6 +51,8 @@ func TestErrorsAreTypedAndChangeNothing(t *testing.T) {
 		"trap":    loadRevision(t, e, "trap", "hostile/trap", runtime.NewMemStore(), short),
 		"loop":    loadRevision(t, e, "loop", "hostile/loop", runtime.NewMemStore(), short),
 	}
+	// A revision of another tenant in the same namespace: acme's callers never reach it.
+	revs["other/foreign"] = revs["counter"]
 	router := NewRouter()
 	router.PublishTenant("default", "acme", &TenantConfig{Namespace: "default", Name: "acme", Env: "prod",
 		Tokens: map[string]string{"tok": "app", "ops-tok": "ops"}, RoutingCallers: []string{"ops"}, MaxBodyBytes: 2048})
@@ -95,6 +102,7 @@ func TestErrorsAreTypedAndChangeNothing(t *testing.T) {
 		{"guest trap", acme + "/tags/trap/activities", "ops-tok", ok, nil, 502, CodeGuestTrap},
 		{"timeout", acme + "/tags/loop/activities", "ops-tok", ok, nil, 504, CodeTimeout},
 		{"revision not loaded", acme + "/tags/gone/activities", "ops-tok", ok, nil, 503, CodeNoReadyRevision},
+		{"another tenant's revision by header", acme + "/activities", "ops-tok", ok, []string{RevisionHeader, "foreign"}, 503, CodeNoReadyRevision},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
