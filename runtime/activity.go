@@ -39,6 +39,18 @@ type Activity struct {
 // ParseActivity decodes and checks one activity. Unknown fields are refused, hints are
 // bounded, and the payload must be JSON. Errors wrap ErrInvalidActivity.
 func ParseActivity(data []byte) (*Activity, error) {
+	if a, ok := parseFast(data); ok {
+		if err := a.validateFields(); err != nil {
+			return nil, err
+		}
+		return &a, nil
+	}
+	return parseJSON(data)
+}
+
+// parseJSON is ParseActivity with encoding/json: the reference, and the path for
+// everything parseFast leaves to it.
+func parseJSON(data []byte) (*Activity, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var a Activity

@@ -78,3 +78,9 @@ func SelectFlow(packs []*Pack, a *Activity) (pack, flow string, err error) {
 	}
 	return prs[i].id, f.ID, nil
 }
+
+// ParseFast and ParseJSON expose the two activity decoders for differential fuzzing.
+func ParseFast(data []byte) (Activity, bool) { return parseFast(data) }
+
+// ParseJSON is the encoding/json decoder.
+func ParseJSON(data []byte) (*Activity, error) { return parseJSON(data) }

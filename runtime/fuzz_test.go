@@ -1,6 +1,7 @@
 package runtime_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -72,6 +73,35 @@ func FuzzHostBounds(f *testing.F) {
 			if !inRange(a, b) && code >= 0 {
 				t.Fatalf("%s key (%#x,%d) outside %d bytes accepted", name, a, b, size)
 			}
+		}
+	})
+}
+
+// FuzzParseFastMatchesEncodingJSON: whenever the fast decoder accepts input, encoding/json
+// accepts it too and decodes the same activity.
+func FuzzParseFastMatchesEncodingJSON(f *testing.F) {
+	f.Add(activity1KiB())
+	f.Add([]byte(`{"kind":"message","user_id":"u","payload":{"a":[1,"x\"y"]}}`))
+	f.Add([]byte(` { "kind" : "custom" , "action":"go", "payload": 12.5e3 } `))
+	f.Add([]byte(`{"kind":"message","payload":"str","payload":1}`))
+	f.Add([]byte(`{"kind":"message","payload":null}`))
+	f.Add([]byte(`{"kind":"message","payload":[}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fast, ok := runtime.ParseFast(data)
+		if !ok {
+			return
+		}
+		ref := runtime.Activity{}
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&ref); err != nil || dec.More() {
+			t.Fatalf("fast accepted what encoding/json refuses (%v): %q", err, data)
+		}
+		fastJSON, _ := json.Marshal(fast)
+		refJSON, _ := json.Marshal(ref)
+		if !bytes.Equal(fastJSON, refJSON) || !bytes.Equal(fast.Payload, ref.Payload) {
+			t.Fatalf("decoders differ on %q:\nfast %s\nref  %s", data, fastJSON, refJSON)
 		}
 	})
 }

@@ -1,0 +1,172 @@
+package runtime
+
+import (
+	"encoding/json"
+)
+
+// parseFast decodes the common activity quickly: one flat object of known keys whose
+// string values need no unescaping, and an optional JSON payload. It reports ok=false
+// for anything else (escapes, non-ASCII hints, null, duplicates, unknown keys, trailing
+// data, bad JSON) so that ParseActivity decodes it with encoding/json, which then decides
+// and words the error. When it succeeds its result equals encoding/json's
+// (FuzzParseFastMatchesEncodingJSON).
+func parseFast(data []byte) (a Activity, ok bool) {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return a, false
+	}
+	i = skipSpace(data, i+1)
+	var seen uint16
+	if i < len(data) && data[i] == '}' {
+		i++
+		return a, skipSpace(data, i) == len(data)
+	}
+	for {
+		key, next, good := plainString(data, i)
+		if !good {
+			return a, false
+		}
+		i = skipSpace(data, next)
+		if i >= len(data) || data[i] != ':' {
+			return a, false
+		}
+		i = skipSpace(data, i+1)
+		var field *string
+		var bit uint16
+		switch string(key) {
+		case "kind":
+			field, bit = &a.Kind, 1<<0
+		case "action":
+			field, bit = &a.Action, 1<<1
+		case "pack_id":
+			field, bit = &a.PackID, 1<<2
+		case "flow_id":
+			field, bit = &a.FlowID, 1<<3
+		case "flow_type":
+			field, bit = &a.FlowType, 1<<4
+		case "session_id":
+			field, bit = &a.SessionID, 1<<5
+		case "provider_id":
+			field, bit = &a.ProviderID, 1<<6
+		case "endpoint_id":
+			field, bit = &a.EndpointID, 1<<7
+		case "user_id":
+			field, bit = &a.UserID, 1<<8
+		case "channel_id":
+			field, bit = &a.ChannelID, 1<<9
+		case "conversation_id":
+			field, bit = &a.ConversationID, 1<<10
+		case "payload":
+			bit = 1 << 11
+		default:
+			return a, false
+		}
+		if seen&bit != 0 {
+			return a, false
+		}
+		seen |= bit
+		if field != nil {
+			v, next, good := plainString(data, i)
+			if !good {
+				return a, false
+			}
+			*field = string(v)
+			i = next
+		} else {
+			if i >= len(data) || data[i] == 'n' {
+				return a, false // null and the end of input: let encoding/json decide
+			}
+			end := valueEnd(data, i)
+			if end < 0 || !json.Valid(data[i:end]) {
+				return a, false
+			}
+			a.Payload = append(json.RawMessage(nil), data[i:end]...)
+			i = end
+		}
+		i = skipSpace(data, i)
+		if i >= len(data) {
+			return a, false
+		}
+		switch data[i] {
+		case ',':
+			i = skipSpace(data, i+1)
+		case '}':
+			return a, skipSpace(data, i+1) == len(data)
+		default:
+			return a, false
+		}
+	}
+}
+
+func skipSpace(data []byte, i int) int {
+	for i < len(data) {
+		switch data[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// plainString reads a JSON string at i made of printable ASCII without escapes and
+// returns its contents and the index after it.
+func plainString(data []byte, i int) ([]byte, int, bool) {
+	if i >= len(data) || data[i] != '"' {
+		return nil, 0, false
+	}
+	for j := i + 1; j < len(data); j++ {
+		switch c := data[j]; {
+		case c == '"':
+			return data[i+1 : j], j + 1, true
+		case c == '\\' || c < 0x20 || c >= 0x7f:
+			return nil, 0, false
+		}
+	}
+	return nil, 0, false
+}
+
+// valueEnd finds where the JSON value starting at i ends, tracking strings and nesting;
+// it does not validate (json.Valid does) and returns -1 when the value is unterminated.
+func valueEnd(data []byte, i int) int {
+	depth := 0
+	for j := i; j < len(data); j++ {
+		switch data[j] {
+		case '"':
+			for j++; j < len(data) && data[j] != '"'; j++ {
+				if data[j] == '\\' {
+					j++
+				}
+			}
+			if j >= len(data) {
+				return -1
+			}
+			if depth == 0 {
+				return j + 1
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return j
+			}
+			depth--
+			if depth == 0 {
+				return j + 1
+			}
+		case ',':
+			if depth == 0 {
+				return j
+			}
+		case ' ', '\t', '\n', '\r':
+			if depth == 0 {
+				return j
+			}
+		}
+	}
+	if depth == 0 {
+		return len(data)
+	}
+	return -1
+}
