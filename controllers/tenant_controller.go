@@ -86,9 +86,6 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 		Namespace: tenant.Namespace, Name: tenant.Name, Env: tenant.Spec.Env,
 		MaxBodyBytes: tenant.Spec.Limits.MaxRequestBodyBytes, Tokens: map[string]string{},
 	}
-	if t := tenant.Spec.Limits.ActivityTimeout; t != nil {
-		cfg.Timeout = t.Duration
-	}
 	if tenant.Spec.Auth != nil {
 		cfg.RoutingCallers = tenant.Spec.Auth.RoutingCallers
 	}

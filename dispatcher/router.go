@@ -4,7 +4,6 @@ import (
 	"crypto/subtle"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // TenantConfig is what the dispatcher needs of a Tenant, published by its controller.
@@ -21,8 +20,6 @@ type TenantConfig struct {
 	RoutingCallers []string
 	// MaxBodyBytes bounds one activity.
 	MaxBodyBytes int64
-	// Timeout bounds one activity.
-	Timeout time.Duration
 }
 
 // Caller returns the caller a bearer token belongs to, comparing in constant time.

@@ -278,13 +278,8 @@ func (s *Server) activities(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	done := s.Metrics.inFlight(ns, tenant, revision)
-	ctx := r.Context()
-	if cfg.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, cfg.Timeout)
-		defer cancel()
-	}
-	out, err := rt.Handle(ctx, a)
+	// The revision's runtime enforces the activity deadline (the tenant's, or lower).
+	out, err := rt.Handle(r.Context(), a)
 	done()
 	if err != nil {
 		status, _ := statusOf(err)

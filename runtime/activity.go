@@ -72,7 +72,7 @@ func (a *Activity) Validate() error {
 	if err := a.validateFields(); err != nil {
 		return err
 	}
-	if len(a.Payload) > 0 && !json.Valid(a.Payload) {
+	if len(a.Payload) > 0 && !validJSON(a.Payload) {
 		return fmt.Errorf("%w: payload is not valid JSON", ErrInvalidActivity)
 	}
 	return nil

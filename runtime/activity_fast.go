@@ -77,7 +77,7 @@ func parseFast(data []byte) (a Activity, ok bool) {
 				return a, false // null and the end of input: let encoding/json decide
 			}
 			end := valueEnd(data, i)
-			if end < 0 || !json.Valid(data[i:end]) {
+			if end < 0 || !validJSON(data[i:end]) {
 				return a, false
 			}
 			a.Payload = append(json.RawMessage(nil), data[i:end]...)
@@ -128,7 +128,7 @@ func plainString(data []byte, i int) ([]byte, int, bool) {
 }
 
 // valueEnd finds where the JSON value starting at i ends, tracking strings and nesting;
-// it does not validate (json.Valid does) and returns -1 when the value is unterminated.
+// it does not validate (validJSON does) and returns -1 when the value is unterminated.
 func valueEnd(data []byte, i int) int {
 	depth := 0
 	for j := i; j < len(data); j++ {

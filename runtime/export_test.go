@@ -84,3 +84,6 @@ func ParseFast(data []byte) (Activity, bool) { return parseFast(data) }
 
 // ParseJSON is the encoding/json decoder.
 func ParseJSON(data []byte) (*Activity, error) { return parseJSON(data) }
+
+// ValidJSON exposes the host's JSON validator for differential fuzzing.
+func ValidJSON(data []byte) bool { return validJSON(data) }

@@ -127,7 +127,7 @@ func hostOutput(_ context.Context, c *call, mem api.Memory, stack []uint64) {
 		ret(code)
 		return
 	}
-	if len(payload) > 0 && !json.Valid(payload) {
+	if len(payload) > 0 && !validJSON(payload) {
 		c.fault(fmt.Errorf("output payload is not valid JSON"))
 		ret(codeInvalid)
 		return

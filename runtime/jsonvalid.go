@@ -1,0 +1,182 @@
+package runtime
+
+// maxJSONDepth is encoding/json's nesting limit, kept so that both agree.
+const maxJSONDepth = 10000
+
+// validJSON reports whether data is one JSON value, exactly as encoding/json.Valid does
+// (FuzzValidJSONMatchesEncodingJSON), in one pass without its per-byte state functions:
+// the host validates every activity payload and every guest output with it.
+func validJSON(data []byte) bool {
+	i := skipSpace(data, 0)
+	var stack []byte // open containers: '{' or '['
+	for {
+		// A value.
+		if i >= len(data) {
+			return false
+		}
+		switch c := data[i]; {
+		case c == '{' || c == '[':
+			if len(stack) >= maxJSONDepth {
+				return false
+			}
+			stack = append(stack, c)
+			i = skipSpace(data, i+1)
+			if i < len(data) && data[i] == c+2 { // '}' is '{'+2, ']' is '['+2
+				stack = stack[:len(stack)-1]
+				i++
+				break
+			}
+			if c == '{' {
+				if i = objectKey(data, i); i < 0 {
+					return false
+				}
+			}
+			continue
+		case c == '"':
+			if i = stringEnd(data, i); i < 0 {
+				return false
+			}
+		case c == '-' || (c >= '0' && c <= '9'):
+			if i = numberEnd(data, i); i < 0 {
+				return false
+			}
+		case c == 't':
+			if i = literal(data, i, "true"); i < 0 {
+				return false
+			}
+		case c == 'f':
+			if i = literal(data, i, "false"); i < 0 {
+				return false
+			}
+		case c == 'n':
+			if i = literal(data, i, "null"); i < 0 {
+				return false
+			}
+		default:
+			return false
+		}
+		// After a value: close containers or move to the next element.
+		for {
+			i = skipSpace(data, i)
+			if len(stack) == 0 {
+				return i == len(data)
+			}
+			if i >= len(data) {
+				return false
+			}
+			top := stack[len(stack)-1]
+			switch data[i] {
+			case top + 2:
+				stack = stack[:len(stack)-1]
+				i++
+				continue
+			case ',':
+				i = skipSpace(data, i+1)
+				if top == '{' {
+					if i = objectKey(data, i); i < 0 {
+						return false
+					}
+				}
+			default:
+				return false
+			}
+			break
+		}
+	}
+}
+
+// objectKey reads `"key" :` at i and returns the index of the value after it.
+func objectKey(data []byte, i int) int {
+	if i >= len(data) || data[i] != '"' {
+		return -1
+	}
+	if i = stringEnd(data, i); i < 0 {
+		return -1
+	}
+	i = skipSpace(data, i)
+	if i >= len(data) || data[i] != ':' {
+		return -1
+	}
+	return skipSpace(data, i+1)
+}
+
+// stringEnd returns the index after the JSON string at i, or -1.
+func stringEnd(data []byte, i int) int {
+	for i++; i < len(data); i++ {
+		switch c := data[i]; {
+		case c == '"':
+			return i + 1
+		case c < 0x20:
+			return -1
+		case c == '\\':
+			i++
+			if i >= len(data) {
+				return -1
+			}
+			switch data[i] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			case 'u':
+				if i+4 >= len(data) {
+					return -1
+				}
+				for _, h := range data[i+1 : i+5] {
+					if !(h >= '0' && h <= '9' || h >= 'a' && h <= 'f' || h >= 'A' && h <= 'F') {
+						return -1
+					}
+				}
+				i += 4
+			default:
+				return -1
+			}
+		}
+	}
+	return -1
+}
+
+func digits(data []byte, i int) int {
+	for i < len(data) && data[i] >= '0' && data[i] <= '9' {
+		i++
+	}
+	return i
+}
+
+// numberEnd returns the index after the JSON number at i, or -1.
+func numberEnd(data []byte, i int) int {
+	if data[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(data) && data[i] == '0':
+		i++
+	case i < len(data) && data[i] >= '1' && data[i] <= '9':
+		i = digits(data, i+1)
+	default:
+		return -1
+	}
+	if i < len(data) && data[i] == '.' {
+		j := digits(data, i+1)
+		if j == i+1 {
+			return -1
+		}
+		i = j
+	}
+	if i < len(data) && (data[i] == 'e' || data[i] == 'E') {
+		i++
+		if i < len(data) && (data[i] == '+' || data[i] == '-') {
+			i++
+		}
+		j := digits(data, i)
+		if j == i {
+			return -1
+		}
+		i = j
+	}
+	return i
+}
+
+func literal(data []byte, i int, word string) int {
+	if len(data)-i < len(word) || string(data[i:i+len(word)]) != word {
+		return -1
+	}
+	return i + len(word)
+}
