@@ -59,10 +59,7 @@ func (r *Revision) HostCall(ctx context.Context, name string, args []uint64) (co
 	c := &call{rev: r, pack: p, flow: "f", session: "s", txn: txn}
 	stack := make([]uint64, max(len(hf.params), len(hf.results)))
 	copy(stack, args)
-	hf.fn(ctx, c, inst.mem, stack)
-	if len(hf.results) > 0 {
-		code = int32(uint32(stack[0]))
-	}
+	code = hf.fn(ctx, c, inst.mem, stack)
 	return code, inst.mem.Size(), len(c.outputs), c.faultErr != nil, nil
 }
 

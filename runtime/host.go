@@ -35,7 +35,9 @@ type hostFunc struct {
 	// for functions every pack may import.
 	needs      func(Capabilities) bool
 	capability string
-	fn         func(ctx context.Context, c *call, mem api.Memory, stack []uint64)
+	// fn runs the function on its arguments (u32 values) and returns its result code,
+	// which is handed to the guest for functions with a result.
+	fn func(ctx context.Context, c *call, mem api.Memory, a args) int32
 }
 
 var i32 = api.ValueTypeI32
@@ -66,7 +68,10 @@ func (e *Engine) instantiateHost(ctx context.Context) error {
 				}
 				return
 			}
-			hf.fn(ctx, c, mod.Memory(), stack)
+			code := hf.fn(ctx, c, mod.Memory(), args(stack))
+			if len(hf.results) > 0 {
+				stack[0] = api.EncodeI32(code)
+			}
 		}), hf.params, hf.results).Export(name)
 	}
 	if _, err := b.Instantiate(ctx); err != nil {
@@ -98,39 +103,31 @@ func (c *call) fault(err error) {
 	}
 }
 
-func args(stack []uint64, n int) []uint64 {
-	out := make([]uint64, n)
-	for i := range out {
-		out[i] = uint64(api.DecodeU32(stack[i]))
-	}
-	return out
-}
+// args are a host function's parameters as the guest passed them.
+type args []uint64
 
-func hostOutput(_ context.Context, c *call, mem api.Memory, stack []uint64) {
-	aPtr, aLen, pPtr, pLen := uint64(api.DecodeU32(stack[0])), uint64(api.DecodeU32(stack[1])), uint64(api.DecodeU32(stack[2])), uint64(api.DecodeU32(stack[3]))
-	ret := func(code int32) { stack[0] = api.EncodeI32(code) }
+// u returns parameter i as an unsigned 32-bit value (a pointer or a length).
+func (a args) u(i int) uint64 { return uint64(api.DecodeU32(a[i])) }
+
+func hostOutput(_ context.Context, c *call, mem api.Memory, a args) int32 {
 	if len(c.outputs) >= maxOutputs {
 		c.fault(fmt.Errorf("more than %d outputs", maxOutputs))
-		ret(codeTooLarge)
-		return
+		return codeTooLarge
 	}
-	action, code := c.read(mem, aPtr, aLen, maxActionLen)
+	action, code := c.read(mem, a.u(0), a.u(1), maxActionLen)
 	if code != 0 {
-		ret(code)
-		return
+		return code
 	}
-	payload, code := c.read(mem, pPtr, pLen, c.rev.limits.MaxOutputBytes-c.outBytes)
+	payload, code := c.read(mem, a.u(2), a.u(3), c.rev.limits.MaxOutputBytes-c.outBytes)
 	if code == codeTooLarge {
 		c.fault(fmt.Errorf("output passes the %d-byte limit", c.rev.limits.MaxOutputBytes))
 	}
 	if code != 0 {
-		ret(code)
-		return
+		return code
 	}
 	if len(payload) > 0 && !validJSON(payload) {
 		c.fault(fmt.Errorf("output payload is not valid JSON"))
-		ret(codeInvalid)
-		return
+		return codeInvalid
 	}
 	out := Activity{Kind: KindCustom, Action: string(action)}
 	if out.Action == "" {
@@ -141,19 +138,15 @@ func hostOutput(_ context.Context, c *call, mem api.Memory, stack []uint64) {
 	}
 	c.outBytes += len(payload)
 	c.outputs = append(c.outputs, out)
-	ret(0)
+	return 0
 }
 
-func hostLog(_ context.Context, c *call, mem api.Memory, stack []uint64) {
-	level, ptr, n := api.DecodeI32(stack[0]), uint64(api.DecodeU32(stack[1])), uint64(api.DecodeU32(stack[2]))
-	if n > maxLogLineBytes {
-		n = maxLogLineBytes
+func hostLog(_ context.Context, c *call, mem api.Memory, a args) int32 {
+	msg, code := c.read(mem, a.u(1), min(a.u(2), maxLogLineBytes), maxLogLineBytes)
+	if code == 0 {
+		c.rev.guestLog(c.pack.id, int(api.DecodeI32(a[0])), msg)
 	}
-	msg, code := c.read(mem, ptr, n, maxLogLineBytes)
-	if code != 0 {
-		return
-	}
-	c.rev.guestLog(c.pack.id, int(level), msg)
+	return 0
 }
 
 func (c *call) key(mem api.Memory, ptr, n uint64) (StateKey, int32) {
@@ -179,117 +172,90 @@ func (c *call) writeBack(mem api.Memory, bPtr, bCap uint64, v []byte) int32 {
 	return int32(len(v))
 }
 
-func hostStateGet(_ context.Context, c *call, mem api.Memory, stack []uint64) {
-	a := args(stack, 4)
-	ret := func(code int32) { stack[0] = api.EncodeI32(code) }
-	if !c.pack.stateRead || c.txn == nil {
-		ret(codeDenied)
-		return
+// stateKey checks that the pack may read (or write) state in this call and reads the
+// key the guest passes as its first two arguments.
+func (c *call) stateKey(mem api.Memory, a args, write bool) (StateKey, int32) {
+	if c.txn == nil || !c.pack.stateRead || (write && !c.pack.stateWrite) {
+		return StateKey{}, codeDenied
 	}
-	key, code := c.key(mem, a[0], a[1])
-	if code != 0 {
-		ret(code)
-		return
-	}
-	v, ok, err := c.txn.Get(key)
+	return c.key(mem, a.u(0), a.u(1))
+}
+
+// stored records a store failure for the activity and returns the guest's code for it.
+func (c *call) stored(err error) int32 {
 	if err != nil {
 		c.storeErr = err
-		ret(codeFailed)
-		return
+		return codeFailed
 	}
-	if !ok {
-		ret(codeNotFound)
-		return
-	}
-	ret(c.writeBack(mem, a[2], a[3], v))
+	return 0
 }
 
-func hostStateSet(_ context.Context, c *call, mem api.Memory, stack []uint64) {
-	a := args(stack, 4)
-	ret := func(code int32) { stack[0] = api.EncodeI32(code) }
-	if !c.pack.stateWrite || c.txn == nil {
-		ret(codeDenied)
-		return
-	}
-	key, code := c.key(mem, a[0], a[1])
+func hostStateGet(_ context.Context, c *call, mem api.Memory, a args) int32 {
+	key, code := c.stateKey(mem, a, false)
 	if code != 0 {
-		ret(code)
-		return
+		return code
 	}
-	v, code := c.read(mem, a[2], a[3], MaxValueLen)
-	if code != 0 {
-		ret(code)
-		return
+	v, ok, err := c.txn.Get(key)
+	switch {
+	case err != nil:
+		return c.stored(err)
+	case !ok:
+		return codeNotFound
 	}
-	if err := c.txn.Put(key, v); err != nil {
-		c.storeErr = err
-		ret(codeFailed)
-		return
-	}
-	ret(0)
+	return c.writeBack(mem, a.u(2), a.u(3), v)
 }
 
-func hostStateDelete(_ context.Context, c *call, mem api.Memory, stack []uint64) {
-	ret := func(code int32) { stack[0] = api.EncodeI32(code) }
-	if !c.pack.stateWrite || c.txn == nil {
-		ret(codeDenied)
-		return
-	}
-	key, code := c.key(mem, uint64(api.DecodeU32(stack[0])), uint64(api.DecodeU32(stack[1])))
+func hostStateSet(_ context.Context, c *call, mem api.Memory, a args) int32 {
+	key, code := c.stateKey(mem, a, true)
 	if code != 0 {
-		ret(code)
-		return
+		return code
 	}
-	if err := c.txn.Delete(key); err != nil {
-		c.storeErr = err
-		ret(codeFailed)
-		return
+	v, code := c.read(mem, a.u(2), a.u(3), MaxValueLen)
+	if code != 0 {
+		return code
 	}
-	ret(0)
+	return c.stored(c.txn.Put(key, v))
 }
 
-func hostSessionWait(_ context.Context, c *call, mem api.Memory, stack []uint64) {
-	ptr, n, ttlMs := uint64(api.DecodeU32(stack[0])), uint64(api.DecodeU32(stack[1])), api.DecodeI32(stack[2])
-	ret := func(code int32) { stack[0] = api.EncodeI32(code) }
+func hostStateDelete(_ context.Context, c *call, mem api.Memory, a args) int32 {
+	key, code := c.stateKey(mem, a, true)
+	if code != 0 {
+		return code
+	}
+	return c.stored(c.txn.Delete(key))
+}
+
+func hostSessionWait(_ context.Context, c *call, mem api.Memory, a args) int32 {
 	if c.session == "" {
-		ret(codeInvalid) // an activity without a session cannot be resumed
-		return
+		return codeInvalid // an activity without a session cannot be resumed
 	}
-	data, code := c.read(mem, ptr, n, MaxValueLen)
+	data, code := c.read(mem, a.u(0), a.u(1), MaxValueLen)
 	if code != 0 {
-		ret(code)
-		return
+		return code
 	}
-	ttl := time.Duration(ttlMs) * time.Millisecond
+	ttl := time.Duration(api.DecodeI32(a[2])) * time.Millisecond
 	if ttl <= 0 {
 		ttl = defaultWaitTTL
 	}
 	ttl = min(ttl, maxWaitTTL)
 	c.wait = &Wait{Pack: c.pack.id, Flow: c.flow, Data: append([]byte(nil), data...), Expires: c.rev.now().Add(ttl)}
-	ret(0)
+	return 0
 }
 
-func hostSecretGet(ctx context.Context, c *call, mem api.Memory, stack []uint64) {
-	a := args(stack, 4)
-	ret := func(code int32) { stack[0] = api.EncodeI32(code) }
-	name, code := c.read(mem, a[0], a[1], 253)
+func hostSecretGet(ctx context.Context, c *call, mem api.Memory, a args) int32 {
+	name, code := c.read(mem, a.u(0), a.u(1), 253)
 	if code != 0 {
-		ret(code)
-		return
+		return code
 	}
 	if !c.pack.secrets[string(name)] || c.rev.secrets == nil {
-		ret(codeDenied)
-		return
+		return codeDenied
 	}
 	v, ok, err := c.rev.secrets.Secret(ctx, string(name))
-	if err != nil {
-		c.storeErr = err
-		ret(codeFailed)
-		return
+	switch {
+	case err != nil:
+		return c.stored(err)
+	case !ok:
+		return codeNotFound
 	}
-	if !ok {
-		ret(codeNotFound)
-		return
-	}
-	ret(c.writeBack(mem, a[2], a[3], v))
+	return c.writeBack(mem, a.u(2), a.u(3), v)
 }
