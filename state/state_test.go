@@ -193,6 +193,33 @@ func TestForeignAndCorruptContent(t *testing.T) {
 	if _, _, err := txn.Get(key); err == nil || !strings.Contains(err.Error(), "corrupt") {
 		t.Fatalf("reading a corrupted entry: %v", err)
 	}
+
+	// A later, healthy write elsewhere in the shard does not hide the corruption.
+	if err := put(t, ns, map[runtime.StateKey]string{{Pack: "p", Name: "other"}: "fine"}); err != nil {
+		t.Fatal(err)
+	}
+	if problems := strings.Join(s.Problems(nsName, "q", 1), "\n"); !strings.Contains(problems, "foreign key") || !strings.Contains(problems, "corrupt") {
+		t.Fatalf("problems after an unrelated write: %q", problems)
+	}
+	// Removing the bad entries clears the report.
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: nsName, Name: "q-state-0"}, cm); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range cm.BinaryData {
+		if string(v) == "garbage" || k == "not-ours" {
+			delete(cm.BinaryData, k)
+		}
+	}
+	if err := env.Client.Update(ctx, cm); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for len(s.Problems(nsName, "q", 1)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if p := s.Problems(nsName, "q", 1); len(p) > 0 {
+		t.Fatalf("problems outlived the bad entries: %q", p)
+	}
 }
 
 func TestStateFull(t *testing.T) {

@@ -44,6 +44,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,7 +104,9 @@ type Store struct {
 	view     map[types.NamespacedName]*corev1.ConfigMap
 	shards   map[types.NamespacedName]*shard
 	sessions map[string]Pin
-	problems map[types.NamespacedName]string
+	// problems are, per state ConfigMap, its entries that packhost did not write, by
+	// entry key (the empty key stands for the data field).
+	problems map[types.NamespacedName]map[string]string
 
 	updates   atomic.Int64
 	bytesSent atomic.Int64
@@ -139,7 +142,7 @@ func New(cfg *rest.Config, scheme *runtime.Scheme, opts Options) (*Store, error)
 	s := &Store{
 		client: c, cache: ca, budget: opts.ShardBudget, log: opts.Logger, onCommit: opts.OnCommit,
 		view: map[types.NamespacedName]*corev1.ConfigMap{}, shards: map[types.NamespacedName]*shard{},
-		sessions: map[string]Pin{}, problems: map[types.NamespacedName]string{},
+		sessions: map[string]Pin{}, problems: map[types.NamespacedName]map[string]string{},
 	}
 	inf, err := ca.GetInformer(context.Background(), &corev1.ConfigMap{})
 	if err != nil {
@@ -206,9 +209,21 @@ func (s *Store) Problems(namespace, revision string, shards int) []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for i := range shards {
-		if p, ok := s.problems[types.NamespacedName{Namespace: namespace, Name: ShardName(revision, i)}]; ok {
-			out = append(out, p)
+		key := types.NamespacedName{Namespace: namespace, Name: ShardName(revision, i)}
+		bad := s.problems[key]
+		if len(bad) == 0 {
+			continue
 		}
+		entries := make([]string, 0, len(bad))
+		for k, why := range bad {
+			if k == "" {
+				entries = append(entries, why)
+			} else {
+				entries = append(entries, k+": "+why)
+			}
+		}
+		slices.Sort(entries)
+		out = append(out, fmt.Sprintf("ConfigMap %s: %s", key, strings.Join(entries, "; ")))
 	}
 	return out
 }
@@ -239,34 +254,46 @@ func (s *Store) observe(cm *corev1.ConfigMap) {
 	}
 	s.view[key] = cm
 	revision := cm.Namespace + "/" + cm.Labels[LabelRevision]
-	var problems []string
+	bad := s.problems[key]
+	if bad == nil {
+		bad = map[string]string{}
+		s.problems[key] = bad
+	}
+	// Only entries that changed are checked again; the others keep their verdict.
 	for k, v := range cm.BinaryData {
-		if old != nil && string(old.BinaryData[k]) == string(v) {
-			continue
+		if old != nil {
+			if prev, ok := old.BinaryData[k]; ok && string(prev) == string(v) {
+				continue
+			}
 		}
+		delete(bad, k)
 		switch {
 		case strings.HasPrefix(k, waitPrefix):
 			w, err := decodeWait(v)
 			if err != nil {
-				problems = append(problems, fmt.Sprintf("%s: %v", k, err))
+				bad[k] = err.Error()
 				continue
 			}
 			if expected, _ := waitKey(w.session, 1); expected != k {
-				problems = append(problems, fmt.Sprintf("%s: wait entry does not match its key", k))
+				bad[k] = "wait entry does not match its key"
 				continue
 			}
 			s.sessions[w.session] = Pin{Revision: revision, Expires: w.expires}
 		case strings.HasPrefix(k, valuePrefix):
 			if len(v) == 0 || v[0] != entryValue {
-				problems = append(problems, fmt.Sprintf("%s: %v", k, errCorrupt))
+				bad[k] = errCorrupt.Error()
 			}
 		default:
-			problems = append(problems, fmt.Sprintf("%s: foreign key in a state ConfigMap", k))
+			bad[k] = "foreign key in a state ConfigMap"
 		}
 	}
 	if old != nil {
 		for k, v := range old.BinaryData {
-			if _, still := cm.BinaryData[k]; still || !strings.HasPrefix(k, waitPrefix) {
+			if _, still := cm.BinaryData[k]; still {
+				continue
+			}
+			delete(bad, k)
+			if !strings.HasPrefix(k, waitPrefix) {
 				continue
 			}
 			if w, err := decodeWait(v); err == nil && s.sessions[w.session].Revision == revision {
@@ -274,14 +301,13 @@ func (s *Store) observe(cm *corev1.ConfigMap) {
 			}
 		}
 	}
+	// The empty key stands for the data field, which packhost never writes.
+	delete(bad, "")
 	if len(cm.Data) > 0 {
-		problems = append(problems, "data holds foreign keys; packhost keeps state in binaryData only")
+		bad[""] = "data holds foreign keys; packhost keeps state in binaryData only"
 	}
-	if len(problems) > 0 {
-		s.problems[key] = fmt.Sprintf("ConfigMap %s: %s", key, strings.Join(problems, "; "))
-		s.log.Info("State ConfigMap has content packhost did not write; it is not trusted", "configMap", key.String(), "problems", problems)
-	} else if old == nil || len(old.BinaryData) != len(cm.BinaryData) {
-		delete(s.problems, key)
+	if len(bad) > 0 {
+		s.log.Info("State ConfigMap has content packhost did not write; it is not trusted", "configMap", key.String(), "problems", len(bad))
 	}
 }
 
