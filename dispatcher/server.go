@@ -238,12 +238,26 @@ type Response struct {
 	Activities []runtime.Activity `json:"activities"`
 }
 
-func (s *Server) activities(w http.ResponseWriter, r *http.Request) {
+// statusWriter remembers the status a handler answered with, for the metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(status int) {
+	w.status = status
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (s *Server) activities(rw http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	ns, tenant := r.PathValue("ns"), r.PathValue("tenant")
+	w := &statusWriter{ResponseWriter: rw, status: http.StatusOK}
+	revision := ""
+	// Every answer is counted once, with the status it actually had.
+	defer func() { s.Metrics.request(ns, tenant, revision, w.status, start) }()
 	if n := s.inFlight.Add(1); s.MaxInFlight > 0 && n > int64(s.MaxInFlight) {
 		s.inFlight.Add(-1)
-		s.Metrics.request(ns, tenant, "", http.StatusTooManyRequests, start)
 		writeError(w, http.StatusTooManyRequests, CodeOverloaded, "the dispatcher is at its in-flight limit")
 		return
 	}
@@ -251,29 +265,26 @@ func (s *Server) activities(w http.ResponseWriter, r *http.Request) {
 
 	cfg, table, caller := s.authenticate(w, r)
 	if cfg == nil {
-		s.Metrics.request(ns, tenant, "", 401, start)
 		return
 	}
 	body, ok := readBody(w, r, cfg.MaxBodyBytes)
 	if !ok {
-		s.Metrics.request(ns, tenant, "", http.StatusRequestEntityTooLarge, start)
 		return
 	}
 	a, err := runtime.ParseActivity(body)
 	if err != nil {
-		s.Metrics.request(ns, tenant, "", http.StatusBadRequest, start)
 		writeError(w, http.StatusBadRequest, CodeInvalidActivity, err.Error())
 		return
 	}
-	revision, status, code, msg := s.route(r, cfg, table, caller, a)
+	var status int
+	var code, msg string
+	revision, status, code, msg = s.route(r, cfg, table, caller, a)
 	if status != 0 {
-		s.Metrics.request(ns, tenant, revision, status, start)
 		writeError(w, status, code, msg)
 		return
 	}
 	rt := s.Revisions.Revision(ns, tenant, revision)
 	if rt == nil {
-		s.Metrics.request(ns, tenant, revision, http.StatusServiceUnavailable, start)
 		writeError(w, http.StatusServiceUnavailable, CodeNoReadyRevision, fmt.Sprintf("revision %s is not loaded on this replica yet", revision))
 		return
 	}
@@ -281,20 +292,16 @@ func (s *Server) activities(w http.ResponseWriter, r *http.Request) {
 	// The revision's runtime enforces the activity deadline (the tenant's, or lower).
 	out, err := rt.Handle(r.Context(), a)
 	done()
+	w.Header().Set(RevisionHeader, revision)
 	if err != nil {
-		status, _ := statusOf(err)
-		s.Metrics.request(ns, tenant, revision, status, start)
-		w.Header().Set(RevisionHeader, revision)
 		writeRuntimeError(w, err)
 		return
 	}
 	s.Router.count(ns, tenant, revision)
 	resp := appendResponse(make([]byte, 0, 256+outputBytes(out)), revision, out)
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set(RevisionHeader, revision)
 	w.Header().Set("Content-Length", strconv.Itoa(len(resp)))
 	_, _ = w.Write(resp)
-	s.Metrics.request(ns, tenant, revision, http.StatusOK, start)
 }
 
 func outputBytes(out []runtime.Activity) int {

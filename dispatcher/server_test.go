@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -106,6 +107,13 @@ func TestErrorsAreTypedAndChangeNothing(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			ns, tenant := "default", "acme"
+			if strings.Contains(tc.path, "/tenants/ghost/") {
+				tenant = "ghost"
+			} else if strings.Contains(tc.path, "/tenants/nosplit/") {
+				tenant = "nosplit"
+			}
+			counted := requestsWithCode(t, reg, ns, tenant, tc.status)
 			before := store.Commits
 			w, eb := do(tc.path, tc.token, tc.body, tc.hdr...)
 			if w.Code != tc.status || eb.Error.Code != tc.code || eb.Error.Message == "" {
@@ -116,6 +124,10 @@ func TestErrorsAreTypedAndChangeNothing(t *testing.T) {
 			}
 			if (tc.status == 429 || tc.status == 503) && w.Header().Get("Retry-After") == "" {
 				t.Error("no Retry-After")
+			}
+			// The metrics count the status the caller actually got, once.
+			if got := requestsWithCode(t, reg, ns, tenant, tc.status) - counted; got != 1 {
+				t.Errorf("packhost_dispatcher_requests_total{tenant=%q,code=%q} grew by %v, want 1", tenant, strconv.Itoa(tc.status), got)
 			}
 		})
 	}
@@ -230,4 +242,29 @@ func TestProviderEndpoints(t *testing.T) {
 			}
 		})
 	}
+}
+
+// requestsWithCode sums packhost_dispatcher_requests_total for a tenant and status code.
+func requestsWithCode(t *testing.T, reg *prometheus.Registry, ns, tenant string, code int) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, f := range families {
+		if f.GetName() != "packhost_dispatcher_requests_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["namespace"] == ns && labels["tenant"] == tenant && labels["code"] == strconv.Itoa(code) {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }
