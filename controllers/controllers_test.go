@@ -193,6 +193,7 @@ func TestRevisionPhasesAndFailureReasons(t *testing.T) {
 		revision(ns, "missing-key", "acme", "absent.wasm"),
 		revision(ns, "wrong-sha", "acme", "ok.wasm", func(r *v1.Revision) { r.Spec.Packs[0].SHA256 = strings.Repeat("0", 64) }),
 		revision(ns, "too-much", "acme", "ok.wasm", func(r *v1.Revision) { r.Spec.Limits = &v1.RevisionLimits{MemoryPages: ptr.To[int32](2048)} }),
+		revision(ns, "too-little", "acme", "ok.wasm", func(r *v1.Revision) { r.Spec.Limits = &v1.RevisionLimits{MemoryPages: ptr.To[int32](1)} }),
 	)
 	waitPhase(t, ns, "ok", v1.RevisionReady, "")
 	for _, tc := range []struct{ name, reason, says string }{
@@ -203,6 +204,7 @@ func TestRevisionPhasesAndFailureReasons(t *testing.T) {
 		{"missing-key", v1.ReasonSourceUnreachable, `no binaryData key "absent.wasm"`},
 		{"wrong-sha", v1.ReasonDigestMismatch, strings.Repeat("0", 64)},
 		{"too-much", v1.ReasonLimitAboveTenant, "above the tenant's"},
+		{"too-little", v1.ReasonMemoryLimitTooLow, "needs 2 memory pages"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			msg := waitPhase(t, ns, tc.name, v1.RevisionFailed, tc.reason)

@@ -339,6 +339,8 @@ func compileFailure(pack string, err error) *failure {
 	switch {
 	case errors.Is(err, runtime.ErrCapabilityDenied):
 		return &failure{v1.RevisionLoaded, v1.ReasonCapabilityNotAllowed, msg + ": allow it in the Tenant's spec.policy or drop it from the pack's manifest", true}
+	case errors.Is(err, runtime.ErrMemoryLimit):
+		return &failure{v1.RevisionLoaded, v1.ReasonMemoryLimitTooLow, msg, true}
 	case errors.Is(err, runtime.ErrInvalidManifest):
 		return &failure{v1.RevisionLoaded, v1.ReasonInvalidManifest, msg, false}
 	}

@@ -115,6 +115,7 @@ type Pack struct {
 	Manifest *Manifest
 
 	compiled    wazero.CompiledModule
+	minPages    uint32 // the memory the module needs to start
 	hostImports map[string]bool
 	hasIdentify bool
 	hasDescribe bool
@@ -208,9 +209,11 @@ func (e *Engine) compile(ctx context.Context, wasm []byte, digest string) (*Pack
 }
 
 func (p *Pack) checkExports() error {
-	if _, ok := p.compiled.ExportedMemories()[ExportMemory]; !ok {
+	mem, ok := p.compiled.ExportedMemories()[ExportMemory]
+	if !ok {
 		return invalidPack("%s exports no memory named %q", p.Manifest.PackID, ExportMemory)
 	}
+	p.minPages = mem.Min()
 	fns := p.compiled.ExportedFunctions()
 	want := func(name string, params, results []api.ValueType, required bool) (bool, error) {
 		def, ok := fns[name]

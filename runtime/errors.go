@@ -33,6 +33,8 @@ var (
 	// ErrInvalidManifest: the pack's manifest is missing or malformed; it also matches
 	// ErrInvalidPack.
 	ErrInvalidManifest = errors.New("invalid manifest")
+	// ErrMemoryLimit: a pack needs more memory to start than the revision allows.
+	ErrMemoryLimit = errors.New("memory limit below what the pack needs")
 	// ErrCapabilityDenied: a pack asks for a capability the tenant's policy does not allow.
 	ErrCapabilityDenied = errors.New("capability not allowed")
 	// ErrUnsupported: the revision has no component for what was asked (identify or

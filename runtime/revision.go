@@ -187,6 +187,10 @@ func (e *Engine) NewRevision(ctx context.Context, cfg RevisionConfig) (r *Revisi
 		if _, dup := r.byID[id]; dup {
 			return nil, &PackError{Pack: id, Err: invalidPack("pack id %q appears twice in revision %s", id, cfg.Name)}
 		}
+		if p.minPages > cfg.Limits.MemoryPages {
+			return nil, &PackError{Pack: id, Err: fmt.Errorf("%w: pack %s needs %d memory pages (%d KiB) to start and revision %s allows %d: raise limits.memoryPages",
+				ErrMemoryLimit, id, p.minPages, p.minPages*64, cfg.Name, cfg.Limits.MemoryPages)}
+		}
 		pr, err := r.grant(p, cfg)
 		if err != nil {
 			return nil, &PackError{Pack: id, Err: err}
@@ -276,7 +280,7 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 	ctx = experimental.WithMemoryAllocator(context.WithoutCancel(ctx), experimental.MemoryAllocatorFunc(func(c, m uint64) experimental.LinearMemory {
 		return &limitedMemory{buf: make([]byte, 0, min(c, maxBytes)), max: min(m, maxBytes)}
 	}))
-	mod, err := r.engine.rt.InstantiateModule(ctx, p.pack.compiled, p.modConfig)
+	mod, err := instantiate(ctx, r.engine.rt, p.pack.compiled, p.modConfig)
 	if err != nil {
 		return nil, invalidPack("start %s: %v", p.id, err)
 	}
@@ -284,6 +288,17 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 	p.total++
 	p.mu.Unlock()
 	return &instance{mod: mod, mem: mod.Memory(), alloc: mod.ExportedFunction(ExportAlloc), handle: mod.ExportedFunction(ExportHandle)}, nil
+}
+
+// instantiate starts a module, turning a panic inside wazero into an error: a bad
+// module must fail its revision, never the process.
+func instantiate(ctx context.Context, rt wazero.Runtime, compiled wazero.CompiledModule, cfg wazero.ModuleConfig) (mod api.Module, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			mod, err = nil, fmt.Errorf("instantiation panicked: %v", p)
+		}
+	}()
+	return rt.InstantiateModule(ctx, compiled, cfg)
 }
 
 func (p *packRuntime) get(ctx context.Context, r *Revision) (*instance, error) {

@@ -534,3 +534,17 @@ func TestOutputLimit(t *testing.T) {
 		t.Fatalf("small output: %v %v", out, err)
 	}
 }
+
+// A memory limit below what a pack needs to start fails the revision with a typed error
+// that names both figures; it never reaches wazero (which would panic).
+func TestMemoryLimitBelowThePacksNeeds(t *testing.T) {
+	e := newEngine(t)
+	_, err := tryLoad(e, []revOpt{func(c *runtime.RevisionConfig) { c.Limits.MemoryPages = 16 }}, "echo")
+	var pe *runtime.PackError
+	if !errors.Is(err, runtime.ErrMemoryLimit) || !errors.As(err, &pe) || pe.Pack != "echo" || !strings.Contains(err.Error(), "allows 16") {
+		t.Fatalf("got %v, want ErrMemoryLimit naming the pack and the limit", err)
+	}
+	if e.Packs() != 0 {
+		t.Errorf("a refused revision kept %d compiled packs", e.Packs())
+	}
+}

@@ -30,6 +30,7 @@ const (
 	ReasonInvalidManifest      = "InvalidManifest"
 	ReasonCapabilityNotAllowed = "CapabilityNotAllowed"
 	ReasonLimitAboveTenant     = "LimitAboveTenant"
+	ReasonMemoryLimitTooLow    = "MemoryLimitTooLow"
 	ReasonTenantNotFound       = "TenantNotFound"
 	ReasonStateFailed          = "StateFailed"
 	ReasonDraining             = "Draining"

@@ -124,7 +124,8 @@ type StatePolicy struct {
 // +kubebuilder:validation:XValidation:rule="!has(self.activityTimeout) || (duration(self.activityTimeout) >= duration('10ms') && duration(self.activityTimeout) <= duration('5m'))",message="limits.activityTimeout must be a duration between 10ms and 5m, for example 10s"
 type TenantLimits struct {
 	// memoryPages is the most 64 KiB WebAssembly memory pages one instance may have
-	// (1024 pages is 64 MiB; a Go-built pack needs about 256 to start).
+	// (1024 pages is 64 MiB). A pack declares the memory it needs to start (the SDK echo
+	// pack 42 pages); a limit below it fails the Revision with MemoryLimitTooLow.
 	// +optional
 	// +kubebuilder:default=1024
 	// +kubebuilder:validation:Minimum=1
