@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"encoding/binary"
 	"encoding/json"
 )
 
@@ -77,10 +78,12 @@ func parseFast(data []byte) (a Activity, ok bool) {
 				return a, false // null and the end of input: let encoding/json decide
 			}
 			end := valueEnd(data, i)
-			if end < 0 || !validJSON(data[i:end]) {
+			if end < 0 {
 				return a, false
 			}
-			a.Payload = append(json.RawMessage(nil), data[i:end]...)
+			// The payload shares data's bytes: ParseActivity's callers hand over a
+			// buffer of their own.
+			a.Payload = json.RawMessage(data[i:end:end])
 			i = end
 		}
 		i = skipSpace(data, i)
@@ -117,6 +120,10 @@ func plainString(data []byte, i int) ([]byte, int, bool) {
 		return nil, 0, false
 	}
 	for j := i + 1; j < len(data); j++ {
+		j = asciiRun(data, j)
+		if j >= len(data) {
+			break
+		}
 		switch c := data[j]; {
 		case c == '"':
 			return data[i+1 : j], j + 1, true
@@ -127,46 +134,14 @@ func plainString(data []byte, i int) ([]byte, int, bool) {
 	return nil, 0, false
 }
 
-// valueEnd finds where the JSON value starting at i ends, tracking strings and nesting;
-// it does not validate (validJSON does) and returns -1 when the value is unterminated.
-func valueEnd(data []byte, i int) int {
-	depth := 0
-	for j := i; j < len(data); j++ {
-		switch data[j] {
-		case '"':
-			for j++; j < len(data) && data[j] != '"'; j++ {
-				if data[j] == '\\' {
-					j++
-				}
-			}
-			if j >= len(data) {
-				return -1
-			}
-			if depth == 0 {
-				return j + 1
-			}
-		case '{', '[':
-			depth++
-		case '}', ']':
-			if depth == 0 {
-				return j
-			}
-			depth--
-			if depth == 0 {
-				return j + 1
-			}
-		case ',':
-			if depth == 0 {
-				return j
-			}
-		case ' ', '\t', '\n', '\r':
-			if depth == 0 {
-				return j
-			}
+// asciiRun is plainRun that also stops at bytes 0x7f and above.
+func asciiRun(data []byte, i int) int {
+	for ; i+8 <= len(data); i += 8 {
+		x := binary.LittleEndian.Uint64(data[i:])
+		q, b := x^(lanes1*'"'), x^(lanes1*'\\')
+		if ((x-lanes1*0x20)&^x|(q-lanes1)&^q|(b-lanes1)&^b|(x+lanes1)|x)&lanesHigh != 0 {
+			return i
 		}
 	}
-	if depth == 0 {
-		return len(data)
-	}
-	return -1
+	return i
 }

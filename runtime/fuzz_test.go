@@ -88,6 +88,7 @@ func FuzzParseFastMatchesEncodingJSON(f *testing.F) {
 	f.Add([]byte(`{"kind":"message","payload":null}`))
 	f.Add([]byte(`{"kind":"message","payload":[}`))
 	f.Add([]byte(`{}`))
+	f.Add([]byte("{\"kind\":\"message-with-a-long-name\",\"user_id\":\"abcdefgh\x7fijklmnop\",\"payload\":\"abcdefghijklmn\\\"opq\"}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fast, ok := runtime.ParseFast(data)
 		if !ok {
@@ -114,6 +115,8 @@ func FuzzValidJSONMatchesEncodingJSON(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Add(activity1KiB())
+	// Long strings reach the eight-bytes-at-a-time scan, with what stops it at odd places.
+	f.Add([]byte("[\"abcdefghijklmno\\\"pqrstuvw\x01xyz\", \"abcdefg\x7f\xff\xc3\xa9hijklmnopq\"]"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if got, want := runtime.ValidJSON(data), json.Valid(data); got != want {
 			t.Fatalf("validJSON(%q) = %v, encoding/json says %v", data, got, want)

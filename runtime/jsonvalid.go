@@ -1,5 +1,7 @@
 package runtime
 
+import "encoding/binary"
+
 // maxJSONDepth is encoding/json's nesting limit, kept so that both agree.
 const maxJSONDepth = 10000
 
@@ -7,17 +9,23 @@ const maxJSONDepth = 10000
 // (FuzzValidJSONMatchesEncodingJSON), in one pass without its per-byte state functions:
 // the host validates every activity payload and every guest output with it.
 func validJSON(data []byte) bool {
-	i := skipSpace(data, 0)
+	i := valueEnd(data, skipSpace(data, 0))
+	return i >= 0 && skipSpace(data, i) == len(data)
+}
+
+// valueEnd returns the index after the valid JSON value that starts at i, or -1 when
+// there is none.
+func valueEnd(data []byte, i int) int {
 	var stack []byte // open containers: '{' or '['
 	for {
 		// A value.
 		if i >= len(data) {
-			return false
+			return -1
 		}
 		switch c := data[i]; {
 		case c == '{' || c == '[':
 			if len(stack) >= maxJSONDepth {
-				return false
+				return -1
 			}
 			stack = append(stack, c)
 			i = skipSpace(data, i+1)
@@ -28,41 +36,40 @@ func validJSON(data []byte) bool {
 			}
 			if c == '{' {
 				if i = objectKey(data, i); i < 0 {
-					return false
+					return -1
 				}
 			}
 			continue
 		case c == '"':
 			if i = stringEnd(data, i); i < 0 {
-				return false
+				return -1
 			}
 		case c == '-' || (c >= '0' && c <= '9'):
 			if i = numberEnd(data, i); i < 0 {
-				return false
+				return -1
 			}
 		case c == 't':
 			if i = literal(data, i, "true"); i < 0 {
-				return false
+				return -1
 			}
 		case c == 'f':
 			if i = literal(data, i, "false"); i < 0 {
-				return false
+				return -1
 			}
 		case c == 'n':
 			if i = literal(data, i, "null"); i < 0 {
-				return false
+				return -1
 			}
 		default:
-			return false
+			return -1
 		}
 		// After a value: close containers or move to the next element.
 		for {
-			i = skipSpace(data, i)
 			if len(stack) == 0 {
-				return i == len(data)
+				return i
 			}
-			if i >= len(data) {
-				return false
+			if i = skipSpace(data, i); i >= len(data) {
+				return -1
 			}
 			top := stack[len(stack)-1]
 			switch data[i] {
@@ -74,11 +81,11 @@ func validJSON(data []byte) bool {
 				i = skipSpace(data, i+1)
 				if top == '{' {
 					if i = objectKey(data, i); i < 0 {
-						return false
+						return -1
 					}
 				}
 			default:
-				return false
+				return -1
 			}
 			break
 		}
@@ -103,6 +110,10 @@ func objectKey(data []byte, i int) int {
 // stringEnd returns the index after the JSON string at i, or -1.
 func stringEnd(data []byte, i int) int {
 	for i++; i < len(data); i++ {
+		i = plainRun(data, i)
+		if i >= len(data) {
+			break
+		}
 		switch c := data[i]; {
 		case c == '"':
 			return i + 1
@@ -131,6 +142,30 @@ func stringEnd(data []byte, i int) int {
 		}
 	}
 	return -1
+}
+
+// Bytes repeated in every lane of a uint64, for scanning eight bytes at a time.
+const (
+	lanes1    = 0x0101010101010101
+	lanesHigh = 0x8080808080808080
+)
+
+// plainRun skips, eight bytes at a time, bytes that need no attention inside a JSON
+// string (anything but '"', '\\' and control characters) and returns the index of the
+// first group of eight that holds one, or of the last few bytes: the caller goes on
+// byte by byte from there.
+func plainRun(data []byte, i int) int {
+	for ; i+8 <= len(data); i += 8 {
+		x := binary.LittleEndian.Uint64(data[i:])
+		q, b := x^(lanes1*'"'), x^(lanes1*'\\')
+		// (v - 0x01..) &^ v has a lane's high bit set where v's lane is zero, and
+		// (x - 0x20..) &^ x where x's lane is below 0x20; a borrow can flag lanes above
+		// a real match, never a group without one, which is all this needs.
+		if ((x-lanes1*0x20)&^x|(q-lanes1)&^q|(b-lanes1)&^b)&lanesHigh != 0 {
+			return i
+		}
+	}
+	return i
 }
 
 func digits(data []byte, i int) int {
