@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -214,19 +215,34 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (*TenantCo
 	return cfg, table, caller
 }
 
-// readBody reads at most limit bytes; past it the response is 413.
+// readBody reads at most limit bytes; past it the response is 413. A body whose length
+// is declared is read into one buffer of that size.
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
 	if limit <= 0 {
 		limit = 1 << 20
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	tooLarge := func() ([]byte, bool) {
+		writeError(w, http.StatusRequestEntityTooLarge, CodeTooLarge, fmt.Sprintf("the body is larger than the tenant's %d-byte limit", limit))
+		return nil, false
+	}
+	if r.ContentLength > limit {
+		return tooLarge()
+	}
+	var body []byte
+	var err error
+	if r.ContentLength >= 0 {
+		// net/http's body reader ends at the declared length and fails a shorter body.
+		body = make([]byte, r.ContentLength)
+		_, err = io.ReadFull(r.Body, body)
+	} else {
+		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	}
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, CodeTooLarge, fmt.Sprintf("the body is larger than the tenant's %d-byte limit", limit))
-		} else {
-			writeError(w, http.StatusBadRequest, CodeInvalidActivity, "read body: "+err.Error())
+			return tooLarge()
 		}
+		writeError(w, http.StatusBadRequest, CodeInvalidActivity, "read body: "+err.Error())
 		return nil, false
 	}
 	return body, true
@@ -483,6 +499,17 @@ type Metrics struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	inflight *prometheus.GaugeVec
+	// served holds each revision's series for answered activities, so the hot path
+	// does not hash four label values per series per request.
+	served sync.Map // revisionSeriesKey -> *revisionSeries
+}
+
+type revisionSeriesKey struct{ namespace, tenant, revision string }
+
+type revisionSeries struct {
+	ok       prometheus.Counter
+	latency  prometheus.Observer
+	inflight prometheus.Gauge
 }
 
 // NewMetrics registers the dispatcher's series with reg.
@@ -504,21 +531,38 @@ func NewMetrics(reg prometheus.Registerer, gatherer prometheus.Gatherer) *Metric
 	return m
 }
 
+// series returns a revision's series, creating them on its first activity.
+func (m *Metrics) series(ns, tenant, revision string) *revisionSeries {
+	key := revisionSeriesKey{ns, tenant, revision}
+	if s, ok := m.served.Load(key); ok {
+		return s.(*revisionSeries)
+	}
+	s, _ := m.served.LoadOrStore(key, &revisionSeries{
+		ok:       m.requests.WithLabelValues(ns, tenant, revision, "200"),
+		latency:  m.latency.WithLabelValues(ns, tenant, revision),
+		inflight: m.inflight.WithLabelValues(ns, tenant, revision),
+	})
+	return s.(*revisionSeries)
+}
+
 func (m *Metrics) request(ns, tenant, revision string, status int, start time.Time) {
 	if m == nil {
 		return
 	}
-	m.requests.WithLabelValues(ns, tenant, revision, strconv.Itoa(status)).Inc()
-	if status == http.StatusOK {
-		m.latency.WithLabelValues(ns, tenant, revision).Observe(time.Since(start).Seconds())
+	if status != http.StatusOK {
+		m.requests.WithLabelValues(ns, tenant, revision, strconv.Itoa(status)).Inc()
+		return
 	}
+	s := m.series(ns, tenant, revision)
+	s.ok.Inc()
+	s.latency.Observe(time.Since(start).Seconds())
 }
 
 func (m *Metrics) inFlight(ns, tenant, revision string) func() {
 	if m == nil {
 		return func() {}
 	}
-	g := m.inflight.WithLabelValues(ns, tenant, revision)
+	g := m.series(ns, tenant, revision).inflight
 	g.Inc()
 	return g.Dec
 }
@@ -528,6 +572,12 @@ func (m *Metrics) ForgetRevision(namespace, revision string) {
 	if m == nil {
 		return
 	}
+	m.served.Range(func(k, _ any) bool {
+		if key := k.(revisionSeriesKey); key.namespace == namespace && key.revision == revision {
+			m.served.Delete(k)
+		}
+		return true
+	})
 	labels := prometheus.Labels{"namespace": namespace, "revision": revision}
 	m.requests.DeletePartialMatch(labels)
 	m.latency.DeletePartialMatch(labels)
