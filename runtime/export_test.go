@@ -14,7 +14,7 @@ func (r *Revision) Floor(ctx context.Context, a *Activity) (fn func() error, rel
 	if err != nil {
 		return nil, nil, err
 	}
-	flow := p.pack.Manifest.entryFlows()[0]
+	flow, _ := p.pack.Manifest.firstEntryFlow()
 	in := encodeInput(nil, a, p.id, flow, "", nil, r.config)
 	res, err := inst.alloc.Call(ctx, uint64(len(in)))
 	if err != nil {

@@ -136,13 +136,12 @@ func (m *Manifest) validate() error {
 	return nil
 }
 
-// entryFlows are the flows an outside activity may enter, in manifest order.
-func (m *Manifest) entryFlows() []Flow {
-	var out []Flow
+// firstEntryFlow is the first flow an outside activity may enter, in manifest order.
+func (m *Manifest) firstEntryFlow() (Flow, bool) {
 	for _, f := range m.Flows {
 		if f.Entry && !f.Internal() {
-			out = append(out, f)
+			return f, true
 		}
 	}
-	return out
+	return Flow{}, false
 }

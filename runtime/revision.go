@@ -647,7 +647,7 @@ func selectFlow(packs []*packRuntime, a *Activity) (int, Flow, error) {
 			return 0, Flow{}, fmt.Errorf("%w: no pack %q", ErrNoSuchFlow, a.PackID)
 		}
 	}
-	for _, f := range packs[main].pack.Manifest.entryFlows() {
+	if f, ok := packs[main].pack.Manifest.firstEntryFlow(); ok {
 		return main, f, nil
 	}
 	return 0, Flow{}, fmt.Errorf("%w: pack %s has no entry flow", ErrNoSuchFlow, packs[main].id)
