@@ -96,8 +96,40 @@ func (s *Server) Handler() http.Handler {
 		}
 		io.WriteString(w, "ok")
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ns, tenant, ok := activityPath(r); ok {
+			s.serveActivity(w, r, ns, tenant, "")
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
+
+// activityPath recognizes the route nearly every request takes,
+// POST /v1/namespaces/{ns}/tenants/{tenant}/activities, without the mux's pattern
+// matching. Anything unusual (escaped bytes, empty or dot segments, a trailing slash)
+// is left to the mux, which answers as it always does (FuzzActivityPathMatchesMux).
+func activityPath(r *http.Request) (ns, tenant string, ok bool) {
+	if r.Method != http.MethodPost || r.URL.RawPath != "" {
+		return "", "", false
+	}
+	rest, ok := strings.CutPrefix(r.URL.Path, "/v1/namespaces/")
+	if !ok {
+		return "", "", false
+	}
+	ns, rest, _ = strings.Cut(rest, "/")
+	rest, ok = strings.CutPrefix(rest, "tenants/")
+	if !ok {
+		return "", "", false
+	}
+	tenant, rest, _ = strings.Cut(rest, "/")
+	if rest != "activities" || !plainSegment(ns) || !plainSegment(tenant) {
+		return "", "", false
+	}
+	return ns, tenant, true
+}
+
+func plainSegment(s string) bool { return s != "" && s != "." && s != ".." }
 
 // Listen binds the server's address; Start then serves on it. Tests use it to learn
 // the port before serving.
@@ -193,8 +225,7 @@ func statusOf(err error) (int, string) {
 
 // authenticate finds the tenant and checks the caller's bearer token. It writes the
 // error response and returns nil when the request may not go on.
-func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (*TenantConfig, *Table, string) {
-	ns, name := r.PathValue("ns"), r.PathValue("tenant")
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, ns, name string) (*TenantConfig, *Table, string) {
 	cfg, table := s.Router.Tenant(ns, name)
 	if cfg == nil {
 		writeError(w, http.StatusNotFound, CodeUnknownTenant, fmt.Sprintf("no tenant %s/%s", ns, name))
@@ -265,9 +296,14 @@ func (w *statusWriter) WriteHeader(status int) {
 	w.ResponseWriter.WriteHeader(status)
 }
 
-func (s *Server) activities(rw http.ResponseWriter, r *http.Request) {
+func (s *Server) activities(w http.ResponseWriter, r *http.Request) {
+	s.serveActivity(w, r, r.PathValue("ns"), r.PathValue("tenant"), r.PathValue("tag"))
+}
+
+// serveActivity serves one activity for tenant ns/tenant, routed by the tenant's split
+// or, when tag is set, to the route with that tag.
+func (s *Server) serveActivity(rw http.ResponseWriter, r *http.Request, ns, tenant, tag string) {
 	start := time.Now()
-	ns, tenant := r.PathValue("ns"), r.PathValue("tenant")
 	w := &statusWriter{ResponseWriter: rw, status: http.StatusOK}
 	revision := ""
 	// Every answer is counted once, with the status it actually had.
@@ -279,7 +315,7 @@ func (s *Server) activities(rw http.ResponseWriter, r *http.Request) {
 	}
 	defer s.inFlight.Add(-1)
 
-	cfg, table, caller := s.authenticate(w, r)
+	cfg, table, caller := s.authenticate(w, r, ns, tenant)
 	if cfg == nil {
 		return
 	}
@@ -294,7 +330,7 @@ func (s *Server) activities(rw http.ResponseWriter, r *http.Request) {
 	}
 	var status int
 	var code, msg string
-	revision, status, code, msg = s.route(r, cfg, table, caller, a)
+	revision, status, code, msg = s.route(r, cfg, table, caller, tag, a)
 	if status != 0 {
 		writeError(w, status, code, msg)
 		return
@@ -369,8 +405,8 @@ func appendString(b []byte, s string) []byte {
 
 // route picks the revision: an explicit choice (tag or header) for routing callers,
 // then the session's pin, then the table's sticky bucket or weighted random choice.
-func (s *Server) route(r *http.Request, cfg *TenantConfig, table *Table, caller string, a *runtime.Activity) (revision string, status int, code, msg string) {
-	tag, chosen := r.PathValue("tag"), r.Header.Get(RevisionHeader)
+func (s *Server) route(r *http.Request, cfg *TenantConfig, table *Table, caller, tag string, a *runtime.Activity) (revision string, status int, code, msg string) {
+	chosen := r.Header.Get(RevisionHeader)
 	if tag != "" || chosen != "" {
 		if !slices.Contains(cfg.RoutingCallers, caller) {
 			return "", http.StatusForbidden, CodeForbidden, fmt.Sprintf("caller %q may not choose a revision: list it in the Tenant's spec.auth.routingCallers", caller)
@@ -404,7 +440,7 @@ func (s *Server) route(r *http.Request, cfg *TenantConfig, table *Table, caller 
 // revisionFor authenticates the caller and finds the revision the path names; it writes
 // the error response and returns nil when the request may not go on.
 func (s *Server) revisionFor(w http.ResponseWriter, r *http.Request) (*runtime.Revision, *TenantConfig, string) {
-	cfg, _, _ := s.authenticate(w, r)
+	cfg, _, _ := s.authenticate(w, r, r.PathValue("ns"), r.PathValue("tenant"))
 	if cfg == nil {
 		return nil, nil, ""
 	}
