@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -267,4 +268,27 @@ func requestsWithCode(t *testing.T, reg *prometheus.Registry, ns, tenant string,
 		}
 	}
 	return sum
+}
+
+// A body of undeclared length (chunked) is held to the same limit as a declared one.
+func TestUndeclaredBodyLength(t *testing.T) {
+	s, _ := newTestServer(t, "echo")
+	h := s.Handler()
+	for _, tc := range []struct {
+		payload int
+		status  int
+	}{{100, 200}, {5000, 413}} {
+		body := `{"kind":"message","user_id":"u","payload":"` + strings.Repeat("x", tc.payload) + `"}`
+		req := httptest.NewRequest(http.MethodPost, "/v1/namespaces/default/tenants/acme/activities", io.NopCloser(strings.NewReader(body)))
+		req.ContentLength = -1
+		req.Header.Set("Authorization", "Bearer tok")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != tc.status {
+			t.Errorf("%d-byte payload of undeclared length: %d %s, want %d", tc.payload, w.Code, w.Body, tc.status)
+		}
+		if tc.status == 413 && !strings.Contains(w.Body.String(), CodeTooLarge) {
+			t.Errorf("413 without code %s: %s", CodeTooLarge, w.Body)
+		}
+	}
 }
