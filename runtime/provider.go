@@ -197,6 +197,9 @@ func (r *Revision) Invoke(ctx context.Context, req InvokeRequest) (json.RawMessa
 	if err != nil {
 		return nil, fmt.Errorf("encode invoke request: %w", err)
 	}
+	// As for activities, the deadline covers every run and the state commit.
+	ctx, cancel := context.WithTimeout(ctx, r.limits.Timeout)
+	defer cancel()
 	for attempt := 0; ; attempt++ {
 		txn, err := r.store.Begin(ctx)
 		if err != nil {

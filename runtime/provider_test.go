@@ -7,8 +7,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/packhost/packhost/internal/packs"
 	"github.com/packhost/packhost/runtime"
@@ -162,5 +164,44 @@ func TestInvokeFailsClosed(t *testing.T) {
 	}
 	if _, err := rev.Identify(ctx, runtime.IdentifyRequest{}, false); !errors.Is(err, runtime.ErrNotLoaded) {
 		t.Fatalf("identify on an unloaded revision: %v", err)
+	}
+}
+
+// stuckStore commits only when its context ends, like a state store whose API server
+// stopped answering.
+type stuckStore struct{ *runtime.MemStore }
+
+func (s stuckStore) Begin(ctx context.Context) (runtime.Txn, error) {
+	txn, err := s.MemStore.Begin(ctx)
+	return stuckTxn{txn}, err
+}
+
+type stuckTxn struct{ runtime.Txn }
+
+func (stuckTxn) Commit(ctx context.Context) error {
+	<-ctx.Done()
+	return fmt.Errorf("wait for state commit: %w", ctx.Err())
+}
+
+// A provider invoke's state commit runs inside the revision's deadline, as an
+// activity's does, even when the caller set none.
+func TestInvokeCommitHasTheDeadline(t *testing.T) {
+	e := newEngine(t)
+	rev := load(t, e, []revOpt{func(c *runtime.RevisionConfig) {
+		c.Store = stuckStore{runtime.NewMemStore()}
+		c.Limits.Timeout = 200 * time.Millisecond
+	}}, "echo", "webhook")
+	done := make(chan error, 1)
+	go func() {
+		_, err := rev.Invoke(context.Background(), runtime.InvokeRequest{ProviderType: "webhook", Op: "send", Payload: json.RawMessage(`{"to":"x"}`)})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Invoke with a stuck commit: %v, want the deadline", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Invoke waited for a stuck state commit past the revision's deadline")
 	}
 }
