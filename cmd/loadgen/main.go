@@ -1,7 +1,8 @@
 // Command loadgen drives the dispatcher (or any HTTP endpoint) at given concurrencies
-// and prints throughput and p50/p99/p999 latency. With -floor it first drives, in the
-// same run, a bare net/http server that answers with the same bytes the target does: the
-// floor for HTTP on this machine, which the target's figures are compared with.
+// and prints throughput and p50/p99/p999 latency. With -floor it also drives, in the same
+// run and taking turns with the target in short rounds, a bare net/http server that
+// answers with the same bytes the target does: the floor for HTTP on this machine, which
+// the target's figures are compared with.
 //
 //	loadgen -url http://127.0.0.1:8090/v1/namespaces/default/tenants/bench/activities \
 //	  -token demo-token-change-me -c 1,8,32 -d 5s -floor
@@ -35,6 +36,7 @@ func main() {
 	conc := flag.String("c", "1,8,32", "comma-separated concurrencies")
 	dur := flag.Duration("d", 5*time.Second, "how long to drive each concurrency")
 	floor := flag.Bool("floor", false, "also drive a bare net/http server answering the same bytes")
+	rounds := flag.Int("rounds", 5, "with -floor: alternate floor and target this many times, each for -d/rounds")
 	label := flag.String("label", "target", "name of the target in the output")
 	serveFloor := flag.String("serve-floor", "", "internal: serve the floor on this address, answering the bytes of -floor-file")
 	floorFile := flag.String("floor-file", "", "internal: the floor's answer")
@@ -59,7 +61,11 @@ func main() {
 		}
 		cs = append(cs, n)
 	}
-	if err := run(*url, *token, *body, *users, cs, *dur, *floor, *label); err != nil {
+	if *rounds < 1 {
+		fmt.Fprintln(os.Stderr, "loadgen: -rounds must be at least 1")
+		os.Exit(2)
+	}
+	if err := run(*url, *token, *body, *users, cs, *dur, *floor, *rounds, *label); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(1)
 	}
@@ -81,7 +87,7 @@ func (r result) pct(p float64) time.Duration {
 	return r.lat[min(len(r.lat)-1, int(float64(len(r.lat))*p))]
 }
 
-func run(url, token, body string, users int, cs []int, dur time.Duration, floor bool, label string) error {
+func run(url, token, body string, users int, cs []int, dur time.Duration, floor bool, rounds int, label string) error {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}, Timeout: 30 * time.Second}
 	var floorURL string
 	if floor {
@@ -99,18 +105,34 @@ func run(url, token, body string, users int, cs []int, dur time.Duration, floor 
 	}
 	fmt.Printf("%-12s %5s %10s %10s %10s %10s %7s\n", "target", "c", "req/s", "p50", "p99", "p999", "errors")
 	for _, c := range cs {
-		var fr result
-		if floor {
-			fr = drive(client, floorURL, token, body, users, c, dur)
-			print("floor", c, fr)
+		if !floor {
+			print(label, c, drive(client, url, token, body, users, c, dur))
+			continue
 		}
-		tr := drive(client, url, token, body, users, c, dur)
+		// The machine's speed drifts within seconds, so the floor and the target take
+		// turns in short rounds and each side's figures pool its rounds.
+		var fr, tr result
+		var ratios []float64
+		for range rounds {
+			f := drive(client, floorURL, token, body, users, c, dur/time.Duration(rounds))
+			t := drive(client, url, token, body, users, c, dur/time.Duration(rounds))
+			ratios = append(ratios, t.rps()/f.rps())
+			fr, tr = fr.add(f), tr.add(t)
+		}
+		print("floor", c, fr)
 		print(label, c, tr)
-		if floor {
-			fmt.Printf("%-12s %5d %9.2fx %+9s\n", "ratio", c, tr.rps()/fr.rps(), (tr.pct(0.5) - fr.pct(0.5)).Round(time.Microsecond))
-		}
+		slices.Sort(ratios)
+		fmt.Printf("%-12s %5d %9.2fx %+9s   rounds %.2f–%.2fx\n", "ratio", c, tr.rps()/fr.rps(),
+			(tr.pct(0.5) - fr.pct(0.5)).Round(time.Microsecond), ratios[0], ratios[len(ratios)-1])
 	}
 	return nil
+}
+
+// add pools two runs' figures.
+func (r result) add(o result) result {
+	lat := append(r.lat, o.lat...)
+	slices.Sort(lat)
+	return result{requests: r.requests + o.requests, errors: r.errors + o.errors, elapsed: r.elapsed + o.elapsed, lat: lat}
 }
 
 func print(label string, c int, r result) {
