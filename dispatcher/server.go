@@ -246,8 +246,13 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, ns, name s
 	return cfg, table, caller
 }
 
+// preallocBody is the largest declared body read into a buffer allocated before its
+// bytes arrive; larger ones grow as they come, so a slow sender cannot make the
+// dispatcher hold memory it has not sent.
+const preallocBody = 64 << 10
+
 // readBody reads at most limit bytes; past it the response is 413. A body whose length
-// is declared is read into one buffer of that size.
+// is declared and small is read into one buffer of that size.
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
 	if limit <= 0 {
 		limit = 1 << 20
@@ -261,7 +266,7 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool
 	}
 	var body []byte
 	var err error
-	if r.ContentLength >= 0 {
+	if r.ContentLength >= 0 && r.ContentLength <= preallocBody {
 		// net/http's body reader ends at the declared length and fails a shorter body.
 		body = make([]byte, r.ContentLength)
 		_, err = io.ReadFull(r.Body, body)
