@@ -37,7 +37,9 @@ type Activity struct {
 }
 
 // ParseActivity decodes and checks one activity. Unknown fields are refused, hints are
-// bounded, and the payload must be JSON. Errors wrap ErrInvalidActivity.
+// bounded, and the payload must be JSON. Errors wrap ErrInvalidActivity. The activity's
+// Payload may share data's bytes: the caller must not change data while it uses the
+// activity.
 func ParseActivity(data []byte) (*Activity, error) {
 	if a, ok := parseFast(data); ok {
 		if err := a.validateFields(); err != nil {

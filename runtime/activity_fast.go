@@ -81,8 +81,7 @@ func parseFast(data []byte) (a Activity, ok bool) {
 			if end < 0 {
 				return a, false
 			}
-			// The payload shares data's bytes: ParseActivity's callers hand over a
-			// buffer of their own.
+			// The payload shares data's bytes (ParseActivity says so to its callers).
 			a.Payload = json.RawMessage(data[i:end:end])
 			i = end
 		}
