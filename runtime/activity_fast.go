@@ -1,7 +1,6 @@
 package runtime
 
 import (
-	"encoding/binary"
 	"encoding/json"
 )
 
@@ -131,16 +130,4 @@ func plainString(data []byte, i int) ([]byte, int, bool) {
 		}
 	}
 	return nil, 0, false
-}
-
-// asciiRun is plainRun that also stops at bytes 0x7f and above.
-func asciiRun(data []byte, i int) int {
-	for ; i+8 <= len(data); i += 8 {
-		x := binary.LittleEndian.Uint64(data[i:])
-		q, b := x^(lanes1*'"'), x^(lanes1*'\\')
-		if ((x-lanes1*0x20)&^x|(q-lanes1)&^q|(b-lanes1)&^b|(x+lanes1)|x)&lanesHigh != 0 {
-			return i
-		}
-	}
-	return i
 }

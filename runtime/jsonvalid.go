@@ -154,14 +154,21 @@ const (
 // string (anything but '"', '\\' and control characters) and returns the index of the
 // first group of eight that holds one, or of the last few bytes: the caller goes on
 // byte by byte from there.
-func plainRun(data []byte, i int) int {
+func plainRun(data []byte, i int) int { return wordRun(data, i, 0) }
+
+// asciiRun is plainRun that also stops at bytes 0x7f and above.
+func asciiRun(data []byte, i int) int { return wordRun(data, i, lanesHigh) }
+
+// wordRun is plainRun, and asciiRun when nonASCII is lanesHigh.
+func wordRun(data []byte, i int, nonASCII uint64) int {
 	for ; i+8 <= len(data); i += 8 {
 		x := binary.LittleEndian.Uint64(data[i:])
 		q, b := x^(lanes1*'"'), x^(lanes1*'\\')
 		// (v - 0x01..) &^ v has a lane's high bit set where v's lane is zero, and
 		// (x - 0x20..) &^ x where x's lane is below 0x20; a borrow can flag lanes above
-		// a real match, never a group without one, which is all this needs.
-		if ((x-lanes1*0x20)&^x|(q-lanes1)&^q|(b-lanes1)&^b)&lanesHigh != 0 {
+		// a real match, never a group without one, which is all this needs. (x + 0x01..)
+		// | x has it set where x's lane is 0x7f or above.
+		if ((x-lanes1*0x20)&^x|(q-lanes1)&^q|(b-lanes1)&^b|((x+lanes1)|x)&nonASCII)&lanesHigh != 0 {
 			return i
 		}
 	}
