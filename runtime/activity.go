@@ -34,7 +34,13 @@ type Activity struct {
 	ChannelID      string          `json:"channel_id,omitempty"`
 	ConversationID string          `json:"conversation_id,omitempty"`
 	Payload        json.RawMessage `json:"payload,omitempty"`
+
+	// session is the last key SessionKey derived for this activity: the dispatcher
+	// routes by it and the revision's runtime needs the same key again.
+	session sessionMemo
 }
+
+type sessionMemo struct{ env, tenant, key string }
 
 // ParseActivity decodes and checks one activity. Unknown fields are refused, hints are
 // bounded, and the payload must be JSON. Errors wrap ErrInvalidActivity. The activity's
@@ -115,10 +121,14 @@ const (
 // ones. An explicit session_id replaces the conversation part. An activity with neither
 // a user, a conversation nor a session id has no session: the key is empty.
 //
-// Every part is escaped, so no hint can forge another's boundary.
+// Every part is escaped, so no hint can forge another's boundary. The key is remembered
+// in a for the same env and tenant: an activity's hints do not change once it is parsed.
 func SessionKey(env, tenant string, a *Activity) string {
 	if a.UserID == "" && a.ConversationID == "" && a.SessionID == "" {
 		return ""
+	}
+	if m := a.session; m.key != "" && m.env == env && m.tenant == tenant {
+		return m.key
 	}
 	or := func(v, def string) string {
 		if v == "" {
@@ -138,5 +148,7 @@ func SessionKey(env, tenant string, a *Activity) string {
 	for i, p := range parts {
 		parts[i] = url.PathEscape(p)
 	}
-	return strings.Join(parts, "/")
+	key := strings.Join(parts, "/")
+	a.session = sessionMemo{env: env, tenant: tenant, key: key}
+	return key
 }

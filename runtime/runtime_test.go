@@ -513,6 +513,13 @@ func TestSessionKey(t *testing.T) {
 	if k1 == runtime.SessionKey("staging", "acme", a) || k1 == runtime.SessionKey("prod", "other", a) {
 		t.Fatal("env and tenant do not scope the session key")
 	}
+	// The key remembered for one env and tenant is never handed out for another.
+	if runtime.SessionKey("prod", "acme", a) != k1 || runtime.SessionKey("prod", "acme", &runtime.Activity{Kind: "message", UserID: "ann", ChannelID: "web"}) != k1 {
+		t.Fatal("the session key changed after it was derived for another env and tenant")
+	}
+	if got := runtime.SessionKey("staging", "acme", a); got == k1 || got != runtime.SessionKey("staging", "acme", &runtime.Activity{Kind: "message", UserID: "ann", ChannelID: "web"}) {
+		t.Fatalf("staging key %q: remembered from prod, or not the key a fresh activity gets", got)
+	}
 	// A hint cannot forge a boundary.
 	b := &runtime.Activity{Kind: "message", UserID: "ann/x", ChannelID: "web"}
 	c := &runtime.Activity{Kind: "message", UserID: "x", ChannelID: "web/ann"}
