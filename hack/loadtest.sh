@@ -3,7 +3,8 @@
 # packhost locally (as run-local.sh does), creates a tenant whose split routes to the
 # echo pack and one routed to the counter pack (a state commit per activity), and runs
 # cmd/loadgen at concurrency 1, 8 and 32 against each, with a bare net/http server
-# answering the same bytes measured in the same run.
+# answering the same bytes measured in the same run, with each server's CPU time per
+# request.
 #   DURATION=5s CONCURRENCY=1,8,32 hack/loadtest.sh
 source "$(dirname "${BASH_SOURCE[0]}")/local-lib.sh"
 DURATION=${DURATION:-5s}
@@ -44,7 +45,7 @@ done
 go build -o bin/loadgen ./cmd/loadgen
 base=http://127.0.0.1:8090/v1/namespaces/default/tenants
 echo "== echo pack (1 KiB-class payload), dispatcher vs net/http floor"
-bin/loadgen -url $base/bench-echo/activities -token bench-token -c "$CONCURRENCY" -d "$DURATION" -floor -label dispatcher \
+bin/loadgen -url $base/bench-echo/activities -token bench-token -c "$CONCURRENCY" -d "$DURATION" -floor -label dispatcher -target-pid "$manager_pid" \
   -body "{\"kind\":\"message\",\"user_id\":\"{{user}}\",\"payload\":{\"text\":\"$(printf 'x%.0s' $(seq 1 900))\"}}"
 if [ -n "${PPROF:-}" ]; then
   curl -s -o "$PPROF" "http://127.0.0.1:6060/debug/pprof/profile?seconds=3" & prof=$!
@@ -52,5 +53,5 @@ if [ -n "${PPROF:-}" ]; then
   wait "$prof"
 fi
 echo "== counter pack (state commit per activity)"
-bin/loadgen -url $base/bench-counter/activities -token bench-token -c "$CONCURRENCY" -d "$DURATION" -label counter \
+bin/loadgen -url $base/bench-counter/activities -token bench-token -c "$CONCURRENCY" -d "$DURATION" -label counter -target-pid "$manager_pid" \
   -body '{"kind":"custom","action":"count-user","user_id":"{{user}}"}'

@@ -38,6 +38,7 @@ start_local() {
   [ -s "$KUBECONFIG" ] || { echo "local: the control plane did not start" >&2; exit 1; }
   bin/manager --metrics-bind-address=127.0.0.1:8080 --health-probe-bind-address=127.0.0.1:8081 \
     --dispatcher-bind-address=127.0.0.1:8090 --cache-dir "$state/cache" "$@" &
-  pids+=($!)
+  manager_pid=$!
+  pids+=($manager_pid)
   for _ in $(seq 1 150); do curl -fsS http://127.0.0.1:8081/readyz >/dev/null 2>&1 && break; sleep 0.2; done
 }

@@ -25,6 +25,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -38,6 +39,7 @@ func main() {
 	floor := flag.Bool("floor", false, "also drive a bare net/http server answering the same bytes")
 	rounds := flag.Int("rounds", 5, "with -floor: alternate floor and target this many times, each for -d/rounds")
 	label := flag.String("label", "target", "name of the target in the output")
+	targetPID := flag.Int("target-pid", 0, "the target's process id, to report its CPU time per request (from /proc)")
 	serveFloor := flag.String("serve-floor", "", "internal: serve the floor on this address, answering the bytes of -floor-file")
 	floorFile := flag.String("floor-file", "", "internal: the floor's answer")
 	flag.Parse()
@@ -65,7 +67,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "loadgen: -rounds must be at least 1")
 		os.Exit(2)
 	}
-	if err := run(*url, *token, *body, *users, cs, *dur, *floor, *rounds, *label); err != nil {
+	if err := run(*url, *token, *body, *users, cs, *dur, *floor, *rounds, *label, *targetPID); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(1)
 	}
@@ -76,6 +78,9 @@ type result struct {
 	requests, errors int
 	elapsed          time.Duration
 	lat              []time.Duration
+	// serverCPU is the CPU time the server process spent during the run (negative when
+	// unknown), clientCPU this process's.
+	serverCPU, clientCPU time.Duration
 }
 
 func (r result) rps() float64 { return float64(r.requests) / r.elapsed.Seconds() }
@@ -87,26 +92,28 @@ func (r result) pct(p float64) time.Duration {
 	return r.lat[min(len(r.lat)-1, int(float64(len(r.lat))*p))]
 }
 
-func run(url, token, body string, users int, cs []int, dur time.Duration, floor bool, rounds int, label string) error {
+func run(url, token, body string, users int, cs []int, dur time.Duration, floor bool, rounds int, label string, targetPID int) error {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}, Timeout: 30 * time.Second}
 	var floorURL string
+	floorPID := 0
 	if floor {
 		// The floor answers what the target answers, byte for byte.
 		sample, err := do(client, url, token, strings.ReplaceAll(body, "{{user}}", "u0"))
 		if err != nil {
 			return fmt.Errorf("sample request to the target: %w", err)
 		}
-		addr, stop, err := startFloor(sample)
+		addr, pid, stop, err := startFloor(sample)
 		if err != nil {
 			return err
 		}
+		floorPID = pid
 		defer stop()
 		floorURL = "http://" + addr + "/"
 	}
-	fmt.Printf("%-12s %5s %10s %10s %10s %10s %7s\n", "target", "c", "req/s", "p50", "p99", "p999", "errors")
+	fmt.Printf("%-12s %5s %10s %10s %10s %10s %7s %12s %12s\n", "target", "c", "req/s", "p50", "p99", "p999", "errors", "server-cpu/r", "client-cpu/r")
 	for _, c := range cs {
 		if !floor {
-			print(label, c, drive(client, url, token, body, users, c, dur))
+			print(label, c, measure(targetPID, func() result { return drive(client, url, token, body, users, c, dur) }))
 			continue
 		}
 		// The machine's speed drifts within seconds, so the floor and the target take
@@ -114,8 +121,8 @@ func run(url, token, body string, users int, cs []int, dur time.Duration, floor 
 		var fr, tr result
 		var ratios []float64
 		for range rounds {
-			f := drive(client, floorURL, token, body, users, c, dur/time.Duration(rounds))
-			t := drive(client, url, token, body, users, c, dur/time.Duration(rounds))
+			f := measure(floorPID, func() result { return drive(client, floorURL, token, body, users, c, dur/time.Duration(rounds)) })
+			t := measure(targetPID, func() result { return drive(client, url, token, body, users, c, dur/time.Duration(rounds)) })
 			ratios = append(ratios, t.rps()/f.rps())
 			fr, tr = fr.add(f), tr.add(t)
 		}
@@ -132,12 +139,74 @@ func run(url, token, body string, users int, cs []int, dur time.Duration, floor 
 func (r result) add(o result) result {
 	lat := append(r.lat, o.lat...)
 	slices.Sort(lat)
-	return result{requests: r.requests + o.requests, errors: r.errors + o.errors, elapsed: r.elapsed + o.elapsed, lat: lat}
+	server := r.serverCPU + o.serverCPU
+	if r.serverCPU < 0 || o.serverCPU < 0 {
+		server = -1
+	}
+	return result{requests: r.requests + o.requests, errors: r.errors + o.errors, elapsed: r.elapsed + o.elapsed, lat: lat,
+		serverCPU: server, clientCPU: r.clientCPU + o.clientCPU}
 }
 
 func print(label string, c int, r result) {
-	fmt.Printf("%-12s %5d %10.0f %10s %10s %10s %7d\n", label, c, r.rps(),
-		r.pct(0.5).Round(time.Microsecond), r.pct(0.99).Round(time.Microsecond), r.pct(0.999).Round(time.Microsecond), r.errors)
+	perRequest := func(d time.Duration) string {
+		if d < 0 || r.requests == 0 {
+			return "-"
+		}
+		return (d / time.Duration(r.requests)).Round(100 * time.Nanosecond).String()
+	}
+	fmt.Printf("%-12s %5d %10.0f %10s %10s %10s %7d %12s %12s\n", label, c, r.rps(),
+		r.pct(0.5).Round(time.Microsecond), r.pct(0.99).Round(time.Microsecond), r.pct(0.999).Round(time.Microsecond), r.errors,
+		perRequest(r.serverCPU), perRequest(r.clientCPU))
+}
+
+// measure runs f and records the CPU time the server process pid (0: unknown) and this
+// process spent meanwhile. On a machine where client and server share the cores, CPU
+// per request is steadier than throughput, and it shows where the time went.
+func measure(pid int, f func() result) result {
+	server0, client0 := processCPU(pid), selfCPU()
+	r := f()
+	server1 := processCPU(pid)
+	r.serverCPU, r.clientCPU = server1-server0, selfCPU()-client0
+	if server0 < 0 || server1 < 0 {
+		r.serverCPU = -1
+	}
+	return r
+}
+
+// processCPU is the user and system CPU time of process pid from /proc, or -1.
+func processCPU(pid int) time.Duration {
+	if pid <= 0 {
+		return -1
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	// Fields after the command name, which ends at the last ')': utime and stime are
+	// the 12th and 13th, in clock ticks of 1/100 s.
+	end := bytes.LastIndexByte(stat, ')')
+	if end < 0 {
+		return -1
+	}
+	fields := strings.Fields(string(stat[end+1:]))
+	if len(fields) < 13 {
+		return -1
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// selfCPU is this process's user and system CPU time.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func do(client *http.Client, url, token, body string) ([]byte, error) {
@@ -206,34 +275,35 @@ func drive(client *http.Client, url, token, body string, users, c int, dur time.
 }
 
 // startFloor runs this binary as the floor server in a process of its own and returns
-// its address.
-func startFloor(sample []byte) (string, func(), error) {
+// its address and process id.
+func startFloor(sample []byte) (string, int, func(), error) {
 	f, err := os.CreateTemp("", "loadgen-floor-")
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	_, _ = f.Write(sample)
 	f.Close()
+	fail := func(err error) (string, int, func(), error) { os.Remove(f.Name()); return "", 0, nil, err }
 	self, err := os.Executable()
 	if err != nil {
-		return "", nil, err
+		return fail(err)
 	}
 	cmd := exec.Command(self, "-serve-floor", "127.0.0.1:0", "-floor-file", f.Name())
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return "", nil, err
+		return fail(err)
 	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		return "", nil, err
+		return fail(err)
 	}
 	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); os.Remove(f.Name()) }
 	line, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil {
 		stop()
-		return "", nil, fmt.Errorf("floor server: %w", err)
+		return "", 0, nil, fmt.Errorf("floor server: %w", err)
 	}
-	return strings.TrimSpace(line), stop, nil
+	return strings.TrimSpace(line), cmd.Process.Pid, stop, nil
 }
 
 // serve is the floor: a bare net/http server answering every request with the same bytes.
