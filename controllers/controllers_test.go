@@ -2,6 +2,7 @@ package controllers_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -40,7 +41,7 @@ type replica struct {
 	stop     context.CancelFunc
 }
 
-func startReplica(t *testing.T, leader bool) *replica {
+func startReplica(t *testing.T, leader bool, options ...func(*controllers.TrafficSplitReconciler)) *replica {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
@@ -64,11 +65,15 @@ func startReplica(t *testing.T, leader bool) *replica {
 	}
 	r := &replica{runtimes: controllers.NewRuntimes(), router: dispatcher.NewRouter(), stop: cancel}
 	isLeader := func() bool { return leader }
+	splits := &controllers.TrafficSplitReconciler{Client: mgr.GetClient(), Router: r.router, Runtimes: r.runtimes, IsLeader: isLeader}
+	for _, o := range options {
+		o(splits)
+	}
 	err = controllers.Setup(mgr,
 		&controllers.RevisionReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Engine: engine, State: store,
 			Fetcher: &source.Fetcher{Reader: mgr.GetAPIReader(), CacheDir: t.TempDir()}, Runtimes: r.runtimes, IsLeader: isLeader, Clock: time.Now},
 		&controllers.TenantReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Router: r.router, IsLeader: isLeader},
-		&controllers.TrafficSplitReconciler{Client: mgr.GetClient(), Router: r.router, Runtimes: r.runtimes, IsLeader: isLeader},
+		splits,
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -341,6 +346,64 @@ func TestFinalizersRetentionAndTenantDeletion(t *testing.T) {
 
 // Two replicas against one API server: both load the runtimes, only the leader writes
 // status.
+// Under traffic the split's dispatched counts change with every activity; they reach
+// status once per refresh, and writing them wakes no controller. (Each count written
+// used to trigger the next reconcile of the split, of its revisions and of its tenant: a
+// status write and a table rebuild per API round trip while traffic flowed.)
+func TestDispatchedCountsReachStatusOncePerRefresh(t *testing.T) {
+	testenv.Require(t, env)
+	const refresh = 500 * time.Millisecond
+	r := startReplica(t, true, func(s *controllers.TrafficSplitReconciler) { s.CountsRefresh = refresh })
+	ns := env.Namespace(t, "counts")
+	create(t, tokens(ns, "acme"), packConfigMap(ns, map[string][]byte{"ok.wasm": smallPack(okManifest)}), tenant(ns, "acme"),
+		revision(ns, "a", "acme", "ok.wasm"))
+	waitPhase(t, ns, "a", v1.RevisionReady, "")
+	create(t, split(ns, "main", "acme", v1.Route{RevisionName: "a", Percent: 100}))
+	key := types.NamespacedName{Namespace: ns, Name: "main"}
+	s := &v1.TrafficSplit{}
+	eventually(t, "the split reports its table", func() (bool, string) {
+		_ = env.Client.Get(ctx, key, s)
+		return s.Status.Summary == "a=100", s.Status.Summary
+	})
+	time.Sleep(time.Second) // let the writes that publishing caused settle
+
+	// Traffic flows while the test watches the split's resource version.
+	traffic, stop := context.WithCancel(ctx)
+	counted := make(chan int)
+	go func() {
+		n := 0
+		for traffic.Err() == nil {
+			r.router.Count(ns, "acme", "a")
+			n++
+			time.Sleep(100 * time.Microsecond)
+		}
+		counted <- n
+	}()
+	writes := map[string]bool{}
+	start := time.Now()
+	for time.Since(start) < 3*time.Second {
+		if err := env.Client.Get(ctx, key, s); err != nil {
+			t.Fatal(err)
+		}
+		writes[s.ResourceVersion] = true
+		time.Sleep(5 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	stop()
+	n := <-counted
+	// One write per refresh in the window, and one that may have been in flight when it opened.
+	if most := int(elapsed/refresh) + 2; len(writes) > most {
+		t.Errorf("the split's status was written %d times in %v of traffic; once per %v allows %d", len(writes), elapsed.Round(time.Millisecond), refresh, most)
+	}
+	if len(writes) < 2 {
+		t.Errorf("the split's status was never refreshed in %v of traffic", elapsed.Round(time.Millisecond))
+	}
+	eventually(t, "status shows the dispatched activities", func() (bool, string) {
+		_ = env.Client.Get(ctx, key, s)
+		return s.Status.Routes[0].Dispatched == int64(n), fmt.Sprintf("%+v, dispatched %d", s.Status.Routes, n)
+	})
+}
+
 func TestOnlyTheLeaderWritesStatusButEveryReplicaLoads(t *testing.T) {
 	testenv.Require(t, env)
 	follower := startReplica(t, false)

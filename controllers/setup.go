@@ -7,13 +7,17 @@ import (
 	"net/http"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/packhost/packhost/api/v1alpha1"
@@ -58,7 +62,7 @@ func Setup(mgr manager.Manager, rev *RevisionReconciler, tenant *TenantReconcile
 	})
 	if err := ctrl.NewControllerManagedBy(mgr).Named("revision").For(&v1.Revision{}).
 		Watches(&v1.Tenant{}, revisionsOfTenant).
-		Watches(&v1.TrafficSplit{}, revisionsOfSplit).
+		Watches(&v1.TrafficSplit{}, revisionsOfSplit, builder.WithPredicates(notJustCounts)).
 		WithOptions(opts).Complete(rev); err != nil {
 		return fmt.Errorf("revision controller: %w", err)
 	}
@@ -75,7 +79,7 @@ func Setup(mgr manager.Manager, rev *RevisionReconciler, tenant *TenantReconcile
 	})
 	if err := ctrl.NewControllerManagedBy(mgr).Named("tenant").For(&v1.Tenant{}).
 		Watches(&v1.Revision{}, tenantOf).
-		Watches(&v1.TrafficSplit{}, tenantOf).
+		Watches(&v1.TrafficSplit{}, tenantOf, builder.WithPredicates(notJustCounts)).
 		WithOptions(opts).Complete(tenant); err != nil {
 		return fmt.Errorf("tenant controller: %w", err)
 	}
@@ -83,7 +87,7 @@ func Setup(mgr manager.Manager, rev *RevisionReconciler, tenant *TenantReconcile
 	splitsOfTenant := func(ctx context.Context, namespace, tenant string) []reconcile.Request {
 		return listRequests(ctx, c, &v1.TrafficSplitList{}, namespace, tenant)
 	}
-	if err := ctrl.NewControllerManagedBy(mgr).Named("trafficsplit").For(&v1.TrafficSplit{}).
+	if err := ctrl.NewControllerManagedBy(mgr).Named("trafficsplit").For(&v1.TrafficSplit{}, builder.WithPredicates(notJustCounts)).
 		Watches(&v1.Revision{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 			return splitsOfTenant(ctx, o.GetNamespace(), o.(*v1.Revision).Spec.TenantRef.Name)
 		})).
@@ -94,6 +98,29 @@ func Setup(mgr manager.Manager, rev *RevisionReconciler, tenant *TenantReconcile
 		return fmt.Errorf("split controller: %w", err)
 	}
 	return nil
+}
+
+// notJustCounts passes every TrafficSplit event but an update that changed nothing except
+// the dispatched counts in status. The split controller writes those on every refresh
+// while traffic flows; nothing is to be done about them, and reconciling on them would
+// make each write the cause of the next.
+var notJustCounts = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+	old, ok := e.ObjectOld.(*v1.TrafficSplit)
+	cur, ok2 := e.ObjectNew.(*v1.TrafficSplit)
+	if !ok || !ok2 {
+		return true
+	}
+	return !equality.Semantic.DeepEqual(withoutCounts(old), withoutCounts(cur))
+}}
+
+// withoutCounts is a copy of s without what changes on every write of its counts.
+func withoutCounts(s *v1.TrafficSplit) *v1.TrafficSplit {
+	s = s.DeepCopy()
+	s.ResourceVersion, s.ManagedFields = "", nil
+	for i := range s.Status.Routes {
+		s.Status.Routes[i].Dispatched = 0
+	}
+	return s
 }
 
 func listRequests(ctx context.Context, c client.Client, list client.ObjectList, namespace, tenant string) []reconcile.Request {

@@ -1,8 +1,10 @@
 package controllers
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -22,8 +24,8 @@ import (
 const (
 	// waitForRevision is how soon a split whose revisions are not loaded yet is checked again.
 	waitForRevision = 2 * time.Second
-	// countsRefresh bounds how often a split's dispatched counts are written to status.
-	countsRefresh = 15 * time.Second
+	// DefaultCountsRefresh is how often a split's dispatched counts are written to status.
+	DefaultCountsRefresh = 15 * time.Second
 )
 
 // TrafficSplitReconciler publishes each tenant's routing table to this replica's
@@ -35,6 +37,9 @@ type TrafficSplitReconciler struct {
 	Router   *dispatcher.Router
 	Runtimes *Runtimes
 	IsLeader func() bool
+	// CountsRefresh is how often the dispatched counts reach status under traffic;
+	// zero means DefaultCountsRefresh.
+	CountsRefresh time.Duration
 
 	mu        sync.Mutex
 	published map[types.NamespacedName]types.NamespacedName // split -> tenant
@@ -84,15 +89,16 @@ func (r *TrafficSplitReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	reason, message := r.check(ctx, split)
 	switch {
 	case reason == "":
-		table := dispatcher.NewTable(split.Name, routes(split), split.Spec.Stickiness != v1.StickinessNone)
-		if current == nil || !sameRoutes(current, table) {
-			r.Router.PublishTable(split.Namespace, tenant, table)
+		want, sticky := routes(split), split.Spec.Stickiness != v1.StickinessNone
+		// Building a table hashes every bucket; a refresh keeps the one in use.
+		if current == nil || !routesAre(current, split.Name, want, sticky) {
+			current = dispatcher.NewTable(split.Name, want, sticky)
+			r.Router.PublishTable(split.Namespace, tenant, current)
 			r.remember(req.NamespacedName, types.NamespacedName{Namespace: split.Namespace, Name: tenant})
 			if r.Recorder != nil && leader {
-				r.Recorder.Eventf(split, nil, "Normal", v1.ReasonTablePublished, "Publish", "routing %s", table.Summary())
+				r.Recorder.Eventf(split, nil, "Normal", v1.ReasonTablePublished, "Publish", "routing %s", current.Summary())
 			}
 		}
-		current = table
 		split.Status.MarkPublished(g)
 		split.Status.ObservedGeneration = g
 	default:
@@ -108,7 +114,7 @@ func (r *TrafficSplitReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		split.Status.Summary = current.Summary()
 	}
 	if res.RequeueAfter == 0 {
-		res.RequeueAfter = countsRefresh
+		res.RequeueAfter = cmp.Or(r.CountsRefresh, DefaultCountsRefresh)
 	}
 	return res, nil
 }
@@ -152,16 +158,9 @@ func routes(split *v1.TrafficSplit) []dispatcher.Route {
 	return out
 }
 
-func sameRoutes(a, b *dispatcher.Table) bool {
-	if a.Split != b.Split || a.Sticky != b.Sticky || len(a.Routes) != len(b.Routes) {
-		return false
-	}
-	for i := range a.Routes {
-		if a.Routes[i] != b.Routes[i] {
-			return false
-		}
-	}
-	return true
+// routesAre reports whether t is the table of split with routes and stickiness.
+func routesAre(t *dispatcher.Table, split string, routes []dispatcher.Route, sticky bool) bool {
+	return t.Split == split && t.Sticky == sticky && slices.Equal(t.Routes, routes)
 }
 
 func (r *TrafficSplitReconciler) remember(split, tenant types.NamespacedName) {

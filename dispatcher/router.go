@@ -112,8 +112,8 @@ func (r *Router) Tables() map[string]*Table {
 	return out
 }
 
-// count records one activity dispatched to a revision.
-func (r *Router) count(namespace, tenant, revision string) {
+// Count records one activity dispatched to a revision; Dispatched reports the sums.
+func (r *Router) Count(namespace, tenant, revision string) {
 	e := r.entry(namespace, tenant, true)
 	c, ok := e.counts.Load(revision)
 	if !ok {

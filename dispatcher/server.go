@@ -354,7 +354,7 @@ func (s *Server) serveActivity(rw http.ResponseWriter, r *http.Request, ns, tena
 		writeRuntimeError(w, err)
 		return
 	}
-	s.Router.count(ns, tenant, revision)
+	s.Router.Count(ns, tenant, revision)
 	resp := appendResponse(make([]byte, 0, 256+outputBytes(out)), revision, out)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(resp)))
