@@ -2,6 +2,7 @@ package controllers_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -483,4 +484,49 @@ func TestDrainingThenRetired(t *testing.T) {
 	eventually(t, "the retired revision is unloaded", func() (bool, string) {
 		return r.runtimes.Get(types.NamespacedName{Namespace: ns, Name: "old"}) == nil, ""
 	})
+}
+
+// A status write from a stale copy is a retry, not a reconcile error: controller-runtime
+// would log it as one and back off, while the newer copy only needs reconciling again.
+func TestStatusConflictIsARetryNotAnError(t *testing.T) {
+	testenv.Require(t, env)
+	ns := env.Namespace(t, "conflict")
+	create(t, tenant(ns, "acme"))
+	key := types.NamespacedName{Namespace: ns, Name: "acme"}
+	stale, fresh := &v1.Tenant{}, &v1.Tenant{}
+	if err := env.Client.Get(ctx, key, stale); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Get(ctx, key, fresh); err != nil {
+		t.Fatal(err)
+	}
+	fresh.Status.Revisions = 2
+	res, written, err := controllers.WriteStatus(ctx, env.Client, fresh, ctrl.Result{RequeueAfter: time.Minute}, nil)
+	if err != nil || !written || res.RequeueAfter != time.Minute {
+		t.Fatalf("a current copy: written %v, %+v, %v", written, res, err)
+	}
+
+	stale.Status.Revisions = 5
+	res, written, err = controllers.WriteStatus(ctx, env.Client, stale, ctrl.Result{RequeueAfter: time.Minute}, nil)
+	if err != nil || written || res.RequeueAfter != time.Second {
+		t.Fatalf("a stale copy: written %v, %+v, %v; want a retry within a second and no error", written, res, err)
+	}
+	got := &v1.Tenant{}
+	if err := env.Client.Get(ctx, key, got); err != nil || got.Status.Revisions != 2 {
+		t.Fatalf("the stale write changed status to %+v (%v)", got.Status, err)
+	}
+	failed := errors.New("load failed")
+	if _, _, err = controllers.WriteStatus(ctx, env.Client, stale, ctrl.Result{}, failed); err != failed {
+		t.Fatalf("the reconcile's own error was replaced by %v", err)
+	}
+
+	if err := env.Client.Delete(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the tenant is gone", func() (bool, string) {
+		return apierrors.IsNotFound(env.Client.Get(ctx, key, &v1.Tenant{})), ""
+	})
+	if _, _, err = controllers.WriteStatus(ctx, env.Client, got, ctrl.Result{}, nil); !apierrors.IsNotFound(err) {
+		t.Fatalf("writing the status of a deleted tenant: %v, want NotFound", err)
+	}
 }

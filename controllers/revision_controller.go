@@ -87,10 +87,8 @@ func (r *RevisionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (r
 		if !leader || equality.Semantic.DeepEqual(before, &rev.Status) {
 			return
 		}
-		if uerr := r.Status().Update(ctx, rev); uerr != nil && err == nil {
-			err = uerr
-		}
-		if before.Phase != rev.Status.Phase {
+		var written bool
+		if res, written, err = writeStatus(ctx, r.Client, rev, res, err); written && before.Phase != rev.Status.Phase {
 			r.event(rev, before.Phase)
 		}
 	}()

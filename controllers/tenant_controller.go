@@ -55,9 +55,7 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	before := tenant.Status.DeepCopy()
 	defer func() {
 		if leader && !equality.Semantic.DeepEqual(before, &tenant.Status) {
-			if uerr := r.Status().Update(ctx, tenant); uerr != nil && err == nil {
-				err = uerr
-			}
+			res, _, err = writeStatus(ctx, r.Client, tenant, res, err)
 		}
 	}()
 

@@ -63,9 +63,7 @@ func (r *TrafficSplitReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	before := split.Status.DeepCopy()
 	defer func() {
 		if leader && !equality.Semantic.DeepEqual(before, &split.Status) {
-			if uerr := r.Status().Update(ctx, split); uerr != nil && err == nil {
-				err = uerr
-			}
+			res, _, err = writeStatus(ctx, r.Client, split, res, err)
 		}
 	}()
 	g := split.Generation
