@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -529,4 +531,51 @@ func TestStatusConflictIsARetryNotAnError(t *testing.T) {
 	if _, _, err = controllers.WriteStatus(ctx, env.Client, got, ctrl.Result{}, nil); !apierrors.IsNotFound(err) {
 		t.Fatalf("writing the status of a deleted tenant: %v, want NotFound", err)
 	}
+}
+
+// The pool collector reports each loaded revision's saturation and live instances, and
+// drops a revision's series when it is unloaded.
+func TestPoolCollector(t *testing.T) {
+	testenv.Require(t, env)
+	r := startReplica(t, true)
+	ns := env.Namespace(t, "pool")
+	create(t, tokens(ns, "acme"), packConfigMap(ns, map[string][]byte{"ok.wasm": smallPack(okManifest)}), tenant(ns, "acme"),
+		revision(ns, "a", "acme", "ok.wasm"))
+	waitPhase(t, ns, "a", v1.RevisionReady, "")
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(controllers.NewPoolCollector(r.runtimes))
+	series := func() map[string]float64 {
+		families, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]float64{}
+		for _, f := range families {
+			for _, m := range f.GetMetric() {
+				labels := map[string]string{}
+				for _, l := range m.GetLabel() {
+					labels[l.GetName()] = l.GetValue()
+				}
+				if labels["namespace"] == ns {
+					out[f.GetName()+"/"+labels["revision"]+"/"+labels["pack"]] = m.GetGauge().GetValue()
+				}
+			}
+		}
+		return out
+	}
+	want := map[string]float64{
+		"packhost_revision_activities_running/a/": 0,
+		"packhost_revision_activities_waiting/a/": 0,
+		"packhost_revision_instances/a/small":     1,
+	}
+	if got := series(); !maps.Equal(got, want) {
+		t.Fatalf("series %v, want %v", got, want)
+	}
+	if err := env.Client.Delete(ctx, &v1.Revision{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "a"}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the unloaded revision's series are gone", func() (bool, string) {
+		got := series()
+		return len(got) == 0, fmt.Sprint(got)
+	})
 }

@@ -89,9 +89,10 @@ func (r *Runtimes) Keys() []types.NamespacedName {
 // PoolCollector exports each loaded revision's pool saturation. It reads the registry
 // when scraped, so an unloaded revision's series disappear with it.
 type PoolCollector struct {
-	runtimes *Runtimes
-	running  *prometheus.Desc
-	waiting  *prometheus.Desc
+	runtimes  *Runtimes
+	running   *prometheus.Desc
+	waiting   *prometheus.Desc
+	instances *prometheus.Desc
 }
 
 // NewPoolCollector returns a collector over runtimes.
@@ -101,11 +102,17 @@ func NewPoolCollector(runtimes *Runtimes) *PoolCollector {
 		runtimes: runtimes,
 		running:  prometheus.NewDesc("packhost_revision_activities_running", "Activities running on the revision's instances.", labels, nil),
 		waiting:  prometheus.NewDesc("packhost_revision_activities_waiting", "Activities waiting for an instance of the revision.", labels, nil),
+		instances: prometheus.NewDesc("packhost_revision_instances", "Live wasm instances of each of the revision's packs; each holds its own linear memory.",
+			append(labels, "pack"), nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
-func (c *PoolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.running; ch <- c.waiting }
+func (c *PoolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.running
+	ch <- c.waiting
+	ch <- c.instances
+}
 
 // Collect implements prometheus.Collector.
 func (c *PoolCollector) Collect(ch chan<- prometheus.Metric) {
@@ -117,5 +124,8 @@ func (c *PoolCollector) Collect(ch chan<- prometheus.Metric) {
 		running, waiting := l.Runtime.Load()
 		ch <- prometheus.MustNewConstMetric(c.running, prometheus.GaugeValue, float64(running), key.Namespace, key.Name)
 		ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(waiting), key.Namespace, key.Name)
+		for pack, n := range l.Runtime.Instances() {
+			ch <- prometheus.MustNewConstMetric(c.instances, prometheus.GaugeValue, float64(n), key.Namespace, key.Name, pack)
+		}
 	}
 }
