@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -52,6 +53,11 @@ type Server struct {
 	Log     logr.Logger
 	// ShutdownTimeout bounds how long in-flight activities may finish on shutdown.
 	ShutdownTimeout time.Duration
+	// ReadTimeout bounds reading a whole request, headers and body (default 30 s): a
+	// client sending its body slowly holds an in-flight slot at most this long.
+	ReadTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection idle this long (default 2 min).
+	IdleTimeout time.Duration
 
 	inFlight atomic.Int64
 	listener net.Listener
@@ -150,7 +156,12 @@ func (s *Server) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       cmp.Or(s.ReadTimeout, 30*time.Second),
+		IdleTimeout:       cmp.Or(s.IdleTimeout, 2*time.Minute),
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(s.listener) }()
 	s.Log.Info("Dispatcher serving", "address", s.listener.Addr().String())

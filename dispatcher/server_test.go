@@ -1,9 +1,12 @@
 package dispatcher
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -291,4 +294,51 @@ func TestUndeclaredBodyLength(t *testing.T) {
 			t.Errorf("413 without code %s: %s", CodeTooLarge, w.Body)
 		}
 	}
+}
+
+// A client that stops sending its body is cut off at ReadTimeout with a typed error,
+// and the in-flight slot it held is free again.
+func TestSlowBodyIsCutOff(t *testing.T) {
+	s, _ := newTestServer(t, "echo")
+	s.Addr, s.ReadTimeout, s.MaxInFlight = "127.0.0.1:0", 300*time.Millisecond, 1
+	addr, err := s.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Start(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	conn, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"kind":"message","payload":1}`
+	_, err = fmt.Fprintf(conn, "POST /v1/namespaces/default/tenants/acme/activities HTTP/1.1\r\nHost: x\r\n"+
+		"Authorization: Bearer tok\r\nContent-Length: %d\r\n\r\n%s", len(body), body[:10])
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer to a stalled body: %v", err)
+	}
+	answer, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(answer), CodeInvalidActivity) {
+		t.Fatalf("stalled body: %d %s", resp.StatusCode, answer)
+	}
+	if n := s.inFlight.Load(); n != 0 {
+		t.Fatalf("%d activities still in flight after the stalled request was answered", n)
+	}
+	// The one slot serves the next request.
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr.String()+"/v1/namespaces/default/tenants/acme/activities", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer tok")
+	next, err := http.DefaultClient.Do(req)
+	if err != nil || next.StatusCode != http.StatusOK {
+		t.Fatalf("after the stalled request: %v %v", err, next)
+	}
+	next.Body.Close()
 }
