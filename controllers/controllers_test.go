@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -44,14 +45,26 @@ type replica struct {
 	stop     context.CancelFunc
 }
 
-func startReplica(t *testing.T, leader bool, options ...func(*controllers.TrafficSplitReconciler)) *replica {
+// replicaConfig is what a test may change about a replica.
+type replicaConfig struct {
+	manager       ctrl.Options // with LeaderElection, the replica leads once it holds the lease
+	countsRefresh time.Duration
+}
+
+// startReplica starts a replica that acts as leader or follower as told, unless an
+// option turns on leader election.
+func startReplica(t *testing.T, leader bool, options ...func(*replicaConfig)) *replica {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+	cfg := replicaConfig{manager: ctrl.Options{
 		Scheme: env.Scheme, Metrics: metricsserver.Options{BindAddress: "0"}, Logger: logr.Discard(),
 		// Several replicas share this test process.
 		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
-	})
+	}}
+	for _, o := range options {
+		o(&cfg)
+	}
+	mgr, err := ctrl.NewManager(env.Config, cfg.manager)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,10 +81,11 @@ func startReplica(t *testing.T, leader bool, options ...func(*controllers.Traffi
 	}
 	r := &replica{runtimes: controllers.NewRuntimes(), router: dispatcher.NewRouter(), stop: cancel}
 	isLeader := func() bool { return leader }
-	splits := &controllers.TrafficSplitReconciler{Client: mgr.GetClient(), Router: r.router, Runtimes: r.runtimes, IsLeader: isLeader}
-	for _, o := range options {
-		o(splits)
+	if cfg.manager.LeaderElection {
+		isLeader = controllers.LeaderFunc(mgr)
 	}
+	splits := &controllers.TrafficSplitReconciler{Client: mgr.GetClient(), Router: r.router, Runtimes: r.runtimes, IsLeader: isLeader,
+		CountsRefresh: cfg.countsRefresh}
 	err = controllers.Setup(mgr,
 		&controllers.RevisionReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Engine: engine, State: store,
 			Fetcher: &source.Fetcher{Reader: mgr.GetAPIReader(), CacheDir: t.TempDir()}, Runtimes: r.runtimes, IsLeader: isLeader, Clock: time.Now},
@@ -356,7 +370,7 @@ func TestFinalizersRetentionAndTenantDeletion(t *testing.T) {
 func TestDispatchedCountsReachStatusOncePerRefresh(t *testing.T) {
 	testenv.Require(t, env)
 	const refresh = 500 * time.Millisecond
-	r := startReplica(t, true, func(s *controllers.TrafficSplitReconciler) { s.CountsRefresh = refresh })
+	r := startReplica(t, true, func(c *replicaConfig) { c.countsRefresh = refresh })
 	ns := env.Namespace(t, "counts")
 	create(t, tokens(ns, "acme"), packConfigMap(ns, map[string][]byte{"ok.wasm": smallPack(okManifest)}), tenant(ns, "acme"),
 		revision(ns, "a", "acme", "ok.wasm"))
@@ -578,4 +592,31 @@ func TestPoolCollector(t *testing.T) {
 		got := series()
 		return len(got) == 0, fmt.Sprint(got)
 	})
+}
+
+// A replica that saw a permanent failure while it followed writes it to status once it is
+// elected: the failure is not retried, so only the resync on election reconciles it again.
+func TestElectedReplicaWritesWhatItSawAsFollower(t *testing.T) {
+	testenv.Require(t, env)
+	ns := env.Namespace(t, "elected")
+	// Another replica holds the lease; it expires unrenewed a few seconds after this one
+	// first sees it.
+	now := metav1.NewMicroTime(time.Now())
+	create(t, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "packhost-test"}, Spec: coordinationv1.LeaseSpec{
+		HolderIdentity: ptr.To("gone-replica"), LeaseDurationSeconds: ptr.To[int32](4), AcquireTime: &now, RenewTime: &now}})
+	startReplica(t, false, func(c *replicaConfig) {
+		c.manager.LeaderElection, c.manager.LeaderElectionID, c.manager.LeaderElectionNamespace = true, "packhost-test", ns
+		c.manager.LeaseDuration, c.manager.RenewDeadline, c.manager.RetryPeriod = ptr.To(4*time.Second), ptr.To(3*time.Second), ptr.To(500*time.Millisecond)
+	})
+	badManifest := `{"abi":99,"pack_id":"small","version":"1","flows":[{"id":"f","entry":true}]}`
+	create(t, tokens(ns, "acme"), packConfigMap(ns, map[string][]byte{"bad.wasm": smallPack(badManifest)}), tenant(ns, "acme"),
+		revision(ns, "r", "acme", "bad.wasm"))
+	time.Sleep(time.Second) // the follower has reconciled it and may write nothing
+	if phase, _, _ := revisionState(t, ns, "r"); phase != "" {
+		t.Fatalf("a follower wrote phase %q", phase)
+	}
+	msg := waitPhase(t, ns, "r", v1.RevisionFailed, v1.ReasonInvalidManifest)
+	if !strings.Contains(msg, "abi") {
+		t.Errorf("failure message %q does not say what is wrong", msg)
+	}
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -19,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	v1 "github.com/packhost/packhost/api/v1alpha1"
 	"github.com/packhost/packhost/dispatcher"
@@ -45,6 +48,10 @@ func Setup(mgr manager.Manager, rev *RevisionReconciler, tenant *TenantReconcile
 	}
 	opts := controller.Options{NeedLeaderElection: ptr.To(false), MaxConcurrentReconciles: 4}
 	c := mgr.GetClient()
+	resync := &electionResync{client: c, elected: mgr.Elected()}
+	if err := mgr.Add(resync); err != nil {
+		return fmt.Errorf("resync on election: %w", err)
+	}
 
 	revisionsOfTenant := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 		return listRequests(ctx, c, &v1.RevisionList{}, o.GetNamespace(), o.GetName())
@@ -61,6 +68,7 @@ func Setup(mgr manager.Manager, rev *RevisionReconciler, tenant *TenantReconcile
 		return out
 	})
 	if err := ctrl.NewControllerManagedBy(mgr).Named("revision").For(&v1.Revision{}).
+		WatchesRawSource(resync.source(&v1.RevisionList{})).
 		Watches(&v1.Tenant{}, revisionsOfTenant).
 		Watches(&v1.TrafficSplit{}, revisionsOfSplit, builder.WithPredicates(notJustCounts)).
 		WithOptions(opts).Complete(rev); err != nil {
@@ -78,6 +86,7 @@ func Setup(mgr manager.Manager, rev *RevisionReconciler, tenant *TenantReconcile
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}}}
 	})
 	if err := ctrl.NewControllerManagedBy(mgr).Named("tenant").For(&v1.Tenant{}).
+		WatchesRawSource(resync.source(&v1.TenantList{})).
 		Watches(&v1.Revision{}, tenantOf).
 		Watches(&v1.TrafficSplit{}, tenantOf, builder.WithPredicates(notJustCounts)).
 		WithOptions(opts).Complete(tenant); err != nil {
@@ -88,6 +97,7 @@ func Setup(mgr manager.Manager, rev *RevisionReconciler, tenant *TenantReconcile
 		return listRequests(ctx, c, &v1.TrafficSplitList{}, namespace, tenant)
 	}
 	if err := ctrl.NewControllerManagedBy(mgr).Named("trafficsplit").For(&v1.TrafficSplit{}, builder.WithPredicates(notJustCounts)).
+		WatchesRawSource(resync.source(&v1.TrafficSplitList{})).
 		Watches(&v1.Revision{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 			return splitsOfTenant(ctx, o.GetNamespace(), o.(*v1.Revision).Spec.TenantRef.Name)
 		})).
@@ -96,6 +106,62 @@ func Setup(mgr manager.Manager, rev *RevisionReconciler, tenant *TenantReconcile
 		})).
 		WithOptions(opts).Complete(split); err != nil {
 		return fmt.Errorf("split controller: %w", err)
+	}
+	return nil
+}
+
+// electionResync reconciles every Revision, Tenant and TrafficSplit once this replica
+// is elected. Followers load revisions and publish tables but write no status, and a
+// reconcile that ended in a permanent failure (a digest mismatch, say) is not retried:
+// without it, what a replica saw while it followed would reach status only with the
+// object's next change.
+type electionResync struct {
+	client  client.Reader
+	elected <-chan struct{}
+	kinds   []resyncKind
+}
+
+type resyncKind struct {
+	list   client.ObjectList
+	events chan event.GenericEvent
+}
+
+// source is a watch source for a controller that the resync feeds with every item of
+// list's kind.
+func (e *electionResync) source(list client.ObjectList) source.Source {
+	events := make(chan event.GenericEvent)
+	e.kinds = append(e.kinds, resyncKind{list: list, events: events})
+	return source.Channel(events, &handler.EnqueueRequestForObject{})
+}
+
+// NeedLeaderElection is true: the resync starts on election.
+func (e *electionResync) NeedLeaderElection() bool { return true }
+
+// Start implements manager.Runnable.
+func (e *electionResync) Start(ctx context.Context) error {
+	// The manager closes Elected just after starting its leader runnables; the
+	// controllers must see themselves as leader when these reconciles run.
+	select {
+	case <-e.elected:
+	case <-ctx.Done():
+		return nil
+	}
+	for _, k := range e.kinds {
+		list := k.list.DeepCopyObject().(client.ObjectList)
+		if err := e.client.List(ctx, list); err != nil {
+			return fmt.Errorf("resync on election: list %T: %w", list, err)
+		}
+		err := meta.EachListItem(list, func(o k8sruntime.Object) error {
+			select {
+			case k.events <- event.GenericEvent{Object: o.(client.Object)}:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+		if err != nil {
+			return nil // shutting down
+		}
 	}
 	return nil
 }

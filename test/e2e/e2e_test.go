@@ -367,10 +367,15 @@ spec:
     sha256: `+strings.Repeat("ab", 32)+`
 `, "apply", "-f", "-")
 		var last string
+		defer func() {
+			if t.Failed() {
+				t.Logf("acme-bot-v3 was last %q", last)
+			}
+		}()
 		waitFor(t, 60*time.Second, func() bool {
-			last, _ = kubectl(t, "", "get", "phrev", "acme-bot-v3", "-o", "jsonpath={.status.phase}/{.status.conditions[?(@.type==\"Ready\")].reason}")
-			return last == "Failed/DigestMismatch"
-		}, "acme-bot-v3 is Failed with DigestMismatch (last: "+last+")")
+			last, _ = kubectl(t, "", "get", "phrev", "acme-bot-v3", "-o", "jsonpath={.status.phase}/{.status.conditions[?(@.type==\"Ready\")].reason}: {.status.conditions[?(@.type==\"Ready\")].message}")
+			return strings.HasPrefix(last, "Failed/DigestMismatch:")
+		}, "acme-bot-v3 is Failed with DigestMismatch")
 		mustKubectl(t, "", "patch", "phsplit", "acme", "--type=merge", "-p",
 			`{"spec":{"routes":[{"revisionName":"acme-bot-v1","percent":50},{"revisionName":"acme-bot-v3","percent":50}]}}`)
 		waitFor(t, 30*time.Second, func() bool {
