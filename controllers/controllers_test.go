@@ -186,6 +186,12 @@ func revision(ns, name, tenant, key string, mutate ...func(*v1.Revision)) *v1.Re
 	return r
 }
 
+// acme creates tenant acme in ns, its tokens, the pack ConfigMap holding ok.wasm, and objs.
+func acme(t *testing.T, ns string, objs ...client.Object) {
+	t.Helper()
+	create(t, append([]client.Object{tokens(ns, "acme"), packConfigMap(ns, map[string][]byte{"ok.wasm": smallPack(okManifest)}), tenant(ns, "acme")}, objs...)...)
+}
+
 func split(ns, name, tenant string, routes ...v1.Route) *v1.TrafficSplit {
 	return &v1.TrafficSplit{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: v1.TrafficSplitSpec{TenantRef: v1.LocalObjectReference{Name: tenant}, Routes: routes, Stickiness: v1.StickinessSession}}
@@ -261,8 +267,7 @@ func TestSplitsPublishKeepLastGoodAndConflict(t *testing.T) {
 	testenv.Require(t, env)
 	r := startReplica(t, true)
 	ns := env.Namespace(t, "splits")
-	create(t, tokens(ns, "acme"), packConfigMap(ns, map[string][]byte{"ok.wasm": smallPack(okManifest)}), tenant(ns, "acme"),
-		revision(ns, "a", "acme", "ok.wasm"), revision(ns, "b", "acme", "ok.wasm"),
+	acme(t, ns, revision(ns, "a", "acme", "ok.wasm"), revision(ns, "b", "acme", "ok.wasm"),
 		revision(ns, "broken", "acme", "absent.wasm"))
 	waitPhase(t, ns, "a", v1.RevisionReady, "")
 	waitPhase(t, ns, "b", v1.RevisionReady, "")
@@ -372,8 +377,7 @@ func TestDispatchedCountsReachStatusOncePerRefresh(t *testing.T) {
 	const refresh = 500 * time.Millisecond
 	r := startReplica(t, true, func(c *replicaConfig) { c.countsRefresh = refresh })
 	ns := env.Namespace(t, "counts")
-	create(t, tokens(ns, "acme"), packConfigMap(ns, map[string][]byte{"ok.wasm": smallPack(okManifest)}), tenant(ns, "acme"),
-		revision(ns, "a", "acme", "ok.wasm"))
+	acme(t, ns, revision(ns, "a", "acme", "ok.wasm"))
 	waitPhase(t, ns, "a", v1.RevisionReady, "")
 	create(t, split(ns, "main", "acme", v1.Route{RevisionName: "a", Percent: 100}))
 	key := types.NamespacedName{Namespace: ns, Name: "main"}
@@ -425,8 +429,7 @@ func TestOnlyTheLeaderWritesStatusButEveryReplicaLoads(t *testing.T) {
 	testenv.Require(t, env)
 	follower := startReplica(t, false)
 	ns := env.Namespace(t, "replicas")
-	create(t, tokens(ns, "acme"), packConfigMap(ns, map[string][]byte{"ok.wasm": smallPack(okManifest)}), tenant(ns, "acme"),
-		revision(ns, "r", "acme", "ok.wasm"))
+	acme(t, ns, revision(ns, "r", "acme", "ok.wasm"))
 	key := types.NamespacedName{Namespace: ns, Name: "r"}
 	eventually(t, "the follower loads the revision", func() (bool, string) { return follower.runtimes.Get(key) != nil, "" })
 	time.Sleep(time.Second)
@@ -452,8 +455,7 @@ func TestDrainingThenRetired(t *testing.T) {
 	testenv.Require(t, env)
 	r := startReplica(t, true)
 	ns := env.Namespace(t, "drain")
-	create(t, tokens(ns, "acme"), packConfigMap(ns, map[string][]byte{"ok.wasm": smallPack(okManifest)}), tenant(ns, "acme"),
-		revision(ns, "old", "acme", "ok.wasm"), revision(ns, "new", "acme", "ok.wasm"))
+	acme(t, ns, revision(ns, "old", "acme", "ok.wasm"), revision(ns, "new", "acme", "ok.wasm"))
 	waitPhase(t, ns, "old", v1.RevisionReady, "")
 	waitPhase(t, ns, "new", v1.RevisionReady, "")
 	create(t, split(ns, "main", "acme", v1.Route{RevisionName: "old", Percent: 100}, v1.Route{RevisionName: "new", Percent: 0}))
@@ -553,8 +555,7 @@ func TestPoolCollector(t *testing.T) {
 	testenv.Require(t, env)
 	r := startReplica(t, true)
 	ns := env.Namespace(t, "pool")
-	create(t, tokens(ns, "acme"), packConfigMap(ns, map[string][]byte{"ok.wasm": smallPack(okManifest)}), tenant(ns, "acme"),
-		revision(ns, "a", "acme", "ok.wasm"))
+	acme(t, ns, revision(ns, "a", "acme", "ok.wasm"))
 	waitPhase(t, ns, "a", v1.RevisionReady, "")
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(controllers.NewPoolCollector(r.runtimes))

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -159,8 +160,10 @@ func TestErrorsAreTypedAndChangeNothing(t *testing.T) {
 	}
 }
 
-func TestShutdownStopsServing(t *testing.T) {
-	s, _ := newTestServer(t, "echo")
+// serveLoopback starts s on a free loopback port; stop shuts it down and returns what
+// Start returned.
+func serveLoopback(t *testing.T, s *Server) (addr net.Addr, stop func() error) {
+	t.Helper()
 	s.Addr = "127.0.0.1:0"
 	addr, err := s.Listen()
 	if err != nil {
@@ -169,6 +172,12 @@ func TestShutdownStopsServing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Start(ctx) }()
+	return addr, sync.OnceValue(func() error { cancel(); return <-done })
+}
+
+func TestShutdownStopsServing(t *testing.T) {
+	s, _ := newTestServer(t, "echo")
+	addr, stop := serveLoopback(t, s)
 	url := "http://" + addr.String() + "/v1/namespaces/default/tenants/acme/activities"
 	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(`{"kind":"message","payload":1}`))
 	req.Header.Set("Authorization", "Bearer tok")
@@ -177,8 +186,7 @@ func TestShutdownStopsServing(t *testing.T) {
 		t.Fatalf("before shutdown: %v %v", err, resp)
 	}
 	resp.Body.Close()
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("shutdown: %v", err)
 	}
 	if _, err := http.Post(url, "application/json", strings.NewReader(`{}`)); err == nil {
@@ -300,15 +308,9 @@ func TestUndeclaredBodyLength(t *testing.T) {
 // and the in-flight slot it held is free again.
 func TestSlowBodyIsCutOff(t *testing.T) {
 	s, _ := newTestServer(t, "echo")
-	s.Addr, s.ReadTimeout, s.MaxInFlight = "127.0.0.1:0", 300*time.Millisecond, 1
-	addr, err := s.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Start(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	s.ReadTimeout, s.MaxInFlight = 300*time.Millisecond, 1
+	addr, stop := serveLoopback(t, s)
+	t.Cleanup(func() { _ = stop() })
 
 	conn, err := net.Dial("tcp", addr.String())
 	if err != nil {
