@@ -555,3 +555,44 @@ func TestMemoryLimitBelowThePacksNeeds(t *testing.T) {
 		t.Errorf("a refused revision kept %d compiled packs", e.Packs())
 	}
 }
+
+// Code compiled without the deadline guard, cached in a directory, is never what a guarded
+// engine on the same directory runs (wazero puts the guard in the module's cache key; an
+// upgrade that stopped doing so would let a cached pack escape every deadline).
+func TestCacheKeepsUnguardedCodeFromGuardedEngines(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b, err := packs.Build("hostile/loop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unguarded, err := runtime.NewEngine(ctx, runtime.EngineConfig{Logger: logr.Discard(), CacheDir: dir, Unguarded: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unguarded.Compile(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := unguarded.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	guarded, err := runtime.NewEngine(ctx, runtime.EngineConfig{Logger: logr.Discard(), CacheDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = guarded.Close(ctx) })
+	rev := load(t, guarded, []revOpt{func(c *runtime.RevisionConfig) {
+		c.Limits = runtime.Limits{Timeout: 200 * time.Millisecond}
+	}}, "hostile/loop")
+	done := make(chan error, 1)
+	go func() { _, err := rev.Handle(ctx, msg(`{}`)); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, runtime.ErrTimeout) {
+			t.Fatalf("looping activity: got %v, want ErrTimeout", err)
+		}
+	case <-time.After(20 * time.Second):
+		// The guest spins on without the checks; nothing can stop it in this process.
+		t.Fatal("the deadline did not stop a looping guest: the guarded engine ran code compiled unguarded")
+	}
+}
