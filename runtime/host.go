@@ -162,6 +162,18 @@ func (c *call) key(mem api.Memory, ptr, n uint64) (StateKey, int32) {
 
 // writeBack copies v into the guest's buffer when it fits and returns len(v); a result
 // larger than the buffer's capacity tells the guest to call again with a larger one.
+// answer gives the guest the result of a lookup: the value written to the buffer in
+// arguments 2 and 3, or the code for why there is none.
+func (c *call) answer(mem api.Memory, a args, v []byte, ok bool, err error) int32 {
+	switch {
+	case err != nil:
+		return c.stored(err)
+	case !ok:
+		return codeNotFound
+	}
+	return c.writeBack(mem, a.u(2), a.u(3), v)
+}
+
 func (c *call) writeBack(mem api.Memory, bPtr, bCap uint64, v []byte) int32 {
 	if uint64(len(v)) <= bCap && len(v) > 0 {
 		if !mem.Write(uint32(bPtr), v) {
@@ -196,13 +208,7 @@ func hostStateGet(_ context.Context, c *call, mem api.Memory, a args) int32 {
 		return code
 	}
 	v, ok, err := c.txn.Get(key)
-	switch {
-	case err != nil:
-		return c.stored(err)
-	case !ok:
-		return codeNotFound
-	}
-	return c.writeBack(mem, a.u(2), a.u(3), v)
+	return c.answer(mem, a, v, ok, err)
 }
 
 func hostStateSet(_ context.Context, c *call, mem api.Memory, a args) int32 {
@@ -251,11 +257,5 @@ func hostSecretGet(ctx context.Context, c *call, mem api.Memory, a args) int32 {
 		return codeDenied
 	}
 	v, ok, err := c.rev.secrets.Secret(ctx, string(name))
-	switch {
-	case err != nil:
-		return c.stored(err)
-	case !ok:
-		return codeNotFound
-	}
-	return c.writeBack(mem, a.u(2), a.u(3), v)
+	return c.answer(mem, a, v, ok, err)
 }
