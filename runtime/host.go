@@ -160,8 +160,6 @@ func (c *call) key(mem api.Memory, ptr, n uint64) (StateKey, int32) {
 	return StateKey{Pack: c.pack.id, Name: string(name)}, 0
 }
 
-// writeBack copies v into the guest's buffer when it fits and returns len(v); a result
-// larger than the buffer's capacity tells the guest to call again with a larger one.
 // answer gives the guest the result of a lookup: the value written to the buffer in
 // arguments 2 and 3, or the code for why there is none.
 func (c *call) answer(mem api.Memory, a args, v []byte, ok bool, err error) int32 {
@@ -174,6 +172,8 @@ func (c *call) answer(mem api.Memory, a args, v []byte, ok bool, err error) int3
 	return c.writeBack(mem, a.u(2), a.u(3), v)
 }
 
+// writeBack copies v into the guest's buffer when it fits and returns len(v); a result
+// larger than the buffer's capacity tells the guest to call again with a larger one.
 func (c *call) writeBack(mem api.Memory, bPtr, bCap uint64, v []byte) int32 {
 	if uint64(len(v)) <= bCap && len(v) > 0 {
 		if !mem.Write(uint32(bPtr), v) {
