@@ -25,16 +25,21 @@ func (o oneRevision) Revision(_, _, name string) *runtime.Revision {
 	return nil
 }
 
-// newTestServer serves tenant default/acme (token "tok") with one revision v1 of pack.
-func newTestServer(tb testing.TB, pack string) (*Server, *runtime.Revision) {
+// newEngine starts a wasm engine that is closed when the test ends.
+func newEngine(tb testing.TB) *runtime.Engine {
 	tb.Helper()
-	ctx := context.Background()
-	e, err := runtime.NewEngine(ctx, runtime.EngineConfig{Logger: logr.Discard()})
+	e, err := runtime.NewEngine(context.Background(), runtime.EngineConfig{Logger: logr.Discard()})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { _ = e.Close(ctx) })
-	rev, err := packs.Revision(ctx, e, runtime.RevisionConfig{Name: "default/v1", Env: "prod", Tenant: "default/acme",
+	tb.Cleanup(func() { _ = e.Close(context.Background()) })
+	return e
+}
+
+// newTestServer serves tenant default/acme (token "tok") with one revision v1 of pack.
+func newTestServer(tb testing.TB, pack string) (*Server, *runtime.Revision) {
+	tb.Helper()
+	rev, err := packs.Revision(context.Background(), newEngine(tb), runtime.RevisionConfig{Name: "default/v1", Env: "prod", Tenant: "default/acme",
 		Policy: runtime.Policy{StateRead: true, StateWrite: true}, Logger: logr.Discard()}, pack)
 	if err != nil {
 		tb.Fatal(err)

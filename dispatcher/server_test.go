@@ -44,12 +44,7 @@ func loadRevision(t *testing.T, e *runtime.Engine, name, pack string, store runt
 }
 
 func TestErrorsAreTypedAndChangeNothing(t *testing.T) {
-	ctx := context.Background()
-	e, err := runtime.NewEngine(ctx, runtime.EngineConfig{Logger: logr.Discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close(ctx)
+	e := newEngine(t)
 	store := runtime.NewMemStore()
 	short := runtime.Limits{Timeout: 300 * time.Millisecond}
 	revs := revisions{
@@ -213,12 +208,7 @@ func TestAppendResponseIsJSON(t *testing.T) {
 }
 
 func TestProviderEndpoints(t *testing.T) {
-	ctx := context.Background()
-	e, err := runtime.NewEngine(ctx, runtime.EngineConfig{Logger: logr.Discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close(ctx)
+	e := newEngine(t)
 	router := NewRouter()
 	router.PublishTenant("default", "acme", &TenantConfig{Namespace: "default", Name: "acme", Tokens: map[string]string{"tok": "app"}, MaxBodyBytes: 4096})
 	reg := prometheus.NewRegistry()

@@ -191,17 +191,11 @@ func TestInvokeCommitHasTheDeadline(t *testing.T) {
 		c.Store = stuckStore{runtime.NewMemStore()}
 		c.Limits.Timeout = 200 * time.Millisecond
 	}}, "echo", "webhook")
-	done := make(chan error, 1)
-	go func() {
+	err := within(t, 30*time.Second, "Invoke waited for a stuck state commit past the revision's deadline", func() error {
 		_, err := rev.Invoke(context.Background(), runtime.InvokeRequest{ProviderType: "webhook", Op: "send", Payload: json.RawMessage(`{"to":"x"}`)})
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("Invoke with a stuck commit: %v, want the deadline", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Invoke waited for a stuck state commit past the revision's deadline")
+		return err
+	})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Invoke with a stuck commit: %v, want the deadline", err)
 	}
 }

@@ -584,15 +584,26 @@ func TestCacheKeepsUnguardedCodeFromGuardedEngines(t *testing.T) {
 	rev := load(t, guarded, []revOpt{func(c *runtime.RevisionConfig) {
 		c.Limits = runtime.Limits{Timeout: 200 * time.Millisecond}
 	}}, "hostile/loop")
+	// Without the checks the guest spins on; nothing can stop it in this process.
+	err = within(t, 20*time.Second, "the deadline did not stop a looping guest: the guarded engine ran code compiled unguarded", func() error {
+		_, err := rev.Handle(ctx, msg(`{}`))
+		return err
+	})
+	if !errors.Is(err, runtime.ErrTimeout) {
+		t.Fatalf("looping activity: got %v, want ErrTimeout", err)
+	}
+}
+
+// within returns what f returns, failing the test with stuck if f has not returned after d.
+func within(t *testing.T, d time.Duration, stuck string, f func() error) error {
+	t.Helper()
 	done := make(chan error, 1)
-	go func() { _, err := rev.Handle(ctx, msg(`{}`)); done <- err }()
+	go func() { done <- f() }()
 	select {
 	case err := <-done:
-		if !errors.Is(err, runtime.ErrTimeout) {
-			t.Fatalf("looping activity: got %v, want ErrTimeout", err)
-		}
-	case <-time.After(20 * time.Second):
-		// The guest spins on without the checks; nothing can stop it in this process.
-		t.Fatal("the deadline did not stop a looping guest: the guarded engine ran code compiled unguarded")
+		return err
+	case <-time.After(d):
+		t.Fatal(stuck)
+		return nil
 	}
 }
