@@ -1,4 +1,4 @@
-# local-lib.sh: shared by run-local.sh and loadtest.sh. Sourced, not run. It builds what
+# local-lib.sh: shared by run-local.sh, loadtest.sh and abtest.sh. Sourced, not run. It builds what
 # is missing, starts a local control plane and OCI registry (bin/localenv) and the
 # manager, and stops everything it started on exit.
 set -euo pipefail
@@ -23,9 +23,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# start_local starts the control plane, the registry with the built packs, and the
-# manager, and waits until the manager is ready.
-start_local() {
+# start_control_plane starts the control plane and the registry with the built packs.
+start_control_plane() {
   make --no-print-directory build packs >/dev/null
   go build -o bin/localenv ./hack/localenv
   bin/localenv --write-kubeconfig "$KUBECONFIG" --registry 127.0.0.1:5001 --packs bin/packs &
@@ -36,9 +35,68 @@ start_local() {
     sleep 0.2
   done
   [ -s "$KUBECONFIG" ] || { echo "local: the control plane did not start" >&2; exit 1; }
-  bin/manager --metrics-bind-address=127.0.0.1:8080 --health-probe-bind-address=127.0.0.1:8081 \
-    --dispatcher-bind-address=127.0.0.1:8090 --cache-dir "$state/cache" "$@" &
-  manager_pid=$!
-  pids+=($manager_pid)
-  for _ in $(seq 1 150); do curl -fsS http://127.0.0.1:8081/readyz >/dev/null 2>&1 && break; sleep 0.2; done
 }
+
+# start_manager N ENV [FLAGS...] starts manager N (0, 1, ...) with the environment
+# assignments in ENV (space separated, may be empty) and FLAGS: its metrics on port
+# 8080+2N, probes on 8081+2N, dispatcher on 8090+N. It waits until the manager is
+# ready and sets manager_pids[N].
+manager_pids=()
+start_manager() {
+  local n=$1 vars=$2
+  shift 2
+  # shellcheck disable=SC2086 # vars is a list of assignments
+  env $vars bin/manager --metrics-bind-address=127.0.0.1:$((8080 + 2 * n)) --health-probe-bind-address=127.0.0.1:$((8081 + 2 * n)) \
+    --dispatcher-bind-address=127.0.0.1:$((8090 + n)) --cache-dir "$state/cache-$n" "$@" &
+  manager_pids[n]=$!
+  pids+=($!)
+  for _ in $(seq 1 150); do curl -fsS "http://127.0.0.1:$((8081 + 2 * n))/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+}
+
+# start_local starts the control plane, the registry and one manager with FLAGS, and
+# sets manager_pid.
+start_local() {
+  start_control_plane
+  start_manager 0 "" "$@"
+  manager_pid=${manager_pids[0]}
+}
+
+# bench_tenants APP... creates, for each pack APP, tenant bench-APP (token bench-token)
+# whose split routes every activity to revision bench-APP-v1 of that pack, and waits
+# until they are Ready.
+bench_tenants() {
+  for app in "$@"; do
+    "$kubectl" apply --server-side -f - <<YAML
+apiVersion: v1
+kind: Secret
+metadata: {name: bench-$app-tokens}
+stringData: {bench: bench-token}
+---
+apiVersion: packhost.io/v1alpha1
+kind: Tenant
+metadata: {name: bench-$app}
+spec:
+  auth: {secretRef: {name: bench-$app-tokens}}
+  limits: {maxConcurrentActivities: 64}
+---
+apiVersion: packhost.io/v1alpha1
+kind: Revision
+metadata: {name: bench-$app-v1}
+spec:
+  tenantRef: {name: bench-$app}
+  packs: [{name: $app, image: 127.0.0.1:5001/packs/$app:v1}]
+---
+apiVersion: packhost.io/v1alpha1
+kind: TrafficSplit
+metadata: {name: bench-$app}
+spec:
+  tenantRef: {name: bench-$app}
+  routes: [{revisionName: bench-$app-v1, percent: 100}]
+YAML
+  done
+  "$kubectl" wait --for=condition=Ready --timeout=180s phrev --all
+  "$kubectl" wait --for=condition=Ready --timeout=60s phsplit --all
+}
+
+# bench_body is the echo pack's load: a message with a 900-byte text, for user {{user}}.
+bench_body="{\"kind\":\"message\",\"user_id\":\"{{user}}\",\"payload\":{\"text\":\"$(printf 'x%.0s' $(seq 1 900))\"}}"
