@@ -46,6 +46,16 @@ var (
 	ErrOpNotAllowed = errors.New("provider op not allowed")
 )
 
+// errInstanceClosed: a call stopped as if its context were done while it was not. A
+// guarded wazero call watches its context from a goroutine of its own, and when the
+// context ends just as the call returns, that goroutine may close the module after the
+// call succeeded and its instance went back to the pool, failing the next activity to
+// take it. Pooling checks for closed instances; one closed between being taken and
+// being called fails its run with this error, and the run is made again on a fresh
+// instance, once. It wraps ErrTrap for when it happens again (a guest exiting with
+// wazero's own codes).
+var errInstanceClosed = fmt.Errorf("%w: its instance was closed outside the call", ErrTrap)
+
 // PackError says which pack a load failure is about.
 type PackError struct {
 	// Pack is the pack's name in the revision, or its pack id when known.

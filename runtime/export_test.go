@@ -3,6 +3,9 @@ package runtime
 import (
 	"context"
 	"fmt"
+	"testing"
+
+	"github.com/tetratelabs/wazero/api"
 )
 
 // Floor returns a function that calls the main pack's handler export once on an already
@@ -84,3 +87,26 @@ func ParseJSON(data []byte) (*Activity, error) { return parseJSON(data) }
 
 // ValidJSON exposes the host's JSON validator for differential fuzzing.
 func ValidJSON(data []byte) bool { return validJSON(data) }
+
+// CloseIdleInstances closes the module of every idle instance with exit code code, as
+// wazero's context watcher does when a call's context ends just as the call returns,
+// and returns how many it closed.
+func (r *Revision) CloseIdleInstances(code uint32) int {
+	n := 0
+	for _, p := range r.packs {
+		p.mu.Lock()
+		for _, inst := range p.idle {
+			_ = inst.mod.CloseWithExitCode(context.Background(), code)
+			n++
+		}
+		p.mu.Unlock()
+	}
+	return n
+}
+
+// OnInstanceTaken has f see each instance's module as it is taken for a call, until the
+// test ends.
+func OnInstanceTaken(t testing.TB, f func(api.Module)) {
+	testHookTaken = f
+	t.Cleanup(func() { testHookTaken = nil })
+}

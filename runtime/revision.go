@@ -301,17 +301,34 @@ func instantiate(ctx context.Context, rt wazero.Runtime, compiled wazero.Compile
 	return rt.InstantiateModule(ctx, compiled, cfg)
 }
 
-func (p *packRuntime) get(ctx context.Context, r *Revision) (*instance, error) {
-	p.mu.Lock()
-	if n := len(p.idle); n > 0 {
-		inst := p.idle[n-1]
+// get takes the most recently used idle instance, or starts one. An idle instance
+// whose module was closed after its last call returned (see errInstanceClosed) is
+// discarded, never reused.
+func (p *packRuntime) get(ctx context.Context, r *Revision) (inst *instance, err error) {
+	for {
+		p.mu.Lock()
+		n := len(p.idle)
+		if n == 0 {
+			p.mu.Unlock()
+			inst, err = p.newInstance(ctx, r)
+			break
+		}
+		inst = p.idle[n-1]
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()
-		return inst, nil
+		if !inst.mod.IsClosed() {
+			break
+		}
+		p.discard(inst)
 	}
-	p.mu.Unlock()
-	return p.newInstance(ctx, r)
+	if inst != nil && testHookTaken != nil {
+		testHookTaken(inst.mod)
+	}
+	return inst, err
 }
+
+// testHookTaken, when set by a test, sees each instance's module as it is taken.
+var testHookTaken func(api.Module)
 
 func (p *packRuntime) put(inst *instance, now time.Time) {
 	inst.lastUsed = now
@@ -473,8 +490,13 @@ func (r *Revision) Handle(ctx context.Context, a *Activity) ([]Activity, error) 
 	}
 	defer r.release()
 	session := SessionKey(r.env, r.tenant, a)
+	stale := false
 	for attempt := 0; ; attempt++ {
 		out, err := r.handleOnce(WithAttempt(ctx, attempt), a, session)
+		if errors.Is(err, errInstanceClosed) && !stale {
+			stale = true // nothing of the run was kept: run it once more on a fresh instance
+			continue
+		}
 		if !errors.Is(err, ErrConflict) || attempt >= r.limits.MaxReruns {
 			return out, err
 		}
@@ -586,10 +608,12 @@ func (r *Revision) invoke(ctx context.Context, inst *instance, c *call, fn api.F
 func classify(ctx context.Context, err error, rev string) error {
 	var exit *sys.ExitError
 	if errors.As(err, &exit) {
-		switch exit.ExitCode() {
-		case sys.ExitCodeDeadlineExceeded:
+		switch code := exit.ExitCode(); {
+		case (code == sys.ExitCodeDeadlineExceeded || code == sys.ExitCodeContextCanceled) && ctx.Err() == nil:
+			return fmt.Errorf("%w: %s", errInstanceClosed, rev)
+		case code == sys.ExitCodeDeadlineExceeded:
 			return fmt.Errorf("%w: %s", ErrTimeout, rev)
-		case sys.ExitCodeContextCanceled:
+		case code == sys.ExitCodeContextCanceled:
 			return fmt.Errorf("%s: %w", rev, context.Canceled)
 		}
 		return fmt.Errorf("%w: %s exited with code %d", ErrTrap, rev, exit.ExitCode())
