@@ -40,13 +40,13 @@ start_control_plane() {
 # start_manager N ENV [FLAGS...] starts manager N (0, 1, ...) with the environment
 # assignments in ENV (space separated, may be empty) and FLAGS: its metrics on port
 # 8080+2N, probes on 8081+2N, dispatcher on 8090+N. It waits until the manager is
-# ready and sets manager_pids[N].
+# ready and sets manager_pids[N]. MANAGER names another manager binary.
 manager_pids=()
 start_manager() {
   local n=$1 vars=$2
   shift 2
   # shellcheck disable=SC2086 # vars is a list of assignments
-  env $vars bin/manager --metrics-bind-address=127.0.0.1:$((8080 + 2 * n)) --health-probe-bind-address=127.0.0.1:$((8081 + 2 * n)) \
+  env $vars "${MANAGER:-bin/manager}" --metrics-bind-address=127.0.0.1:$((8080 + 2 * n)) --health-probe-bind-address=127.0.0.1:$((8081 + 2 * n)) \
     --dispatcher-bind-address=127.0.0.1:$((8090 + n)) --cache-dir "$state/cache-$n" "$@" &
   manager_pids[n]=$!
   pids+=($!)
