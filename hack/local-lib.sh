@@ -61,11 +61,17 @@ start_local() {
   manager_pid=${manager_pids[0]}
 }
 
-# bench_tenants APP... creates, for each pack APP, tenant bench-APP (token bench-token)
-# whose split routes every activity to revision bench-APP-v1 of that pack, and waits
-# until they are Ready.
+# bench_tenants APP[:SHARDS]... creates, for each pack APP, tenant bench-APP (token
+# bench-token) whose split routes every activity to revision bench-APP-v1 of that pack,
+# and waits until they are Ready. With SHARDS the tenant is bench-APP-SHARDS and its
+# revision's state has that many shards.
 bench_tenants() {
-  for app in "$@"; do
+  local spec pack app shards
+  for spec in "$@"; do
+    pack=${spec%%:*} app=${spec%%:*} shards=1
+    if [ "$spec" != "$pack" ]; then
+      shards=${spec#*:} app=$pack-$shards
+    fi
     "$kubectl" apply --server-side -f - <<YAML
 apiVersion: v1
 kind: Secret
@@ -84,7 +90,8 @@ kind: Revision
 metadata: {name: bench-$app-v1}
 spec:
   tenantRef: {name: bench-$app}
-  packs: [{name: $app, image: 127.0.0.1:5001/packs/$app:v1}]
+  packs: [{name: $pack, image: 127.0.0.1:5001/packs/$pack:v1}]
+  state: {shards: $shards}
 ---
 apiVersion: packhost.io/v1alpha1
 kind: TrafficSplit
