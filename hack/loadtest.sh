@@ -23,8 +23,14 @@ if [ -n "${PPROF:-}" ]; then
   bin/loadgen -url $base/bench-echo/activities -token bench-token -c 1 -d 4s -label profiled >/dev/null
   wait "$prof"
 fi
-echo "== counter pack (state commit per activity), its state in one shard and in eight"
+echo "== counter pack (state commit per activity), its state in one shard and in eight; backend: the API server"
+apiserver_pid=$(pgrep -P "${pids[0]}" kube-apiserver || echo 0)
 for tenant in bench-counter bench-counter-8; do
+  # First every one of the load generator's 1,000 users gets a counter, so each run
+  # measures a namespace of the same size.
+  bin/loadgen -url $base/$tenant/activities -token bench-token -c 32 -d 4s \
+    -body '{"kind":"custom","action":"count-user","user_id":"{{user}}"}' >/dev/null
   bin/loadgen -url $base/$tenant/activities -token bench-token -c "$CONCURRENCY" -d "$DURATION" -label "${tenant#bench-}" -target-pid "$manager_pid" \
+    -backend-pid "$apiserver_pid" \
     -body '{"kind":"custom","action":"count-user","user_id":"{{user}}"}'
 done

@@ -40,6 +40,7 @@ func main() {
 	rounds := flag.Int("rounds", 5, "with -floor: alternate floor and target this many times, each for -d/rounds")
 	label := flag.String("label", "target", "name of the target in the output")
 	targetPID := flag.Int("target-pid", 0, "the target's process id, to report its CPU time per request (from /proc)")
+	flag.IntVar(&backendPID, "backend-pid", 0, "another process whose CPU time per request to report, e.g. the API server behind the target")
 	serveFloor := flag.String("serve-floor", "", "internal: serve the floor on this address, answering the bytes of -floor-file")
 	floorFile := flag.String("floor-file", "", "internal: the floor's answer")
 	flag.Parse()
@@ -73,14 +74,17 @@ func main() {
 	}
 }
 
+// backendPID is a process behind the target (0: none) whose CPU time is reported too.
+var backendPID int
+
 // result is one run's figures.
 type result struct {
 	requests, errors int
 	elapsed          time.Duration
 	lat              []time.Duration
 	// serverCPU is the CPU time the server process spent during the run (negative when
-	// unknown), clientCPU this process's.
-	serverCPU, clientCPU time.Duration
+	// unknown), clientCPU this process's, backendCPU the -backend-pid process's.
+	serverCPU, clientCPU, backendCPU time.Duration
 }
 
 func (r result) rps() float64 { return float64(r.requests) / r.elapsed.Seconds() }
@@ -110,7 +114,11 @@ func run(url, token, body string, users int, cs []int, dur time.Duration, floor 
 		defer stop()
 		floorURL = "http://" + addr + "/"
 	}
-	fmt.Printf("%-12s %5s %10s %10s %10s %10s %7s %12s %12s\n", "target", "c", "req/s", "p50", "p99", "p999", "errors", "server-cpu/r", "client-cpu/r")
+	fmt.Printf("%-12s %5s %10s %10s %10s %10s %7s %12s %12s", "target", "c", "req/s", "p50", "p99", "p999", "errors", "server-cpu/r", "client-cpu/r")
+	if backendPID > 0 {
+		fmt.Printf(" %13s", "backend-cpu/r")
+	}
+	fmt.Println()
 	for _, c := range cs {
 		if !floor {
 			print(label, c, measure(targetPID, func() result { return drive(client, url, token, body, users, c, dur) }))
@@ -139,12 +147,14 @@ func run(url, token, body string, users int, cs []int, dur time.Duration, floor 
 func (r result) add(o result) result {
 	lat := append(r.lat, o.lat...)
 	slices.Sort(lat)
-	server := r.serverCPU + o.serverCPU
-	if r.serverCPU < 0 || o.serverCPU < 0 {
-		server = -1
+	sum := func(a, b time.Duration) time.Duration {
+		if a < 0 || b < 0 {
+			return -1
+		}
+		return a + b
 	}
 	return result{requests: r.requests + o.requests, errors: r.errors + o.errors, elapsed: r.elapsed + o.elapsed, lat: lat,
-		serverCPU: server, clientCPU: r.clientCPU + o.clientCPU}
+		serverCPU: sum(r.serverCPU, o.serverCPU), clientCPU: r.clientCPU + o.clientCPU, backendCPU: sum(r.backendCPU, o.backendCPU)}
 }
 
 func print(label string, c int, r result) {
@@ -154,23 +164,33 @@ func print(label string, c int, r result) {
 		}
 		return (d / time.Duration(r.requests)).Round(100 * time.Nanosecond).String()
 	}
-	fmt.Printf("%-12s %5d %10.0f %10s %10s %10s %7d %12s %12s\n", label, c, r.rps(),
+	fmt.Printf("%-12s %5d %10.0f %10s %10s %10s %7d %12s %12s", label, c, r.rps(),
 		r.pct(0.5).Round(time.Microsecond), r.pct(0.99).Round(time.Microsecond), r.pct(0.999).Round(time.Microsecond), r.errors,
 		perRequest(r.serverCPU), perRequest(r.clientCPU))
+	if backendPID > 0 {
+		fmt.Printf(" %13s", perRequest(r.backendCPU))
+	}
+	fmt.Println()
 }
 
-// measure runs f and records the CPU time the server process pid (0: unknown) and this
-// process spent meanwhile. On a machine where client and server share the cores, CPU
+// measure runs f and records the CPU time the server process pid (0: unknown), the
+// backend process and this process spent meanwhile. On a machine where client and server share the cores, CPU
 // per request is steadier than throughput, and it shows where the time went.
 func measure(pid int, f func() result) result {
-	server0, client0 := processCPU(pid), selfCPU()
+	server0, backend0, client0 := processCPU(pid), processCPU(backendPID), selfCPU()
 	r := f()
-	server1 := processCPU(pid)
-	r.serverCPU, r.clientCPU = server1-server0, selfCPU()-client0
-	if server0 < 0 || server1 < 0 {
-		r.serverCPU = -1
-	}
+	server1, backend1 := processCPU(pid), processCPU(backendPID)
+	r.clientCPU = selfCPU() - client0
+	r.serverCPU, r.backendCPU = cpuDelta(server0, server1), cpuDelta(backend0, backend1)
 	return r
+}
+
+// cpuDelta is the CPU time between two readings of processCPU, or -1 if either failed.
+func cpuDelta(before, after time.Duration) time.Duration {
+	if before < 0 || after < 0 {
+		return -1
+	}
+	return after - before
 }
 
 // processCPU is the user and system CPU time of process pid from /proc, or -1.
