@@ -21,8 +21,10 @@ if ! git -C "$tree" apply "$root/hack/decompose.patch"; then
   echo "decompose: hack/decompose.patch no longer applies to HEAD; refresh it" >&2
   exit 1
 fi
-(cd "$tree" && go build -o "$root/bin/manager-decompose" ./cmd/manager)
+built=0
+(cd "$tree" && go build -o "$root/bin/manager-decompose" ./cmd/manager) && built=1
 git worktree remove --force "$tree"
+[ "$built" = 1 ] || { echo "decompose: the patched manager does not build" >&2; exit 1; }
 
 start_control_plane
 start_manager 0 "" --max-in-flight=4096
