@@ -433,6 +433,8 @@ func (r *Revision) acquire(ctx context.Context) error {
 	select {
 	case r.slots <- struct{}{}:
 		return nil
+	case <-r.stop: // unloading: Close takes every slot and never gives them back
+		return fmt.Errorf("%w: %s is unloading", ErrNotLoaded, r.name)
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return fmt.Errorf("%w: waited for an instance until the deadline", ErrTimeout)

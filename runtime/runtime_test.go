@@ -298,22 +298,10 @@ func TestOverloaded(t *testing.T) {
 	}}, "hostile/loop")
 	ctx := context.Background()
 	errs := make(chan error, 2)
-	waitFor := func(running, waiting int) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for time.Now().Before(deadline) {
-			if r, w := rev.Load(); r == running && w == waiting {
-				return
-			}
-			time.Sleep(time.Millisecond)
-		}
-		r, w := rev.Load()
-		t.Fatalf("revision has %d running and %d waiting, want %d and %d", r, w, running, waiting)
-	}
 	go func() { _, err := rev.Handle(ctx, msg(`{}`)); errs <- err }()
-	waitFor(1, 0) // one runs
+	waitForLoad(t, rev, 1, 0) // one runs
 	go func() { _, err := rev.Handle(ctx, msg(`{}`)); errs <- err }()
-	waitFor(1, 1) // one waits
+	waitForLoad(t, rev, 1, 1) // one waits
 	if _, err := rev.Handle(ctx, msg(`{"ok":true}`)); !errors.Is(err, runtime.ErrOverloaded) {
 		t.Fatalf("third activity: got %v, want ErrOverloaded", err)
 	}
@@ -597,6 +585,20 @@ func TestCacheKeepsUnguardedCodeFromGuardedEngines(t *testing.T) {
 }
 
 // within returns what f returns, failing the test with stuck if f has not returned after d.
+// waitForLoad waits until rev has running activities running and waiting waiting.
+func waitForLoad(t *testing.T, rev *runtime.Revision, running, waiting int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if r, w := rev.Load(); r == running && w == waiting {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	r, w := rev.Load()
+	t.Fatalf("revision has %d running and %d waiting, want %d and %d", r, w, running, waiting)
+}
+
 func within(t *testing.T, d time.Duration, stuck string, f func() error) error {
 	t.Helper()
 	done := make(chan error, 1)
@@ -663,4 +665,31 @@ func TestLateCloseOfAnInstanceFailsNoOtherActivity(t *testing.T) {
 			t.Errorf("the activity ran on %d instances, want 2", taken)
 		}
 	})
+}
+
+// An activity waiting for an instance when its revision is unloaded is told so at once,
+// not left to wait out its deadline.
+func TestUnloadEndsWaitingActivities(t *testing.T) {
+	rev, err := tryLoad(newEngine(t), []revOpt{func(c *runtime.RevisionConfig) {
+		c.Limits = runtime.Limits{Timeout: 3 * time.Second, MaxConcurrency: 1, MaxQueue: 1}
+	}}, "hostile/loop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	running, waiting := make(chan error, 1), make(chan error, 1)
+	go func() { _, err := rev.Handle(ctx, msg(`{}`)); running <- err }()
+	waitForLoad(t, rev, 1, 0)
+	start := time.Now()
+	go func() { _, err := rev.Handle(ctx, msg(`{}`)); waiting <- err }()
+	waitForLoad(t, rev, 1, 1)
+	closed := make(chan struct{})
+	go func() { rev.Close(ctx); close(closed) }()
+	if err := <-waiting; !errors.Is(err, runtime.ErrNotLoaded) {
+		t.Errorf("the waiting activity got %v after %v, want ErrNotLoaded", err, time.Since(start).Round(time.Millisecond))
+	}
+	if err := <-running; !errors.Is(err, runtime.ErrTimeout) {
+		t.Errorf("the running activity got %v, want ErrTimeout", err)
+	}
+	<-closed
 }
