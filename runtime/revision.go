@@ -139,6 +139,8 @@ type packRuntime struct {
 	mu    sync.Mutex
 	idle  []*instance
 	total int
+	// unloaded is set by Close: an instance handed back afterwards is closed, not pooled.
+	unloaded bool
 }
 
 type instance struct {
@@ -333,6 +335,11 @@ var testHookTaken func(api.Module)
 func (p *packRuntime) put(inst *instance, now time.Time) {
 	inst.lastUsed = now
 	p.mu.Lock()
+	if p.unloaded {
+		p.mu.Unlock()
+		p.discard(inst)
+		return
+	}
 	p.idle = append(p.idle, inst)
 	p.mu.Unlock()
 }
@@ -400,7 +407,8 @@ func (r *Revision) Close(ctx context.Context) {
 	}
 	close(r.stop)
 	r.wg.Wait()
-	// Take every slot so no activity is running, then free the instances.
+	// Take every slot so no activity is running, then free the instances. If ctx ends
+	// first, activities still running close their instances when they hand them back.
 	for range cap(r.slots) {
 		select {
 		case r.slots <- struct{}{}:
@@ -410,7 +418,7 @@ func (r *Revision) Close(ctx context.Context) {
 	for _, p := range r.packs {
 		p.mu.Lock()
 		idle := p.idle
-		p.idle = nil
+		p.idle, p.unloaded = nil, true
 		p.mu.Unlock()
 		for _, inst := range idle {
 			p.discard(inst)

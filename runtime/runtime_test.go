@@ -693,3 +693,23 @@ func TestUnloadEndsWaitingActivities(t *testing.T) {
 	}
 	<-closed
 }
+
+// Close with a context that is already done does not wait for running activities; an
+// instance that one of them hands back afterwards is closed, not pooled in a revision
+// nothing will close again.
+func TestInstanceReturnedAfterUnloadIsClosed(t *testing.T) {
+	rev, err := tryLoad(newEngine(t), nil, "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	closeOnce := sync.Once{}
+	runtime.OnInstanceTaken(t, func(api.Module) { closeOnce.Do(func() { rev.Close(done) }) })
+	if _, err := rev.Handle(context.Background(), msg(`{"n":1}`)); err != nil {
+		t.Fatalf("the activity running through the unload: %v", err)
+	}
+	if n := rev.Instances()["echo"]; n != 0 {
+		t.Fatalf("%d instances left after unload", n)
+	}
+}
