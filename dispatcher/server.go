@@ -353,7 +353,10 @@ func (s *Server) serveActivity(rw http.ResponseWriter, r *http.Request, ns, tena
 	}
 	rt := s.Revisions.Revision(ns, tenant, revision)
 	if rt == nil {
-		writeError(w, http.StatusServiceUnavailable, CodeNoReadyRevision, fmt.Sprintf("revision %s is not loaded on this replica yet", revision))
+		writeError(w, http.StatusServiceUnavailable, CodeNoReadyRevision, fmt.Sprintf("revision %s is not loaded on this replica", revision))
+		// Only loaded revisions get series: a name a routing caller made up, or one
+		// unloaded after its series were removed, must not leave series behind.
+		revision = ""
 		return
 	}
 	done := s.Metrics.inFlight(ns, tenant, revision)
@@ -363,6 +366,9 @@ func (s *Server) serveActivity(rw http.ResponseWriter, r *http.Request, ns, tena
 	w.Header().Set(RevisionHeader, revision)
 	if err != nil {
 		writeRuntimeError(w, err)
+		if errors.Is(err, runtime.ErrNotLoaded) {
+			revision = "" // unloaded meanwhile: as above
+		}
 		return
 	}
 	s.Router.Count(ns, tenant, revision)

@@ -334,3 +334,60 @@ func TestSlowBodyIsCutOff(t *testing.T) {
 	}
 	next.Body.Close()
 }
+
+// A revision that served nothing has no series: a revision name a routing caller makes
+// up, and a revision answered 503 for after its series were removed at unload, must not
+// leave series behind that nothing removes again.
+func TestUnservedRevisionsMakeNoSeries(t *testing.T) {
+	s, rev := newTestServer(t, "echo")
+	loaded := revisions{"v1": rev}
+	s.Revisions = loaded
+	h := s.Handler()
+	send := func(hdr ...string) int {
+		req := httptest.NewRequest(http.MethodPost, "/v1/namespaces/default/tenants/acme/activities", strings.NewReader(`{"kind":"message","user_id":"ann"}`))
+		req.Header.Set("Authorization", "Bearer ops")
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		return w.Code
+	}
+	for i := range 20 {
+		if code := send(RevisionHeader, fmt.Sprintf("made-up-%d", i)); code != http.StatusServiceUnavailable {
+			t.Fatalf("a made-up revision answered %d", code)
+		}
+	}
+	if code := send(); code != http.StatusOK {
+		t.Fatalf("v1 answered %d", code)
+	}
+	// v1 unloads as the controller unloads it: out of the registry, closed, series
+	// removed. What the split still sends it is answered 503 and makes none again.
+	delete(loaded, "v1")
+	rev.Close(context.Background())
+	s.Metrics.ForgetRevision("default", "v1")
+	if code := send(); code != http.StatusServiceUnavailable {
+		t.Fatalf("the unloaded v1 answered %d", code)
+	}
+	reg := s.Metrics.gatherer
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unserved := 0.0
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "revision" && l.GetValue() != "" {
+					t.Errorf("%s has a series for revision %q after it unloaded or was never loaded", f.GetName(), l.GetValue())
+				}
+				if f.GetName() == "packhost_dispatcher_requests_total" && l.GetName() == "code" && l.GetValue() == "503" {
+					unserved += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if unserved != 21 {
+		t.Errorf("%v requests counted as 503, want 21", unserved)
+	}
+}
