@@ -134,3 +134,22 @@ func decodeWait(blob []byte) (wait, error) {
 	w.data = rest[8:]
 	return w, nil
 }
+
+// waitExpiry reads when a wait entry expires without decoding the rest of it.
+func waitExpiry(blob []byte) (time.Time, bool) {
+	if len(blob) == 0 || blob[0] != entryWait {
+		return time.Time{}, false
+	}
+	rest := blob[1:]
+	for range 3 { // session, pack, flow
+		n, k := binary.Uvarint(rest)
+		if k <= 0 || n > uint64(len(rest)-k) {
+			return time.Time{}, false
+		}
+		rest = rest[k+int(n):]
+	}
+	if len(rest) < 8 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(rest))), true
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -274,6 +275,7 @@ func (sh *shard) flush(batch []*part) {
 		if obj.BinaryData == nil {
 			obj.BinaryData = map[string][]byte{}
 		}
+		sweepWaits(obj, batch, time.Now().Add(-waitSweepGrace))
 		size := entryBytes(obj)
 		var accepted, refused []*part
 		var refusals []error
@@ -336,6 +338,44 @@ func (sh *shard) flush(batch []*part) {
 			finish(p, err)
 		}
 	}
+}
+
+// waitSweepGrace is how long past its expiry a wait is kept before a commit drops it,
+// so that replicas whose clocks differ a little agree it has expired.
+const waitSweepGrace = time.Minute
+
+// sweepWaits drops from obj the waits that expired before cutoff and that no part of
+// batch read or wrote. An activity clears its session's wait only when the session comes
+// back, so without this every session that never does would keep its wait until the
+// shard is full. Waits are only swept along with a write to their shard, which is when
+// a shard can grow. Entries that are not well-formed waits of their key are left for
+// the problem report.
+func sweepWaits(obj *corev1.ConfigMap, batch []*part, cutoff time.Time) {
+	for k, v := range obj.BinaryData {
+		if !strings.HasPrefix(k, waitPrefix) {
+			continue
+		}
+		if expires, ok := waitExpiry(v); !ok || !expires.Before(cutoff) || touched(batch, k) {
+			continue
+		}
+		if w, err := decodeWait(v); err == nil {
+			if own, _ := waitKey(w.session, 1); own == k {
+				delete(obj.BinaryData, k)
+			}
+		}
+	}
+}
+
+// touched reports whether a part of batch read or wrote entry k.
+func touched(batch []*part, k string) bool {
+	for _, p := range batch {
+		_, read := p.reads[k]
+		_, wrote := p.writes[k]
+		if read || wrote {
+			return true
+		}
+	}
+	return false
 }
 
 // conflict reports whether every entry p read is as it was, and the first that is not.

@@ -479,3 +479,69 @@ func TestRetention(t *testing.T) {
 		}
 	}
 }
+
+// A session that parks a wait and never comes back must not hold its shard's room
+// forever: commits sweep waits well past their expiry, and leave live waits, waits an
+// activity of the same commit reads, and entries they cannot vouch for alone.
+func TestAbandonedWaitsAreSwept(t *testing.T) {
+	testenv.Require(t, env)
+	s := newStore(t, state.Options{ShardBudget: 4 << 10})
+	spec := state.Spec{Namespace: env.Namespace(t, "sweep"), Revision: "r", Tenant: "acme", Shards: 1}
+	ns := ensure(t, s, spec)
+	ctx := context.Background()
+	park := func(session string, expires time.Time) error {
+		txn, err := ns.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		txn.SetWait(session, &runtime.Wait{Pack: "survey", Flow: "ask", Data: bytes.Repeat([]byte("d"), 300), Expires: expires})
+		return txn.Commit(ctx)
+	}
+	if err := park("live", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	// Sixty abandoned sessions of 300 bytes each are four times the 4 KiB budget.
+	for i := range 60 {
+		if err := park("gone-"+strconv.Itoa(i), time.Now().Add(-time.Hour)); err != nil {
+			t.Fatalf("parking abandoned wait %d: %v", i, err)
+		}
+	}
+	// The last abandoned session comes back: its activity reads its expired wait and
+	// clears it in the same commit that would sweep it, without a conflict.
+	txn, err := ns.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w, err := txn.Wait("gone-59"); err != nil || w == nil {
+		t.Fatalf("the expired wait of gone-59 before the sweep: %v %v", w, err)
+	}
+	txn.SetWait("gone-59", nil)
+	if err := txn.Put(runtime.StateKey{Pack: "survey", Name: "k"}, []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if err := txn.Commit(ctx); err != nil {
+		t.Fatalf("resuming an expired session: %v", err)
+	}
+	var cm corev1.ConfigMap
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: spec.Namespace, Name: state.ShardName("r", 0)}, &cm); err != nil {
+		t.Fatal(err)
+	}
+	waits := 0
+	for k := range cm.BinaryData {
+		if strings.HasPrefix(k, "w.") {
+			waits++
+		}
+	}
+	if waits != 1 {
+		t.Errorf("the shard holds %d waits, want only the live one", waits)
+	}
+	fresh := newStore(t, state.Options{}).Namespace(spec)
+	txn, err = fresh.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer txn.Discard()
+	if w, err := txn.Wait("live"); err != nil || w == nil {
+		t.Fatalf("the live wait after the sweep: %v %v", w, err)
+	}
+}
