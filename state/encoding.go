@@ -112,44 +112,38 @@ func encodeWait(w wait) []byte {
 }
 
 func decodeWait(blob []byte) (wait, error) {
-	var w wait
-	if len(blob) == 0 || blob[0] != entryWait {
-		return w, fmt.Errorf("%w: not a wait entry", errCorrupt)
+	f, ok := splitWait(blob)
+	if !ok {
+		return wait{}, fmt.Errorf("%w: not a wait entry", errCorrupt)
 	}
-	var err error
-	rest := blob[1:]
-	if w.session, rest, err = readString(rest); err != nil {
-		return w, err
-	}
-	if w.pack, rest, err = readString(rest); err != nil {
-		return w, err
-	}
-	if w.flow, rest, err = readString(rest); err != nil {
-		return w, err
-	}
-	if len(rest) < 8 {
-		return w, errCorrupt
-	}
-	w.expires = time.Unix(0, int64(binary.BigEndian.Uint64(rest)))
-	w.data = rest[8:]
-	return w, nil
+	return wait{session: string(f.session), pack: string(f.pack), flow: string(f.flow), expires: f.expires, data: f.data}, nil
 }
 
-// waitExpiry reads when a wait entry expires without decoding the rest of it.
-func waitExpiry(blob []byte) (time.Time, bool) {
+// waitFields are a wait entry's parts, sharing the entry's bytes.
+type waitFields struct {
+	session, pack, flow []byte
+	expires             time.Time
+	data                []byte
+}
+
+// splitWait cuts a wait entry into its fields without copying them.
+func splitWait(blob []byte) (waitFields, bool) {
+	var f waitFields
 	if len(blob) == 0 || blob[0] != entryWait {
-		return time.Time{}, false
+		return f, false
 	}
 	rest := blob[1:]
-	for range 3 { // session, pack, flow
+	for _, field := range []*[]byte{&f.session, &f.pack, &f.flow} {
 		n, k := binary.Uvarint(rest)
 		if k <= 0 || n > uint64(len(rest)-k) {
-			return time.Time{}, false
+			return f, false
 		}
-		rest = rest[k+int(n):]
+		*field, rest = rest[k:k+int(n)], rest[k+int(n):]
 	}
 	if len(rest) < 8 {
-		return time.Time{}, false
+		return f, false
 	}
-	return time.Unix(0, int64(binary.BigEndian.Uint64(rest))), true
+	f.expires = time.Unix(0, int64(binary.BigEndian.Uint64(rest)))
+	f.data = rest[8:]
+	return f, true
 }

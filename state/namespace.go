@@ -355,13 +355,12 @@ func sweepWaits(obj *corev1.ConfigMap, batch []*part, cutoff time.Time) {
 		if !strings.HasPrefix(k, waitPrefix) {
 			continue
 		}
-		if expires, ok := waitExpiry(v); !ok || !expires.Before(cutoff) || touched(batch, k) {
+		f, ok := splitWait(v)
+		if !ok || !f.expires.Before(cutoff) || touched(batch, k) {
 			continue
 		}
-		if w, err := decodeWait(v); err == nil {
-			if own, _ := waitKey(w.session, 1); own == k {
-				delete(obj.BinaryData, k)
-			}
+		if own, _ := waitKey(string(f.session), 1); own == k {
+			delete(obj.BinaryData, k)
 		}
 	}
 }

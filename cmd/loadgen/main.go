@@ -174,8 +174,9 @@ func print(label string, c int, r result) {
 }
 
 // measure runs f and records the CPU time the server process pid (0: unknown), the
-// backend process and this process spent meanwhile. On a machine where client and server share the cores, CPU
-// per request is steadier than throughput, and it shows where the time went.
+// backend process and this process spent meanwhile. On a machine where client and
+// server share the cores, CPU per request is steadier than throughput, and it shows
+// where the time went.
 func measure(pid int, f func() result) result {
 	server0, backend0, client0 := processCPU(pid), processCPU(backendPID), selfCPU()
 	r := f()
