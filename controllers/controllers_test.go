@@ -586,6 +586,17 @@ func TestPoolCollector(t *testing.T) {
 	if got := series(); !maps.Equal(got, want) {
 		t.Fatalf("series %v, want %v", got, want)
 	}
+	// The cache pruner keeps the packs of loaded revisions, by digest. (Not checked after
+	// the unload: this replica also loads other tests' revisions of the same pack.)
+	var rev v1.Revision
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "a"}, &rev); err != nil {
+		t.Fatal(err)
+	}
+	digest := rev.Status.Packs[0].Digest
+	if !r.runtimes.UsesDigest(digest) || r.runtimes.UsesDigest("sha256:"+strings.Repeat("0", 64)) {
+		t.Fatalf("UsesDigest: %v for the loaded %s, %v for another", r.runtimes.UsesDigest(digest), digest,
+			r.runtimes.UsesDigest("sha256:"+strings.Repeat("0", 64)))
+	}
 	if err := env.Client.Delete(ctx, &v1.Revision{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "a"}}); err != nil {
 		t.Fatal(err)
 	}

@@ -75,6 +75,20 @@ func (r *Runtimes) Unload(ctx context.Context, key types.NamespacedName) bool {
 	return l != nil
 }
 
+// UsesDigest reports whether a loaded revision runs the pack with digest (sha256:<hex>).
+func (r *Runtimes) UsesDigest(digest string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, l := range r.loaded {
+		for _, p := range l.Packs {
+			if p.Digest == digest {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Keys lists the loaded revisions.
 func (r *Runtimes) Keys() []types.NamespacedName {
 	r.mu.RLock()

@@ -114,6 +114,16 @@ func (f *Fetcher) path(hexDigest string) string {
 	return filepath.Join(f.CacheDir, "packs", "sha256", hexDigest)
 }
 
+// CachedDigest reports the digest (sha256:<hex>) of the pack a file of the cache holds,
+// or false for any other path.
+func (f *Fetcher) CachedDigest(path string) (string, bool) {
+	hexDigest := filepath.Base(path)
+	if f.CacheDir == "" || len(hexDigest) != sha256.Size*2 || f.path(hexDigest) != filepath.Clean(path) {
+		return "", false
+	}
+	return "sha256:" + hexDigest, true
+}
+
 // cached returns a pack from the local cache, checking its bytes against the digest.
 func (f *Fetcher) cached(hexDigest string) ([]byte, error) {
 	if f.CacheDir == "" {

@@ -7,10 +7,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"io/fs"
 	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -233,3 +235,37 @@ func TestConfigMapSource(t *testing.T) {
 }
 
 type authnConfig = authn.AuthConfig
+
+// The cache pruner keeps the packs of loaded revisions; it learns which file holds
+// which pack from CachedDigest, for the files the fetcher wrote and no others.
+func TestCachedDigestNamesTheFetchersFiles(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(module) }))
+	defer srv.Close()
+	f := fetcher(t)
+	got, err := f.Fetch(context.Background(), "ns", packhostv1alpha1.Pack{Name: "bot", URL: srv.URL + "/p.wasm", SHA256: sum(module)}, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	_ = filepath.WalkDir(f.CacheDir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			files = append(files, path)
+		}
+		return nil
+	})
+	if len(files) != 1 {
+		t.Fatalf("the cache holds %v, want the one pack", files)
+	}
+	if d, ok := f.CachedDigest(files[0]); !ok || d != got.Digest {
+		t.Errorf("CachedDigest(%s) = %q %v, want %q", files[0], d, ok, got.Digest)
+	}
+	for _, other := range []string{
+		filepath.Join(f.CacheDir, "compiled", "wazero-v1", sum(module)),
+		filepath.Join(f.CacheDir, "packs", "sha256", "short"),
+		filepath.Join(t.TempDir(), "packs", "sha256", sum(module)),
+	} {
+		if d, ok := f.CachedDigest(other); ok {
+			t.Errorf("CachedDigest(%s) = %q, want no pack", other, d)
+		}
+	}
+}

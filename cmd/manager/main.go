@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -34,6 +35,7 @@ type options struct {
 	leaderElect             bool
 	leaderElectionNamespace string
 	cacheDir                string
+	cacheLimit              resource.Quantity
 	gracefulShutdown        time.Duration
 	insecureRegistries      bool
 	dispatcherAddr          string
@@ -47,6 +49,15 @@ func (o *options) bind(fs *flag.FlagSet) {
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader among replicas; only the leader writes status. Enable it when running more than one replica.")
 	fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease; defaults to the manager's own namespace.")
 	fs.StringVar(&o.cacheDir, "cache-dir", defaultCacheDir(), "Directory for fetched packs and the compilation cache; must be writable.")
+	o.cacheLimit = resource.MustParse("1Gi")
+	fs.Func("cache-limit", "Most bytes the cache directory may hold (a quantity: 1Gi, 500Mi); the least recently written files beyond it are removed, never a pack a loaded revision runs. 0 turns pruning off. Keep it under the volume's size limit. (default 1Gi)", func(v string) error {
+		q, err := resource.ParseQuantity(v)
+		if err != nil || q.Sign() < 0 {
+			return fmt.Errorf("want a non-negative quantity such as 1Gi or 500Mi, got %q", v)
+		}
+		o.cacheLimit = q
+		return nil
+	})
 	fs.StringVar(&o.dispatcherAddr, "dispatcher-bind-address", ":8090", "Address the activity dispatcher binds to; 0 disables it.")
 	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "", "Address of the Go pprof endpoints; empty disables them.")
 	fs.IntVar(&o.maxInFlight, "max-in-flight", 1024, "Activities this replica serves at once; more are refused with 429.")

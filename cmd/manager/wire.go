@@ -14,6 +14,7 @@ import (
 
 	"github.com/packhost/packhost/controllers"
 	"github.com/packhost/packhost/dispatcher"
+	"github.com/packhost/packhost/internal/diskcache"
 	"github.com/packhost/packhost/runtime"
 	"github.com/packhost/packhost/source"
 	"github.com/packhost/packhost/state"
@@ -50,6 +51,15 @@ func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger) err
 	router := dispatcher.NewRouter()
 	isLeader := controllers.LeaderFunc(mgr)
 	fetcher := &source.Fetcher{Reader: mgr.GetAPIReader(), CacheDir: o.cacheDir, Insecure: o.insecureRegistries}
+	if err := mgr.Add(&diskcache.Pruner{
+		Dir: o.cacheDir, Limit: o.cacheLimit.Value(), Log: log.WithName("cache"),
+		Keep: func(path string) bool {
+			digest, ok := fetcher.CachedDigest(path)
+			return ok && runtimes.UsesDigest(digest)
+		},
+	}); err != nil {
+		return err
+	}
 	if err := controllers.Setup(mgr,
 		&controllers.RevisionReconciler{
 			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("packhost-revision"),
