@@ -16,9 +16,10 @@ REPEATS=${REPEATS:-2}
 
 tree=$(mktemp -d)
 git worktree add --quiet --detach "$tree" HEAD
-if ! git -C "$tree" apply "$root/hack/decompose.patch"; then
+# --3way carries the patch over changes near its lines, from the blobs it names.
+if ! git -C "$tree" apply --3way --quiet "$root/hack/decompose.patch"; then
   git worktree remove --force "$tree"
-  echo "decompose: hack/decompose.patch no longer applies to HEAD; refresh it" >&2
+  echo "decompose: hack/decompose.patch no longer applies to HEAD; apply it by hand, then save 'git diff' over it" >&2
   exit 1
 fi
 built=0
