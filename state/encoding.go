@@ -58,12 +58,13 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-func readString(b []byte) (string, []byte, error) {
+// readField reads what appendString wrote: the field, sharing b's bytes, and the rest.
+func readField(b []byte) (field, rest []byte, ok bool) {
 	n, k := binary.Uvarint(b)
 	if k <= 0 || n > uint64(len(b)-k) {
-		return "", nil, errCorrupt
+		return nil, nil, false
 	}
-	return string(b[k : k+int(n)]), b[k+int(n):], nil
+	return b[k : k+int(n)], b[k+int(n):], true
 }
 
 func encodeValue(pack, name string, value []byte) []byte {
@@ -79,15 +80,12 @@ func decodeValue(blob []byte, pack, name string) ([]byte, error) {
 	if len(blob) == 0 || blob[0] != entryValue {
 		return nil, fmt.Errorf("%w: not a value entry", errCorrupt)
 	}
-	p, rest, err := readString(blob[1:])
-	if err != nil {
-		return nil, err
+	p, rest, ok := readField(blob[1:])
+	n, rest, ok2 := readField(rest)
+	if !ok || !ok2 {
+		return nil, errCorrupt
 	}
-	n, rest, err := readString(rest)
-	if err != nil {
-		return nil, err
-	}
-	if p != pack || n != name {
+	if string(p) != pack || string(n) != name {
 		return nil, fmt.Errorf("%w: entry holds key %q of pack %q, not %q of %q", errCorrupt, n, p, name, pack)
 	}
 	return rest, nil
@@ -134,11 +132,10 @@ func splitWait(blob []byte) (waitFields, bool) {
 	}
 	rest := blob[1:]
 	for _, field := range []*[]byte{&f.session, &f.pack, &f.flow} {
-		n, k := binary.Uvarint(rest)
-		if k <= 0 || n > uint64(len(rest)-k) {
+		var ok bool
+		if *field, rest, ok = readField(rest); !ok {
 			return f, false
 		}
-		*field, rest = rest[k:k+int(n)], rest[k+int(n):]
 	}
 	if len(rest) < 8 {
 		return f, false
