@@ -65,7 +65,7 @@ func readInstr(r *reader) (op byte, sub uint32, idx uint32) {
 	case op == opBr, op == opBrIf, op >= 0x20 && op <= 0x26:
 		r.u32()
 	case op == 0x0e: // br_table
-		n := r.u32()
+		n := r.count()
 		if uint64(n) > uint64(len(r.b)) {
 			r.fail("br_table with %d labels", n)
 		}
@@ -78,7 +78,7 @@ func readInstr(r *reader) (op byte, sub uint32, idx uint32) {
 		r.u32()
 		r.u32()
 	case op == 0x1c: // select t*
-		n := r.u32()
+		n := r.count()
 		if uint64(n) > uint64(len(r.b)) {
 			r.fail("select with %d types", n)
 		}
@@ -146,7 +146,7 @@ func readInstr(r *reader) (op byte, sub uint32, idx uint32) {
 }
 
 func readMemarg(r *reader) {
-	if align := r.u32(); align >= 64 && r.err == nil {
+	if align := r.count(); align >= 64 && r.err == nil {
 		r.fail("memory index in a memarg (multi-memory): %v", errNotSupported)
 	}
 	r.u32()
@@ -162,7 +162,7 @@ func (m *moduleInfo) codeEntries() error {
 		return nil
 	}
 	r := &reader{b: body}
-	n := r.u32()
+	n := r.count()
 	if r.err == nil && int(n) != len(m.funcTypes) {
 		return fmt.Errorf("%d bodies for %d functions", n, len(m.funcTypes))
 	}
@@ -180,9 +180,12 @@ func (m *moduleInfo) codeEntries() error {
 // and where the instructions start.
 func readLocals(body []byte) (groups uint32, locals uint64, codeStart int, err error) {
 	r := &reader{b: body}
-	groups = r.u32()
+	groups = r.count()
 	for i := uint32(0); i < groups && r.err == nil; i++ {
 		locals += uint64(r.u32())
+		if locals > MaxLocals && r.err == nil {
+			r.fail("more than %d locals in one function", MaxLocals)
+		}
 		if v := r.byte(); !validValType(v) && r.err == nil {
 			r.fail("local type %#x: %v", v, errNotSupported)
 		}

@@ -72,6 +72,10 @@ const (
 	ImportCallCost = 1024
 	// Chunk is the most bytes one memory.fill or memory.copy step moves between checks.
 	Chunk = 1 << 20
+	// MaxLocals is the most locals one function may declare. wazero allocates a
+	// function's locals by their declared count, so a few bytes could otherwise ask for
+	// gigabytes at compile time; real compilers emit a few hundred at most.
+	MaxLocals = 1 << 16
 	// chunkShift: a chunk of n bytes costs n>>chunkShift units (16 bytes a unit).
 	chunkShift = 4
 )

@@ -22,7 +22,7 @@ func fibModule() *asm {
 	a.fn(t, nil,
 		0x20, 0x00, 0x41, 0x02, 0x49, 0x04, i32, // if n < 2
 		0x20, 0x00, // n
-		0x05,                                      // else
+		0x05,                                        // else
 		0x20, 0x00, 0x41, 0x01, 0x6b, 0x10, byte(f), // fib(n-1)
 		0x20, 0x00, 0x41, 0x02, 0x6b, 0x10, byte(f), // fib(n-2)
 		0x6a, 0x0b)
@@ -406,6 +406,9 @@ func TestInstrumentRefuses(t *testing.T) {
 		{"truncated", good[:len(good)-3], "framing"},
 		{"not wasm", []byte("\x00asm\x02\x00\x00\x00"), "magic"},
 		{"tag section", append(append([]byte(nil), wasmHeader...), secTag, 0x01, 0x00), "tag section"},
+		// Declared counts that a decoder would allocate for: gigabytes from a few bytes.
+		{"a data section claiming 100M segments", []byte("\x00asm\x01\x00\x00\x00\x0b\x06\xff\xff\xff\x30\x30\x30"), "vector of"},
+		{"four billion locals", hugeLocals(), "locals"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Instrument(tc.mod, Options{})
@@ -414,6 +417,18 @@ func TestInstrumentRefuses(t *testing.T) {
 			}
 		})
 	}
+}
+
+func hugeLocals() []byte {
+	a := &asm{}
+	a.export("run", a.fn(a.typ(nil, nil), nil))
+	b := a.bytes()
+	// The last section is the code: one body of "no locals, end" (02 00 0b). Swap in one
+	// group of 2^32-1 i32 locals.
+	body := []byte{0x01, 0xff, 0xff, 0xff, 0xff, 0x0f, i32, opEnd}
+	code := append([]byte{0x01, byte(len(body))}, body...)
+	i := len(b) - 6 // id, size, count, body size, 00, 0b
+	return append(append(b[:i:i], secCode, byte(len(code))), code...)
 }
 
 // TestInstrumentTicksRarely: a loop of a million short iterations calls the host only a

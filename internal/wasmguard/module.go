@@ -68,6 +68,9 @@ func (m *moduleInfo) rewrite(opts Options) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("table section: %w", err)
 	}
+	if err := m.checkData(); err != nil {
+		return nil, fmt.Errorf("data section: %w", err)
+	}
 	if err := m.readMemories(); err != nil {
 		return nil, fmt.Errorf("memory section: %w", err)
 	}
@@ -150,7 +153,7 @@ func (m *moduleInfo) readTypes() error {
 	if r.b == nil {
 		return nil
 	}
-	n := r.u32()
+	n := r.count()
 	for i := uint32(0); i < n && r.err == nil; i++ {
 		if form := r.byte(); form != 0x60 {
 			if r.err == nil {
@@ -160,7 +163,7 @@ func (m *moduleInfo) readTypes() error {
 		}
 		var t funcType
 		for _, dst := range []*[]byte{&t.params, &t.results} {
-			k := r.u32()
+			k := r.count()
 			if uint64(k) > uint64(len(r.b)) {
 				r.fail("type %d: %d value types in a %d-byte section", i, k, len(r.b))
 			}
@@ -218,7 +221,7 @@ func (m *moduleInfo) readImports() ([]byte, error) {
 	var n uint32
 	if body := m.known[secImport]; body != nil {
 		r := &reader{b: body}
-		n = r.u32()
+		n = r.count()
 		for i := uint32(0); i < n && r.err == nil; i++ {
 			module, _ := r.name(), r.name()
 			if module == ImportModule && r.err == nil {
@@ -276,7 +279,7 @@ func (m *moduleInfo) readFunctions() error {
 	if r.b == nil {
 		return nil
 	}
-	n := r.u32()
+	n := r.count()
 	if uint64(n) > uint64(len(r.b)) {
 		return fmt.Errorf("%d functions in a %d-byte section", n, len(r.b))
 	}
@@ -324,7 +327,7 @@ func (m *moduleInfo) rewriteTables() ([]byte, error) {
 		return nil, nil
 	}
 	r := &reader{b: body}
-	n := r.u32()
+	n := r.count()
 	m.tables += int(n)
 	if m.opts.MaxTables > 0 && m.tables > m.opts.MaxTables {
 		return nil, fmt.Errorf("%d tables, the limit is %d", m.tables, m.opts.MaxTables)
@@ -361,12 +364,31 @@ func (m *moduleInfo) rewriteTables() ([]byte, error) {
 	return b, r.err
 }
 
+// checkData checks the data segments' count against the section's size and the data
+// count section; the segments themselves are copied as they are.
+func (m *moduleInfo) checkData() error {
+	var n uint32
+	if body := m.known[secData]; body != nil {
+		r := &reader{b: body}
+		if n = r.count(); r.err != nil {
+			return r.err
+		}
+	}
+	if body, ok := m.known[secDataCount]; ok {
+		r := &reader{b: body}
+		if c := r.u32(); r.err != nil || c != n || !r.done() {
+			return fmt.Errorf("the data count section says %d segments, the data section has %d", c, n)
+		}
+	}
+	return nil
+}
+
 func (m *moduleInfo) readMemories() error {
 	r := &reader{b: m.known[secMemory]}
 	if r.b == nil {
 		return nil
 	}
-	n := r.u32()
+	n := r.count()
 	for i := uint32(0); i < n && r.err == nil; i++ {
 		r.limits()
 		m.hasMemory = true
@@ -385,7 +407,7 @@ func (m *moduleInfo) rewriteGlobals() ([]byte, error) {
 	var b []byte
 	if body := m.known[secGlobal]; body != nil {
 		r := &reader{b: body}
-		n = r.u32()
+		n = r.count()
 		for i := uint32(0); i < n && r.err == nil; i++ {
 			b = append(b, r.byte(), r.byte()) // value type, mutability
 			var err error
@@ -417,7 +439,7 @@ func (m *moduleInfo) rewriteExports() ([]byte, error) {
 		return nil, nil
 	}
 	r := &reader{b: body}
-	n := r.u32()
+	n := r.count()
 	b := appendU32(nil, n)
 	for i := uint32(0); i < n && r.err == nil; i++ {
 		b = appendName(b, r.name())
@@ -454,7 +476,7 @@ func (m *moduleInfo) rewriteElements() ([]byte, error) {
 		return nil, nil
 	}
 	r := &reader{b: body}
-	n := r.u32()
+	n := r.count()
 	b := appendU32(nil, n)
 	var err error
 	for i := uint32(0); i < n && r.err == nil; i++ {
@@ -474,7 +496,7 @@ func (m *moduleInfo) rewriteElements() ([]byte, error) {
 		if flags&0x03 != 0 { // an element kind or reference type
 			b = append(b, r.byte())
 		}
-		k := r.u32()
+		k := r.count()
 		b = appendU32(b, k)
 		for j := uint32(0); j < k && r.err == nil; j++ {
 			if flags&0x04 == 0 {

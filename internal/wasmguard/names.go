@@ -44,7 +44,7 @@ func (m *moduleInfo) rewriteNames(body []byte) (out []byte, ok bool) {
 
 func (m *moduleInfo) rewriteFunctionNames(p []byte) ([]byte, bool) {
 	r := &reader{b: p}
-	n := r.u32()
+	n := r.count()
 	type entry struct {
 		idx  uint32
 		name string
@@ -85,11 +85,11 @@ func (m *moduleInfo) rewriteFunctionNames(p []byte) ([]byte, bool) {
 
 func (m *moduleInfo) rewriteLocalNames(p []byte) ([]byte, bool) {
 	r := &reader{b: p}
-	n := r.u32()
+	n := r.count()
 	out := appendU32(nil, n)
 	for i := uint32(0); i < n && r.err == nil; i++ {
 		out = appendU32(out, m.funcIndex(r.u32()))
-		k := r.u32()
+		k := r.count()
 		out = appendU32(out, k)
 		for j := uint32(0); j < k && r.err == nil; j++ {
 			out = appendU32(out, r.u32())

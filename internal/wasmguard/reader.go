@@ -99,6 +99,18 @@ func (r *reader) signed(bits int) int64 {
 	}
 }
 
+// count reads a vector's length, which cannot exceed the bytes left (each element takes
+// at least one): a decoder that allocates by the declared count would otherwise let a
+// tiny module ask for gigabytes (wazero v1.12 allocates 5 GiB for a 15-byte data section).
+func (r *reader) count() uint32 {
+	n := r.u32()
+	if r.err == nil && uint64(n) > uint64(len(r.b)-r.off) {
+		r.fail("a vector of %d elements in %d bytes", n, len(r.b)-r.off)
+		return 0
+	}
+	return n
+}
+
 func (r *reader) name() string {
 	n := r.u32()
 	return string(r.bytes(n))
