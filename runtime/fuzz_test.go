@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"strings"
 	"testing"
 
 	"github.com/packhost/packhost/runtime"
@@ -106,33 +105,4 @@ func FuzzParseFastMatchesEncodingJSON(f *testing.F) {
 			t.Fatalf("decoders differ on %q:\nfast %s\nref  %s", data, fastJSON, refJSON)
 		}
 	})
-}
-
-// FuzzValidJSONMatchesEncodingJSON: the host's validator agrees with encoding/json.Valid.
-func FuzzValidJSONMatchesEncodingJSON(f *testing.F) {
-	for _, s := range []string{`{}`, `[]`, `{"a":[1,2.5e-3,-0,true,false,null,"x\u00e9\n"]}`, `[1,]`, `{"a"}`, `01`, `-`, `1.`, `1e`,
-		`"\u12"`, `"\x"`, "\"a\tb\"", ` [ { } , [ ] ] `, `{"a":1,}`, `[[[[]]]]`, `"abc`, `tru`, `nul`, `{"a":1 "b":2}`} {
-		f.Add([]byte(s))
-	}
-	f.Add(activity1KiB())
-	// Long strings reach the eight-bytes-at-a-time scan, with what stops it at odd places.
-	f.Add([]byte("[\"abcdefghijklmno\\\"pqrstuvw\x01xyz\", \"abcdefg\x7f\xff\xc3\xa9hijklmnopq\"]"))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		if got, want := runtime.ValidJSON(data), json.Valid(data); got != want {
-			t.Fatalf("validJSON(%q) = %v, encoding/json says %v", data, got, want)
-		}
-	})
-}
-
-func TestValidJSONDepthLimit(t *testing.T) {
-	for _, depth := range []int{9999, 10000, 10001, 10002} {
-		data := []byte(strings.Repeat("[", depth) + strings.Repeat("]", depth))
-		if got, want := runtime.ValidJSON(data), json.Valid(data); got != want {
-			t.Errorf("depth %d: validJSON %v, encoding/json %v", depth, got, want)
-		}
-		obj := []byte(strings.Repeat(`{"a":`, depth) + "1" + strings.Repeat("}", depth))
-		if got, want := runtime.ValidJSON(obj), json.Valid(obj); got != want {
-			t.Errorf("object depth %d: validJSON %v, encoding/json %v", depth, got, want)
-		}
-	}
 }

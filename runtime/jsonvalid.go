@@ -1,13 +1,25 @@
 package runtime
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"unicode/utf8"
+)
 
 // maxJSONDepth is encoding/json's nesting limit, kept so that both agree.
 const maxJSONDepth = 10000
 
-// validJSON reports whether data is one JSON value, exactly as encoding/json.Valid does
-// (FuzzValidJSONMatchesEncodingJSON), in one pass without its per-byte state functions:
-// the host validates every activity payload and every guest output with it.
+// validJSON reports whether data is one JSON value whose bytes are valid UTF-8: exactly
+// encoding/json.Valid(data) && utf8.Valid(data) (FuzzValidJSONMatchesStrictReference),
+// in one pass without encoding/json's per-byte state functions. The host validates
+// every activity payload and every guest output with it, so what it passes on is JSON
+// that a strict client can parse.
+//
+// Bytes that are not UTF-8 (a stray continuation byte, a truncated or overlong
+// sequence, an encoded surrogate such as ED A0 80, a code point past U+10FFFF) are
+// refused; they can only sit inside strings, since JSON outside strings is ASCII. An
+// escaped lone surrogate such as "\ud800" is accepted: it is valid JSON (RFC 8259 §7)
+// and ASCII on the wire, and decoders that meet it substitute U+FFFD (encoding/json,
+// and so the host's own activity parser) or keep the code unit.
 func validJSON(data []byte) bool {
 	i := valueEnd(data, skipSpace(data, 0))
 	return i >= 0 && skipSpace(data, i) == len(data)
@@ -107,8 +119,10 @@ func objectKey(data []byte, i int) int {
 	return skipSpace(data, i+1)
 }
 
-// stringEnd returns the index after the JSON string at i, or -1.
+// stringEnd returns the index after the JSON string at i, or -1, also when the string's
+// bytes are not valid UTF-8.
 func stringEnd(data []byte, i int) int {
+	start := i + 1
 	for i++; i < len(data); i++ {
 		i = plainRun(data, i)
 		if i >= len(data) {
@@ -116,6 +130,11 @@ func stringEnd(data []byte, i int) int {
 		}
 		switch c := data[i]; {
 		case c == '"':
+			// Escapes are ASCII, so the raw bytes between the quotes are what must be
+			// UTF-8; utf8.Valid goes eight bytes at a time over ASCII.
+			if !utf8.Valid(data[start:i]) {
+				return -1
+			}
 			return i + 1
 		case c < 0x20:
 			return -1
