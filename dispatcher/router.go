@@ -1,7 +1,6 @@
 package dispatcher
 
 import (
-	"crypto/subtle"
 	"sync"
 	"sync/atomic"
 )
@@ -20,17 +19,6 @@ type TenantConfig struct {
 	RoutingCallers []string
 	// MaxBodyBytes bounds one activity.
 	MaxBodyBytes int64
-}
-
-// Caller returns the caller a bearer token belongs to, comparing in constant time.
-func (t *TenantConfig) Caller(token string) (string, bool) {
-	found, caller := 0, ""
-	for tok, name := range t.Tokens {
-		if subtle.ConstantTimeCompare([]byte(tok), []byte(token)) == 1 {
-			found, caller = 1, name
-		}
-	}
-	return caller, found == 1
 }
 
 // Router holds what controllers publish for the dispatcher: each tenant's config and its

@@ -1,0 +1,178 @@
+package dispatcher
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/packhost/packhost/runtime"
+)
+
+// Response is what an activity request answers.
+type Response struct {
+	Revision   string             `json:"revision"`
+	Activities []runtime.Activity `json:"activities"`
+}
+
+// statusWriter remembers the status a handler answered with, for the metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(status int) {
+	w.status = status
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (s *Server) activities(w http.ResponseWriter, r *http.Request) {
+	s.serveActivity(w, r, r.PathValue("ns"), r.PathValue("tenant"), r.PathValue("tag"))
+}
+
+// serveActivity serves one activity for tenant ns/tenant, routed by the tenant's split
+// or, when tag is set, to the route with that tag.
+func (s *Server) serveActivity(rw http.ResponseWriter, r *http.Request, ns, tenant, tag string) {
+	start := time.Now()
+	w := &statusWriter{ResponseWriter: rw, status: http.StatusOK}
+	revision := ""
+	// Every answer is counted once, with the status it actually had.
+	defer func() { s.Metrics.request(ns, tenant, revision, w.status, start) }()
+	if n := s.inFlight.Add(1); s.MaxInFlight > 0 && n > int64(s.MaxInFlight) {
+		s.inFlight.Add(-1)
+		writeError(w, http.StatusTooManyRequests, CodeOverloaded, "the dispatcher is at its in-flight limit")
+		return
+	}
+	defer s.inFlight.Add(-1)
+
+	cfg, table, caller := s.authenticate(w, r, ns, tenant)
+	if cfg == nil {
+		return
+	}
+	body, ok := readBody(w, r, cfg.MaxBodyBytes)
+	if !ok {
+		return
+	}
+	a, err := runtime.ParseActivity(body)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, CodeInvalidActivity, err.Error())
+		return
+	}
+	var status int
+	var code, msg string
+	revision, status, code, msg = s.route(r, cfg, table, caller, tag, a)
+	if status != 0 {
+		writeError(w, status, code, msg)
+		return
+	}
+	rt := s.Revisions.Revision(ns, tenant, revision)
+	if rt == nil {
+		writeError(w, http.StatusServiceUnavailable, CodeNoReadyRevision, fmt.Sprintf("revision %s is not loaded on this replica", revision))
+		// Only loaded revisions get series: a name a routing caller made up, or one
+		// unloaded after its series were removed, must not leave series behind.
+		revision = ""
+		return
+	}
+	done := s.Metrics.inFlight(ns, tenant, revision)
+	// The revision's runtime enforces the activity deadline (the tenant's, or lower).
+	out, err := rt.Handle(r.Context(), a)
+	done()
+	w.Header().Set(RevisionHeader, revision)
+	if err != nil {
+		writeRuntimeError(w, err)
+		if errors.Is(err, runtime.ErrNotLoaded) {
+			revision = "" // unloaded meanwhile: as above
+		}
+		return
+	}
+	s.Router.Count(ns, tenant, revision)
+	resp := appendResponse(make([]byte, 0, 256+outputBytes(out)), revision, out)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(resp)))
+	_, _ = w.Write(resp)
+}
+
+func outputBytes(out []runtime.Activity) int {
+	n := 0
+	for _, a := range out {
+		n += len(a.Payload) + len(a.Action) + 48
+	}
+	return n
+}
+
+// appendResponse encodes a Response by hand: the replies' payloads were checked as
+// JSON by the runtime when the guest output them, so they are embedded as they are,
+// not parsed and compacted again. Replies carry only kind, action and payload.
+func appendResponse(b []byte, revision string, out []runtime.Activity) []byte {
+	b = append(b, `{"revision":`...)
+	b = appendString(b, revision)
+	b = append(b, `,"activities":[`...)
+	for i, a := range out {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"kind":`...)
+		b = appendString(b, a.Kind)
+		if a.Action != "" {
+			b = append(b, `,"action":`...)
+			b = appendString(b, a.Action)
+		}
+		if len(a.Payload) > 0 {
+			b = append(b, `,"payload":`...)
+			b = append(b, a.Payload...)
+		}
+		b = append(b, '}')
+	}
+	return append(b, "]}"...)
+}
+
+// appendString appends s as a JSON string.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x7f {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// route picks the revision: an explicit choice (tag or header) for routing callers,
+// then the session's pin, then the table's sticky bucket or weighted random choice.
+func (s *Server) route(r *http.Request, cfg *TenantConfig, table *Table, caller, tag string, a *runtime.Activity) (revision string, status int, code, msg string) {
+	chosen := r.Header.Get(RevisionHeader)
+	if tag != "" || chosen != "" {
+		if !slices.Contains(cfg.RoutingCallers, caller) {
+			return "", http.StatusForbidden, CodeForbidden, fmt.Sprintf("caller %q may not choose a revision: list it in the Tenant's spec.auth.routingCallers", caller)
+		}
+		if chosen != "" {
+			return chosen, 0, "", ""
+		}
+		if table == nil {
+			return "", http.StatusNotFound, CodeNoSplit, "the tenant has no TrafficSplit in use"
+		}
+		rt, ok := table.ByTag(tag)
+		if !ok {
+			return "", http.StatusNotFound, CodeUnknownTag, fmt.Sprintf("the split has no route tagged %q", tag)
+		}
+		return rt.Revision, 0, "", ""
+	}
+	session := runtime.SessionKey(cfg.Env, cfg.Namespace+"/"+cfg.Name, a)
+	if session != "" && s.Pins != nil {
+		if pinned, ok := s.Pins.PinnedRevision(session, time.Now()); ok {
+			if ns, name, _ := strings.Cut(pinned, "/"); ns == cfg.Namespace && s.Revisions.Revision(ns, cfg.Name, name) != nil {
+				return name, 0, "", ""
+			}
+		}
+	}
+	if table == nil {
+		return "", http.StatusNotFound, CodeNoSplit, "the tenant has no TrafficSplit in use"
+	}
+	return table.Pick(session).Revision, 0, "", ""
+}

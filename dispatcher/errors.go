@@ -1,0 +1,79 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/packhost/packhost/runtime"
+)
+
+// Error codes in error bodies: stable, for clients to branch on.
+const (
+	CodeInvalidActivity = "invalid_activity"
+	CodeUnknownTenant   = "unknown_tenant"
+	CodeNoSplit         = "no_split"
+	CodeUnauthenticated = "unauthenticated"
+	CodeForbidden       = "forbidden"
+	CodeTooLarge        = "body_too_large"
+	CodeConflict        = "session_conflict"
+	CodeOverloaded      = "overloaded"
+	CodeGuestTrap       = "guest_error"
+	CodeTimeout         = "timeout"
+	CodeNoReadyRevision = "no_ready_revision"
+	CodeNoSuchFlow      = "no_such_flow"
+	CodeUnknownTag      = "unknown_tag"
+	CodeStateFull       = "state_full"
+	CodeUnsupported     = "unsupported"
+	CodeInternal        = "internal"
+)
+
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	var b errorBody
+	b.Error.Code, b.Error.Message = code, msg
+	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(b)
+}
+
+// writeRuntimeError answers with the status and code of a runtime error.
+func writeRuntimeError(w http.ResponseWriter, err error) {
+	status, code := statusOf(err)
+	writeError(w, status, code, err.Error())
+}
+
+// statusOf maps a runtime error to an HTTP status and code.
+func statusOf(err error) (int, string) {
+	switch {
+	case errors.Is(err, runtime.ErrInvalidActivity):
+		return http.StatusBadRequest, CodeInvalidActivity
+	case errors.Is(err, runtime.ErrNoSuchFlow):
+		return http.StatusNotFound, CodeNoSuchFlow
+	case errors.Is(err, runtime.ErrOverloaded):
+		return http.StatusTooManyRequests, CodeOverloaded
+	case errors.Is(err, runtime.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, CodeTimeout
+	case errors.Is(err, runtime.ErrTrap), errors.Is(err, runtime.ErrInvalidOutput):
+		return http.StatusBadGateway, CodeGuestTrap
+	case errors.Is(err, runtime.ErrNotLoaded):
+		return http.StatusServiceUnavailable, CodeNoReadyRevision
+	case errors.Is(err, runtime.ErrConflict):
+		return http.StatusConflict, CodeConflict
+	case errors.Is(err, runtime.ErrStateFull):
+		return http.StatusInsufficientStorage, CodeStateFull
+	case errors.Is(err, runtime.ErrUnsupported), errors.Is(err, runtime.ErrAmbiguous), errors.Is(err, runtime.ErrOpNotAllowed):
+		return http.StatusUnprocessableEntity, CodeUnsupported
+	}
+	return http.StatusInternalServerError, CodeInternal
+}

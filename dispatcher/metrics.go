@@ -1,0 +1,101 @@
+package dispatcher
+
+import (
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the dispatcher's Prometheus series.
+type Metrics struct {
+	gatherer prometheus.Gatherer
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	inflight *prometheus.GaugeVec
+	// served holds each revision's series for answered activities, so the hot path
+	// does not hash four label values per series per request.
+	served sync.Map // revisionSeriesKey -> *revisionSeries
+}
+
+type revisionSeriesKey struct{ namespace, tenant, revision string }
+
+type revisionSeries struct {
+	ok       prometheus.Counter
+	latency  prometheus.Observer
+	inflight prometheus.Gauge
+}
+
+// NewMetrics registers the dispatcher's series with reg.
+func NewMetrics(reg prometheus.Registerer, gatherer prometheus.Gatherer) *Metrics {
+	m := &Metrics{
+		gatherer: gatherer,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "packhost_dispatcher_requests_total", Help: "Activity requests by tenant, revision and HTTP status.",
+		}, []string{"namespace", "tenant", "revision", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "packhost_dispatcher_request_duration_seconds", Help: "Activity request latency by tenant and revision.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"namespace", "tenant", "revision"}),
+		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "packhost_dispatcher_in_flight", Help: "Activities being served by tenant and revision.",
+		}, []string{"namespace", "tenant", "revision"}),
+	}
+	reg.MustRegister(m.requests, m.latency, m.inflight)
+	return m
+}
+
+// series returns a revision's series, creating them on its first activity.
+func (m *Metrics) series(ns, tenant, revision string) *revisionSeries {
+	key := revisionSeriesKey{ns, tenant, revision}
+	if s, ok := m.served.Load(key); ok {
+		return s.(*revisionSeries)
+	}
+	s, _ := m.served.LoadOrStore(key, &revisionSeries{
+		ok:       m.requests.WithLabelValues(ns, tenant, revision, "200"),
+		latency:  m.latency.WithLabelValues(ns, tenant, revision),
+		inflight: m.inflight.WithLabelValues(ns, tenant, revision),
+	})
+	return s.(*revisionSeries)
+}
+
+func (m *Metrics) request(ns, tenant, revision string, status int, start time.Time) {
+	if m == nil {
+		return
+	}
+	if status != http.StatusOK {
+		m.requests.WithLabelValues(ns, tenant, revision, strconv.Itoa(status)).Inc()
+		return
+	}
+	s := m.series(ns, tenant, revision)
+	s.ok.Inc()
+	s.latency.Observe(time.Since(start).Seconds())
+}
+
+func (m *Metrics) inFlight(ns, tenant, revision string) func() {
+	if m == nil {
+		return func() {}
+	}
+	g := m.series(ns, tenant, revision).inflight
+	g.Inc()
+	return g.Dec
+}
+
+// ForgetRevision removes a revision's series, when it is unloaded.
+func (m *Metrics) ForgetRevision(namespace, revision string) {
+	if m == nil {
+		return
+	}
+	m.served.Range(func(k, _ any) bool {
+		if key := k.(revisionSeriesKey); key.namespace == namespace && key.revision == revision {
+			m.served.Delete(k)
+		}
+		return true
+	})
+	labels := prometheus.Labels{"namespace": namespace, "revision": revision}
+	m.requests.DeletePartialMatch(labels)
+	m.latency.DeletePartialMatch(labels)
+	m.inflight.DeletePartialMatch(labels)
+}
