@@ -2,24 +2,60 @@
 // http(s) URL, an OCI artifact), verifies their sha256, and keeps them in a
 // content-addressed local cache so a pack already fetched by digest is never fetched
 // again.
+//
+// # Egress policy
+//
+// A url or image source is named by a namespace user, so the manager must not become
+// their way into the cluster's own network. Every connection of a url or image fetch —
+// the first, each redirect, a registry's token endpoint, a blob redirected to storage —
+// is judged at connect time, in the dialer's Control hook, on the IP address about to
+// be connected to (after DNS, so a name that resolves or rebinds to an internal address
+// is refused, and 2130706433, 0x7f.1 or ::ffff:127.0.0.1 are judged as 127.0.0.1). By
+// default loopback, unspecified (0.0.0.0, ::), private (RFC 1918, 100.64.0.0/10, IPv6 ULA
+// fc00::/7), link-local (169.254.0.0/16, where cloud metadata lives, and fe80::/10),
+// multicast, broadcast and reserved addresses are refused; EgressPolicy lists them all.
+// The operator allows more with --source-allow (CIDRs, addresses, or host names, which
+// may then resolve anywhere: --source-allow=127.0.0.1/32,registry.internal) and denies
+// the cluster's pod and service ranges with --source-deny (they vary per cluster). No
+// HTTP proxy is used: a proxy would hide the address from the policy. Redirects go only
+// to allowed addresses, at most 5 of them, never from https to http.
+//
+// # Bounds
+//
+// One try of a source takes at most 30 s (connect 5 s, TLS handshake 10 s); a try that
+// may pass on another go (connection failed, HTTP 5xx or 429) is repeated up to 3 times
+// with a jittered, doubling wait from 0.5 s. A source whose fetch ends unreachable is
+// held back (Fetch answers with its last error, without network I/O) for 10 s, doubling
+// with each failure in a row up to 5 min, ±20%. Bodies are cut off as soon as they pass
+// their limit, checked against Content-Length first: an OCI manifest or index, and any
+// other registry answer but a blob, ≤ MaxManifestBytes (4 MiB); a pack, from a url or as
+// an image layer, ≤ MaxPackBytes (64 MiB), hashed as it streams in.
+//
+// # Errors
+//
+// Errors are *Error values whose message names the source and the class of failure —
+// "fetch url https://example.com/p.wasm: blocked by egress policy", "…: HTTP 404",
+// "…: connection failed", "…: timed out after 30s", "…: digest mismatch (want <the
+// pinned sha256>)" — and never anything the source sent (a body, a status text) nor the
+// digest of bytes nobody pinned, so a Revision's status cannot be used to read or probe
+// what the manager can reach. Callers branch with errors.Is on ErrSourceUnreachable,
+// ErrInvalidSource (of which ErrEgressDenied and ErrSourceTooLarge are kinds) and
+// ErrDigestMismatch.
 package source
 
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
@@ -28,30 +64,8 @@ import (
 	packhostv1alpha1 "github.com/packhost/packhost/api/v1alpha1"
 )
 
-// WasmLayerMediaType is the media type of the layer that holds a pack in an OCI artifact.
-const WasmLayerMediaType = "application/vnd.wasm.content.layer.v1+wasm"
-
-// Limits and timing of fetches.
-const (
-	// MaxPackBytes is the largest pack fetched from any source.
-	MaxPackBytes = 64 << 20
-	// fetchAttempts is how often a url fetch is tried before it is reported unreachable.
-	fetchAttempts = 3
-	// fetchBackoff is the wait before the second attempt; it doubles after each.
-	fetchBackoff = 500 * time.Millisecond
-	// fetchTimeout bounds one attempt.
-	fetchTimeout = 60 * time.Second
-)
-
-// Errors a caller branches on to pick a Revision's failure reason.
-var (
-	// ErrUnreachable: the source could not be read (network, missing object, registry).
-	ErrUnreachable = errors.New("source unreachable")
-	// ErrDigestMismatch: the bytes do not have the sha256 the Revision pins.
-	ErrDigestMismatch = errors.New("digest mismatch")
-	// ErrInvalidSource: the source is malformed (bad image reference, no wasm layer).
-	ErrInvalidSource = errors.New("invalid source")
-)
+// MaxPackBytes is the largest pack fetched from any source.
+const MaxPackBytes = 64 << 20
 
 // Fetched is one pack's bytes and where they came from.
 type Fetched struct {
@@ -63,13 +77,32 @@ type Fetched struct {
 }
 
 // Fetcher fetches packs. Reader reads ConfigMaps and Secrets straight from the API
-// server (not through a cache of every ConfigMap).
+// server (not through a cache of every ConfigMap). Its zero value (with a Reader) fetches
+// under the default egress policy.
 type Fetcher struct {
 	Reader   client.Reader
 	CacheDir string
-	HTTP     *http.Client
-	// Insecure allows plain-http registries (tests, local registries).
+	// Egress decides where url and image sources may connect; nil is the default policy
+	// (no loopback, private, link-local, multicast or reserved addresses).
+	Egress *EgressPolicy
+	// Insecure allows plain-http registries (tests, local registries). The egress policy
+	// still decides which addresses may be reached.
 	Insecure bool
+	// Clock tells the time for holding back failed sources; nil is time.Now.
+	Clock func() time.Time
+
+	rtOnce sync.Once
+	rt     http.RoundTripper
+	holds  holds
+	// rootCAs and tryTimeout replace the system's roots and tryTimeout in tests.
+	rootCAs    *x509.CertPool
+	tryTimeout time.Duration
+}
+
+// transport is the one transport of every url and image fetch, built on first use.
+func (f *Fetcher) transport() http.RoundTripper {
+	f.rtOnce.Do(func() { f.rt = newTransport(f.Egress, f.rootCAs) })
+	return f.rt
 }
 
 // Fetch returns pack's bytes. resolvedImage, when not empty, is the digest-pinned image
@@ -81,32 +114,46 @@ func (f *Fetcher) Fetch(ctx context.Context, namespace string, pack packhostv1al
 		}
 	}
 	var (
-		b   []byte
-		out = &Fetched{}
-		err error
+		b      []byte
+		digest string
+		src    string
+		out    = &Fetched{}
+		err    error
 	)
 	switch {
 	case pack.ConfigMapRef != nil:
-		b, err = f.fromConfigMap(ctx, namespace, pack.ConfigMapRef)
+		src = fmt.Sprintf("ConfigMap %s/%s key %s", namespace, pack.ConfigMapRef.Name, pack.ConfigMapRef.Key)
+		if b, err = f.fromConfigMap(ctx, namespace, pack.ConfigMapRef); err == nil {
+			s := sha256.Sum256(b)
+			digest = hex.EncodeToString(s[:])
+		}
 	case pack.URL != "":
-		b, err = f.fromURL(ctx, pack.URL)
+		src = "url " + pack.URL
+		if u, perr := url.Parse(pack.URL); perr == nil {
+			src = "url " + u.Redacted()
+		}
+		b, digest, err = f.fromURL(ctx, namespace, pack.URL)
 	case pack.Image != "":
-		b, out.ResolvedImage, err = f.fromImage(ctx, namespace, pack.Image, pullSecrets, resolvedImage)
+		src = "image " + pack.Image
+		if resolvedImage != "" {
+			src = "image " + resolvedImage
+		}
+		b, digest, out.ResolvedImage, err = f.fromImage(ctx, namespace, pack.Image, pullSecrets, resolvedImage)
 	default:
 		err = fmt.Errorf("%w: pack %s has no source", ErrInvalidSource, pack.Name)
 	}
 	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(b)
-	got := hex.EncodeToString(sum[:])
-	if pack.SHA256 != "" && got != pack.SHA256 {
-		return nil, fmt.Errorf("%w: pack %s has sha256 %s, the Revision pins %s", ErrDigestMismatch, pack.Name, got, pack.SHA256)
+	// The message names the digest the Revision pins, never the one the bytes have: that
+	// would tell a namespace user a digest of content nobody asked for.
+	if pack.SHA256 != "" && digest != pack.SHA256 {
+		return nil, &Error{Source: src, Detail: fmt.Sprintf("digest mismatch (want %s)", pack.SHA256), Class: ErrDigestMismatch}
 	}
-	if err := f.store(got, b); err != nil {
+	if err := f.store(digest, b); err != nil {
 		return nil, err
 	}
-	out.Bytes, out.Digest = b, "sha256:"+got
+	out.Bytes, out.Digest = b, "sha256:"+digest
 	return out, nil
 }
 
@@ -167,154 +214,16 @@ func (f *Fetcher) fromConfigMap(ctx context.Context, namespace string, ref *pack
 	cm := &corev1.ConfigMap{}
 	if err := f.Reader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: ref.Name}, cm); err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("%w: ConfigMap %s/%s not found", ErrUnreachable, namespace, ref.Name)
+			return nil, fmt.Errorf("%w: ConfigMap %s/%s not found", ErrSourceUnreachable, namespace, ref.Name)
 		}
-		return nil, fmt.Errorf("%w: read ConfigMap %s/%s: %v", ErrUnreachable, namespace, ref.Name, err)
+		return nil, fmt.Errorf("%w: read ConfigMap %s/%s: %v", ErrSourceUnreachable, namespace, ref.Name, err)
 	}
 	b, ok := cm.BinaryData[ref.Key]
 	if !ok {
 		if _, inData := cm.Data[ref.Key]; inData {
 			return nil, fmt.Errorf("%w: ConfigMap %s/%s has key %q in data; a pack must be in binaryData (kubectl create configmap --from-file does this)", ErrInvalidSource, namespace, ref.Name, ref.Key)
 		}
-		return nil, fmt.Errorf("%w: ConfigMap %s/%s has no binaryData key %q", ErrUnreachable, namespace, ref.Name, ref.Key)
+		return nil, fmt.Errorf("%w: ConfigMap %s/%s has no binaryData key %q", ErrSourceUnreachable, namespace, ref.Name, ref.Key)
 	}
 	return b, nil
-}
-
-func (f *Fetcher) fromURL(ctx context.Context, url string) ([]byte, error) {
-	hc := f.HTTP
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	backoff := fetchBackoff
-	var last error
-	for attempt := range fetchAttempts {
-		if attempt > 0 {
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-				return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, url, ctx.Err())
-			}
-			backoff *= 2
-		}
-		b, retry, err := get(ctx, hc, url)
-		if err == nil {
-			return b, nil
-		}
-		last = err
-		if !retry {
-			break
-		}
-	}
-	return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, url, last)
-}
-
-// get fetches url once; retry says whether another attempt may succeed.
-func get(ctx context.Context, hc *http.Client, url string) (b []byte, retry bool, err error) {
-	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, false, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, true, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests, fmt.Errorf("HTTP %s", resp.Status)
-	}
-	b, err = io.ReadAll(io.LimitReader(resp.Body, MaxPackBytes+1))
-	if err != nil {
-		return nil, true, err
-	}
-	if len(b) > MaxPackBytes {
-		return nil, false, fmt.Errorf("pack is larger than %d bytes", MaxPackBytes)
-	}
-	return b, false, nil
-}
-
-func (f *Fetcher) fromImage(ctx context.Context, namespace, image string, pullSecrets []packhostv1alpha1.LocalObjectReference, resolved string) ([]byte, string, error) {
-	var opts []name.Option
-	if f.Insecure {
-		opts = append(opts, name.Insecure)
-	}
-	refText := image
-	if resolved != "" {
-		refText = resolved // a tag resolves once per Revision
-	}
-	ref, err := name.ParseReference(refText, opts...)
-	if err != nil {
-		return nil, "", fmt.Errorf("%w: image %q: %v", ErrInvalidSource, refText, err)
-	}
-	keychain, err := f.keychain(ctx, namespace, pullSecrets)
-	if err != nil {
-		return nil, "", err
-	}
-	ropts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(keychain)}
-	desc, err := remote.Get(ref, ropts...)
-	if err != nil {
-		return nil, "", fmt.Errorf("%w: image %s: %v", ErrUnreachable, refText, err)
-	}
-	pinned := ref.Context().Digest(desc.Digest.String()).String()
-	img, err := desc.Image()
-	if err != nil {
-		return nil, "", fmt.Errorf("%w: image %s is not an image manifest: %v", ErrInvalidSource, refText, err)
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		return nil, "", fmt.Errorf("%w: image %s: %v", ErrUnreachable, refText, err)
-	}
-	var wasm v1.Layer
-	for _, l := range layers {
-		mt, err := l.MediaType()
-		if err == nil && string(mt) == WasmLayerMediaType {
-			if wasm != nil {
-				return nil, "", fmt.Errorf("%w: image %s has more than one %s layer", ErrInvalidSource, refText, WasmLayerMediaType)
-			}
-			wasm = l
-		}
-	}
-	if wasm == nil {
-		return nil, "", fmt.Errorf("%w: image %s has no layer of media type %s", ErrInvalidSource, refText, WasmLayerMediaType)
-	}
-	if size, err := wasm.Size(); err == nil && size > MaxPackBytes {
-		return nil, "", fmt.Errorf("%w: image %s's wasm layer is %d bytes, past %d", ErrInvalidSource, refText, size, MaxPackBytes)
-	}
-	rc, err := wasm.Compressed()
-	if err != nil {
-		return nil, "", fmt.Errorf("%w: image %s: %v", ErrUnreachable, refText, err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, MaxPackBytes+1))
-	if err != nil {
-		return nil, "", fmt.Errorf("%w: image %s: %v", ErrUnreachable, refText, err)
-	}
-	return b, pinned, nil
-}
-
-// keychain builds registry credentials from the Revision's image pull Secrets
-// (kubernetes.io/dockerconfigjson).
-func (f *Fetcher) keychain(ctx context.Context, namespace string, refs []packhostv1alpha1.LocalObjectReference) (authn.Keychain, error) {
-	if len(refs) == 0 {
-		return authn.DefaultKeychain, nil
-	}
-	var kcs []authn.Keychain
-	for _, r := range refs {
-		s := &corev1.Secret{}
-		if err := f.Reader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: r.Name}, s); err != nil {
-			return nil, fmt.Errorf("%w: image pull Secret %s/%s: %v", ErrUnreachable, namespace, r.Name, err)
-		}
-		data, ok := s.Data[corev1.DockerConfigJsonKey]
-		if !ok {
-			return nil, fmt.Errorf("%w: image pull Secret %s/%s has no %s key", ErrInvalidSource, namespace, r.Name, corev1.DockerConfigJsonKey)
-		}
-		kc, err := dockerConfigKeychain(data)
-		if err != nil {
-			return nil, fmt.Errorf("%w: image pull Secret %s/%s: %v", ErrInvalidSource, namespace, r.Name, err)
-		}
-		kcs = append(kcs, kc)
-	}
-	return authn.NewMultiKeychain(kcs...), nil
 }
