@@ -40,14 +40,15 @@ start_control_plane() {
 # start_manager N ENV [FLAGS...] starts manager N (0, 1, ...) with the environment
 # assignments in ENV (space separated, may be empty) and FLAGS: its metrics on port
 # 8080+2N, probes on 8081+2N, dispatcher on 8090+N. It waits until the manager is
-# ready and sets manager_pids[N]. MANAGER names another manager binary.
+# ready and sets manager_pids[N]. MANAGER names another manager binary. The local
+# registry is on 127.0.0.1, which the pack sources' egress policy refuses unless allowed.
 manager_pids=()
 start_manager() {
   local n=$1 vars=$2
   shift 2
   # shellcheck disable=SC2086 # vars is a list of assignments
   env $vars "${MANAGER:-bin/manager}" --metrics-bind-address=127.0.0.1:$((8080 + 2 * n)) --health-probe-bind-address=127.0.0.1:$((8081 + 2 * n)) \
-    --dispatcher-bind-address=127.0.0.1:$((8090 + n)) --cache-dir "$state/cache-$n" "$@" &
+    --dispatcher-bind-address=127.0.0.1:$((8090 + n)) --cache-dir "$state/cache-$n" --source-allow=127.0.0.1/32 "$@" &
   manager_pids[n]=$!
   pids+=($!)
   for _ in $(seq 1 150); do curl -fsS "http://127.0.0.1:$((8081 + 2 * n))/readyz" >/dev/null 2>&1 && break; sleep 0.2; done

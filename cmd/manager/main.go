@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -23,6 +24,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	packhostv1alpha1 "github.com/packhost/packhost/api/v1alpha1"
+	"github.com/packhost/packhost/source"
 )
 
 // leaderElectionID names the Lease the replicas compete for.
@@ -38,6 +40,8 @@ type options struct {
 	cacheLimit              resource.Quantity
 	gracefulShutdown        time.Duration
 	insecureRegistries      bool
+	sourceAllow             []string
+	sourceDeny              []string
 	dispatcherAddr          string
 	maxInFlight             int
 	pprofAddr               string
@@ -62,7 +66,34 @@ func (o *options) bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "", "Address of the Go pprof endpoints; empty disables them.")
 	fs.IntVar(&o.maxInFlight, "max-in-flight", 1024, "Activities this replica serves at once; more are refused with 429.")
 	fs.BoolVar(&o.insecureRegistries, "insecure-registries", false, "Pull image sources over plain http (local registries only).")
+	fs.Func("source-allow", "Comma-separated CIDRs, IP addresses and host names that url and image sources may reach although the egress policy refuses them by default (loopback, private, link-local, multicast and reserved addresses), e.g. 127.0.0.1/32,registry.internal. A host name may then resolve to any address. Repeatable.", func(v string) error {
+		entries := splitList(v)
+		if _, err := source.NewEgressPolicy(entries, nil); err != nil {
+			return err
+		}
+		o.sourceAllow = append(o.sourceAllow, entries...)
+		return nil
+	})
+	fs.Func("source-deny", "Comma-separated CIDRs that url and image sources may never reach, on top of the default policy: give the cluster's pod and service CIDRs, which vary per cluster, e.g. 10.96.0.0/12,10.244.0.0/16. A more specific --source-allow CIDR wins. Repeatable.", func(v string) error {
+		entries := splitList(v)
+		if _, err := source.NewEgressPolicy(nil, entries); err != nil {
+			return err
+		}
+		o.sourceDeny = append(o.sourceDeny, entries...)
+		return nil
+	})
 	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", 30*time.Second, "How long in-flight work may take to finish on shutdown.")
+}
+
+// splitList splits a comma-separated flag value, dropping empty entries.
+func splitList(v string) []string {
+	var out []string
+	for _, e := range strings.Split(v, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func defaultCacheDir() string {
@@ -135,7 +166,7 @@ func run(ctx context.Context, cfg *rest.Config, o options, log logr.Logger) erro
 	}); err != nil {
 		return fmt.Errorf("add readiness check: %w", err)
 	}
-	log.Info("Starting manager", "leaderElect", o.leaderElect, "cacheDir", o.cacheDir)
+	log.Info("Starting manager", "leaderElect", o.leaderElect, "cacheDir", o.cacheDir, "sourceAllow", o.sourceAllow, "sourceDeny", o.sourceDeny)
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("run manager: %w", err)
 	}

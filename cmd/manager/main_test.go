@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -103,4 +105,42 @@ func waitOK(ctx context.Context, url string, done <-chan error) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("no 200 within 60s; last: %s", last)
+}
+
+// The egress flags take comma-separated, repeatable lists and refuse a bad entry at
+// start-up, naming it, rather than fetching under a policy the operator did not mean.
+func TestSourceEgressFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args             []string
+		allow, deny, err string
+	}{
+		{args: nil, allow: "[]", deny: "[]"},
+		{args: []string{"--source-allow=127.0.0.1/32, registry.internal", "--source-allow=::1"}, allow: "[127.0.0.1/32 registry.internal ::1]", deny: "[]"},
+		{args: []string{"--source-deny=10.96.0.0/12,10.244.0.0/16"}, allow: "[]", deny: "[10.96.0.0/12 10.244.0.0/16]"},
+		{args: []string{"--source-allow=http://registry.internal"}, err: `egress allow entry "http://registry.internal"`},
+		{args: []string{"--source-deny=registry.internal"}, err: `egress deny entry "registry.internal"`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var o options
+			fs := flag.NewFlagSet("manager", flag.ContinueOnError)
+			fs.SetOutput(io.Discard)
+			o.bind(fs)
+			err := fs.Parse(tc.args)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("Parse(%q) = %v, want an error naming %s", tc.args, err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := fmt.Sprint(o.sourceAllow); got != tc.allow {
+				t.Errorf("sourceAllow = %s, want %s", got, tc.allow)
+			}
+			if got := fmt.Sprint(o.sourceDeny); got != tc.deny {
+				t.Errorf("sourceDeny = %s, want %s", got, tc.deny)
+			}
+		})
+	}
 }

@@ -50,7 +50,11 @@ func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger) err
 	runtimes := controllers.NewRuntimes()
 	router := dispatcher.NewRouter()
 	isLeader := controllers.LeaderFunc(mgr)
-	fetcher := &source.Fetcher{Reader: mgr.GetAPIReader(), CacheDir: o.cacheDir, Insecure: o.insecureRegistries}
+	egress, err := source.NewEgressPolicy(o.sourceAllow, o.sourceDeny)
+	if err != nil {
+		return fmt.Errorf("pack source egress policy: %w", err)
+	}
+	fetcher := &source.Fetcher{Reader: mgr.GetAPIReader(), CacheDir: o.cacheDir, Insecure: o.insecureRegistries, Egress: egress}
 	if err := mgr.Add(&diskcache.Pruner{
 		Dir: o.cacheDir, Limit: o.cacheLimit.Value(), Log: log.WithName("cache"),
 		Keep: func(path string) bool {

@@ -128,7 +128,10 @@ func startManager(t testing.TB, cacheDir string) *manager {
 	m.cmd = exec.Command(managerBin,
 		"--kubeconfig", kubeconfig, "--leader-elect", "--leader-election-namespace", "default",
 		"--metrics-bind-address", "0", "--health-probe-bind-address", m.probes,
-		"--dispatcher-bind-address", m.dispatcher, "--cache-dir", cacheDir)
+		"--dispatcher-bind-address", m.dispatcher, "--cache-dir", cacheDir,
+		// The registry and the test's url servers are on 127.0.0.1, which the egress
+		// policy of pack sources refuses unless allowed.
+		"--source-allow=127.0.0.1/32")
 	m.cmd.Stdout, m.cmd.Stderr = logs, logs
 	if err := m.cmd.Start(); err != nil {
 		t.Fatal(err)
