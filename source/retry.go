@@ -23,6 +23,8 @@ const (
 	holdBase = 10 * time.Second
 	// holdMax caps the hold.
 	holdMax = 5 * time.Minute
+	// maxHolds is how many sources are remembered before the ended holds are forgotten.
+	maxHolds = 1024
 )
 
 // jitter spreads d over ±20%, so replicas and revisions do not retry in step.
@@ -57,6 +59,14 @@ func (h *holds) fail(key string, err *Error, now time.Time) {
 	defer h.mu.Unlock()
 	if h.m == nil {
 		h.m = map[string]*hold{}
+	}
+	if len(h.m) >= maxHolds {
+		// Sources named once and never again would pile up: forget the holds that ended.
+		for k, s := range h.m {
+			if !now.Before(s.until) {
+				delete(h.m, k)
+			}
+		}
 	}
 	s := h.m[key]
 	if s == nil {

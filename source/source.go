@@ -50,7 +50,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
@@ -128,10 +127,7 @@ func (f *Fetcher) Fetch(ctx context.Context, namespace string, pack packhostv1al
 			digest = hex.EncodeToString(s[:])
 		}
 	case pack.URL != "":
-		src = "url " + pack.URL
-		if u, perr := url.Parse(pack.URL); perr == nil {
-			src = "url " + u.Redacted()
-		}
+		src = describeURL(pack.URL)
 		b, digest, err = f.fromURL(ctx, namespace, pack.URL)
 	case pack.Image != "":
 		src = "image " + pack.Image

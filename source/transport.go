@@ -97,7 +97,7 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	limit, what := bodyLimit(req)
-	if resp.ContentLength > limit {
+	if req.Method != http.MethodHead && resp.ContentLength > limit {
 		resp.Body.Close()
 		e := tooLarge(what, limit)
 		noteFault(req.Context(), e)

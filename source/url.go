@@ -12,11 +12,8 @@ import (
 // fromURL fetches a url source, hashing the body as it streams in and giving up as soon
 // as it passes MaxPackBytes. It returns the bytes and their sha256 in hex.
 func (f *Fetcher) fromURL(ctx context.Context, namespace, rawURL string) ([]byte, string, error) {
-	src := "url " + rawURL
+	src := describeURL(rawURL)
 	u, err := url.Parse(rawURL)
-	if err == nil {
-		src = "url " + u.Redacted()
-	}
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, "", &Error{Source: src, Detail: "not an absolute http or https URL", Class: ErrInvalidSource}
 	}
@@ -49,4 +46,12 @@ func (f *Fetcher) fromURL(ctx context.Context, namespace, rawURL string) ([]byte
 		return nil, "", err
 	}
 	return b, digest, nil
+}
+
+// describeURL names a url source in messages, with any password redacted.
+func describeURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		return "url " + u.Redacted()
+	}
+	return "url " + raw
 }
