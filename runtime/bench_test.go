@@ -46,11 +46,25 @@ func reportLatency(b *testing.B, d []time.Duration) {
 }
 
 // BenchmarkFloor is the bare wazero call of a pack's handler export on an instantiated
-// module with its input in memory: what Handle is measured against.
+// module with its input in memory: what Handle is measured against. The plain cases run
+// the pack as built (an unguarded engine); the -guarded ones run it as every tenant's
+// pack runs, rewritten by wasmguard, so their ratio is what the deadline guard costs a
+// call.
 func BenchmarkFloor(b *testing.B) {
-	for _, bc := range []struct{ name, pack string }{{"echo-1KiB", "rawecho"}, {"sdk-echo-1KiB", "echo"}} {
+	for _, bc := range []struct {
+		name, pack string
+		unguarded  bool
+	}{
+		{"echo-1KiB", "rawecho", true}, {"echo-1KiB-guarded", "rawecho", false},
+		{"sdk-echo-1KiB", "echo", true}, {"sdk-echo-1KiB-guarded", "echo", false},
+	} {
 		b.Run(bc.name, func(b *testing.B) {
-			rev := load(b, newEngine(b), nil, bc.pack)
+			e, err := runtime.NewEngine(context.Background(), runtime.EngineConfig{Unguarded: bc.unguarded, Logger: logr.Discard()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer e.Close(context.Background())
+			rev := load(b, e, nil, bc.pack)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			call, release, err := rev.Floor(ctx, parsed(b))
@@ -127,8 +141,9 @@ func BenchmarkHandleParallel(b *testing.B) {
 	}
 }
 
-// BenchmarkGuard measures what close-on-context-done (the deadline guard) costs guest
-// code, on a compute-heavy pack: a tight loop and recursive calls.
+// BenchmarkGuard measures what the deadline guard (wasmguard's budget checks at function
+// entries and loop headers) costs guest code, on a compute-heavy pack: a tight loop and
+// recursive calls. guarded ÷ unguarded is the figure.
 func BenchmarkGuard(b *testing.B) {
 	for _, bc := range []struct {
 		name      string
@@ -164,20 +179,23 @@ func BenchmarkLoad(b *testing.B) {
 	}{{"1MiB", packs.Synthetic(1 << 20)}, {"10MiB", packs.Synthetic(10 << 20)}, {"sdk-echo", pack(b, "echo")}, {"go-10MiB", pack(b, "bench/large")}}
 	for _, m := range modules {
 		module := m.module
-		for _, mode := range []string{"nocache", "diskcache"} {
+		for _, mode := range []string{"nocache", "nocache-unguarded", "diskcache"} {
 			b.Run(m.name+"/"+mode, func(b *testing.B) {
 				dir := ""
 				if mode == "diskcache" {
 					dir = b.TempDir()
 					warm(b, dir, module)
 				}
+				// nocache-unguarded compiles the module as it is: nocache over it is what
+				// the guard's rewrite adds to a load.
+				unguarded := mode == "nocache-unguarded"
 				ctx := context.Background()
 				growth := 0.0
 				b.ResetTimer()
 				for range b.N {
 					// A fresh engine each time: nothing in memory, as after a restart.
 					b.StopTimer()
-					e, err := runtime.NewEngine(ctx, runtime.EngineConfig{CacheDir: dir})
+					e, err := runtime.NewEngine(ctx, runtime.EngineConfig{CacheDir: dir, Unguarded: unguarded})
 					if err != nil {
 						b.Fatal(err)
 					}

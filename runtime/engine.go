@@ -11,6 +11,8 @@ import (
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+
+	"github.com/packhost/packhost/internal/wasmguard"
 )
 
 // Guest exports the ABI names.
@@ -35,9 +37,11 @@ type EngineConfig struct {
 	CacheDir string
 	// MaxMemoryPages caps every instance's memory; per-revision limits go lower.
 	MaxMemoryPages uint32
-	// Unguarded turns off close-on-context-done: guest code runs faster, but a deadline
-	// can no longer stop a guest stuck in a loop, which then holds an instance and a core
-	// until restart. Only for trusted code, by a cluster admin's decision.
+	// Unguarded runs packs as they are, without the deadline guard that wasmguard
+	// writes into them at load: a deadline can then no longer stop a guest stuck in a
+	// loop, which holds an instance and a core until restart, and tables and the call
+	// stack are bounded only by wazero. Only for trusted code, by a cluster admin's
+	// decision; no tenant setting reaches it.
 	Unguarded bool
 	// Logger receives guest logs and engine events.
 	Logger logr.Logger
@@ -50,6 +54,7 @@ type Engine struct {
 	cache     wazero.CompilationCache
 	log       logr.Logger
 	unguarded bool
+	cacheDir  string
 
 	mu       sync.Mutex
 	packs    map[string]*Pack
@@ -68,7 +73,9 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 		cfg.MaxMemoryPages = DefaultMaxMemoryPages
 	}
 	rc := wazero.NewRuntimeConfig().
-		WithCloseOnContextDone(!cfg.Unguarded).
+		// The guard is in the code (wasmguard), not in wazero: close-on-context-done
+		// would start a goroutine per call and exit to Go at every loop header.
+		WithCloseOnContextDone(false).
 		WithMemoryLimitPages(cfg.MaxMemoryPages).
 		WithCustomSections(true)
 	var cache wazero.CompilationCache
@@ -85,9 +92,13 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 		_ = rt.Close(ctx)
 		return nil, fmt.Errorf("instantiate WASI: %w", err)
 	}
-	e := &Engine{rt: rt, cache: cache, log: cfg.Logger, unguarded: cfg.Unguarded,
+	e := &Engine{rt: rt, cache: cache, log: cfg.Logger, unguarded: cfg.Unguarded, cacheDir: cfg.CacheDir,
 		packs: map[string]*Pack{}, inflight: map[string]*compileCall{}}
 	if err := e.instantiateHost(ctx); err != nil {
+		_ = rt.Close(ctx)
+		return nil, err
+	}
+	if err := e.instantiateGuard(ctx); err != nil {
 		_ = rt.Close(ctx)
 		return nil, err
 	}
@@ -192,7 +203,13 @@ func (e *Engine) compile(ctx context.Context, wasm []byte, digest string) (*Pack
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w: %v", ErrInvalidPack, ErrInvalidManifest, err)
 	}
-	compiled, err := e.rt.CompileModule(ctx, wasm)
+	code := wasm
+	if !e.unguarded {
+		if code, err = e.guardedCode(wasm, digest); err != nil {
+			return nil, invalidPack("%s cannot be guarded: %v", m.PackID, err)
+		}
+	}
+	compiled, err := e.rt.CompileModule(ctx, code)
 	if err != nil {
 		return nil, invalidPack("compile %s: %v", m.PackID, err)
 	}
@@ -255,8 +272,8 @@ func (p *Pack) checkImports() error {
 	for _, def := range p.compiled.ImportedFunctions() {
 		module, name, _ := def.Import()
 		switch module {
-		case wasi_snapshot_preview1.ModuleName:
-			continue
+		case wasi_snapshot_preview1.ModuleName, wasmguard.ImportModule:
+			continue // the guard's imports are added by the rewrite, which refuses a guest's own
 		case HostModule:
 		default:
 			return invalidPack("%s imports %s.%s: the host provides only %s and %s", p.Manifest.PackID, module, name, HostModule, wasi_snapshot_preview1.ModuleName)

@@ -18,6 +18,10 @@ var (
 	// ErrTrap: the guest trapped (panic, out of memory, bad memory access); the
 	// instance was discarded.
 	ErrTrap = errors.New("guest trapped")
+	// ErrResourceLimit: the guest went past a limit on what it may grow (call depth,
+	// host memory it filled through host calls); the instance was discarded and nothing
+	// of the activity was kept.
+	ErrResourceLimit = errors.New("guest resource limit exceeded")
 	// ErrInvalidOutput: the guest returned output the host refuses (too large, bad
 	// pointers, invalid JSON, an error code).
 	ErrInvalidOutput = errors.New("invalid guest output")
@@ -45,16 +49,6 @@ var (
 	// ErrOpNotAllowed: the provider op is not in the pack's allowlist.
 	ErrOpNotAllowed = errors.New("provider op not allowed")
 )
-
-// errInstanceClosed: a call stopped as if its context were done while it was not. A
-// guarded wazero call watches its context from a goroutine of its own, and when the
-// context ends just as the call returns, that goroutine may close the module after the
-// call succeeded and its instance went back to the pool, failing the next activity to
-// take it. Pooling checks for closed instances; one closed between being taken and
-// being called fails its run with this error, and the run is made again on a fresh
-// instance, once. It wraps ErrTrap for when it happens again (a guest exiting with
-// wazero's own codes).
-var errInstanceClosed = fmt.Errorf("%w: its instance was closed outside the call", ErrTrap)
 
 // PackError says which pack a load failure is about.
 type PackError struct {

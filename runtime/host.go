@@ -60,6 +60,7 @@ func (e *Engine) instantiateHost(ctx context.Context) error {
 	for name, hf := range hostFunctions {
 		hf := hf
 		b.NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(func(ctx context.Context, mod api.Module, stack []uint64) {
+			checkDeadline(ctx) // a guest calling the host in a loop is stopped here too
 			c, _ := ctx.Value(callKey{}).(*call)
 			if c == nil {
 				// Called outside an activity (during _initialize): nothing is in scope.

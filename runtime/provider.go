@@ -200,7 +200,6 @@ func (r *Revision) Invoke(ctx context.Context, req InvokeRequest) (json.RawMessa
 	// As for activities, the deadline covers every run and the state commit.
 	ctx, cancel := context.WithTimeout(ctx, r.limits.Timeout)
 	defer cancel()
-	stale := false
 	for attempt := 0; ; attempt++ {
 		txn, err := r.store.Begin(ctx)
 		if err != nil {
@@ -213,10 +212,6 @@ func (r *Revision) Invoke(ctx context.Context, req InvokeRequest) (json.RawMessa
 			txn.Discard()
 		}
 		if errors.Is(err, ErrConflict) && attempt < r.limits.MaxReruns {
-			continue
-		}
-		if errors.Is(err, errInstanceClosed) && !stale {
-			stale = true // as in Handle: once more, on a fresh instance
 			continue
 		}
 		if err != nil {

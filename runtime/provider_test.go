@@ -14,8 +14,6 @@ import (
 
 	"github.com/packhost/packhost/internal/packs"
 	"github.com/packhost/packhost/runtime"
-	"github.com/tetratelabs/wazero/api"
-	"github.com/tetratelabs/wazero/sys"
 )
 
 type secrets map[string]string
@@ -199,26 +197,5 @@ func TestInvokeCommitHasTheDeadline(t *testing.T) {
 	})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Invoke with a stuck commit: %v, want the deadline", err)
-	}
-}
-
-// As for activities (TestLateCloseOfAnInstanceFailsNoOtherActivity): a provider op whose
-// instance was closed by an earlier call's watcher runs again on a fresh instance.
-func TestInvokeSurvivesALateClose(t *testing.T) {
-	ctx := context.Background()
-	rev := load(t, newEngine(t), nil, "echo", "webhook")
-	closed := false
-	runtime.OnInstanceTaken(t, func(m api.Module) {
-		if !closed {
-			closed = true
-			_ = m.CloseWithExitCode(ctx, sys.ExitCodeContextCanceled)
-		}
-	})
-	out, err := rev.Invoke(ctx, runtime.InvokeRequest{ProviderType: "webhook", Op: "send", Payload: json.RawMessage(`{"to":"y"}`)})
-	if err != nil || !strings.Contains(string(out), `"to":"y"`) {
-		t.Fatalf("send after a late close: %s, %v", out, err)
-	}
-	if !closed {
-		t.Fatal("no instance was taken")
 	}
 }

@@ -279,7 +279,11 @@ func (m *limitedMemory) Free() { m.buf = nil }
 
 func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, error) {
 	maxBytes := uint64(r.limits.MemoryPages) * 65536
-	ctx = experimental.WithMemoryAllocator(context.WithoutCancel(ctx), experimental.MemoryAllocatorFunc(func(c, m uint64) experimental.LinearMemory {
+	// The instance outlives ctx; its start functions (_initialize) get the activity
+	// timeout, which the guard enforces as it does for any call.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.limits.Timeout)
+	defer cancel()
+	ctx = experimental.WithMemoryAllocator(ctx, experimental.MemoryAllocatorFunc(func(c, m uint64) experimental.LinearMemory {
 		return &limitedMemory{buf: make([]byte, 0, min(c, maxBytes)), max: min(m, maxBytes)}
 	}))
 	mod, err := instantiate(ctx, r.engine.rt, p.pack.compiled, p.modConfig)
@@ -500,13 +504,8 @@ func (r *Revision) Handle(ctx context.Context, a *Activity) ([]Activity, error) 
 	}
 	defer r.release()
 	session := SessionKey(r.env, r.tenant, a)
-	stale := false
 	for attempt := 0; ; attempt++ {
 		out, err := r.handleOnce(WithAttempt(ctx, attempt), a, session)
-		if errors.Is(err, errInstanceClosed) && !stale {
-			stale = true // nothing of the run was kept: run it once more on a fresh instance
-			continue
-		}
 		if !errors.Is(err, ErrConflict) || attempt >= r.limits.MaxReruns {
 			return out, err
 		}
@@ -614,21 +613,18 @@ func (r *Revision) invoke(ctx context.Context, inst *instance, c *call, fn api.F
 	return api.DecodeI32(res[0]), nil
 }
 
-// classify turns a failed guest call into a typed error.
+// classify turns a failed guest call into a typed error. The guard's own errors (the
+// deadline, a limit) come through wazero wrapped with the guest's stack trace, which is
+// kept for the log but not for the answer.
 func classify(ctx context.Context, err error, rev string) error {
 	var exit *sys.ExitError
-	if errors.As(err, &exit) {
-		switch code := exit.ExitCode(); {
-		case (code == sys.ExitCodeDeadlineExceeded || code == sys.ExitCodeContextCanceled) && ctx.Err() == nil:
-			return fmt.Errorf("%w: %s", errInstanceClosed, rev)
-		case code == sys.ExitCodeDeadlineExceeded:
-			return fmt.Errorf("%w: %s", ErrTimeout, rev)
-		case code == sys.ExitCodeContextCanceled:
-			return fmt.Errorf("%s: %w", rev, context.Canceled)
-		}
+	var stop *hostStop
+	switch {
+	case errors.As(err, &stop):
+		return fmt.Errorf("%s: %w", rev, stop.err)
+	case errors.As(err, &exit):
 		return fmt.Errorf("%w: %s exited with code %d", ErrTrap, rev, exit.ExitCode())
-	}
-	if ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+	case ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return fmt.Errorf("%w: %s", ErrTimeout, rev)
 	}
 	return fmt.Errorf("%w: %s: %v", ErrTrap, rev, err)

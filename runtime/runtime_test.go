@@ -15,7 +15,6 @@ import (
 	"github.com/packhost/packhost/internal/packs"
 	"github.com/packhost/packhost/runtime"
 	"github.com/tetratelabs/wazero/api"
-	"github.com/tetratelabs/wazero/sys"
 )
 
 func pack(t testing.TB, name string) []byte {
@@ -610,61 +609,6 @@ func within(t *testing.T, d time.Duration, stuck string, f func() error) error {
 		t.Fatal(stuck)
 		return nil
 	}
-}
-
-// A guarded call's context watcher can close the module just after the call returned,
-// with the instance back in the pool (or already taken by the next activity). That
-// close belongs to an activity that has ended: the next one must not fail with it.
-func TestLateCloseOfAnInstanceFailsNoOtherActivity(t *testing.T) {
-	ctx := context.Background()
-	codes := map[string]uint32{"canceled": sys.ExitCodeContextCanceled, "deadline": sys.ExitCodeDeadlineExceeded}
-	for name, code := range codes {
-		t.Run(name+"/while-idle", func(t *testing.T) {
-			rev := load(t, newEngine(t), nil, "echo")
-			if _, err := rev.Handle(ctx, msg(`{"n":1}`)); err != nil {
-				t.Fatal(err)
-			}
-			if n := rev.CloseIdleInstances(code); n == 0 {
-				t.Fatal("no idle instance to close")
-			}
-			out, err := rev.Handle(ctx, msg(`{"n":2}`))
-			if err != nil || string(out[0].Payload) != `{"n":2}` {
-				t.Fatalf("the activity after the late close got %v, %v", out, err)
-			}
-		})
-		t.Run(name+"/after-taken", func(t *testing.T) {
-			rev := load(t, newEngine(t), nil, "echo")
-			closes := 0
-			runtime.OnInstanceTaken(t, func(m api.Module) {
-				if closes == 0 {
-					closes++
-					_ = m.CloseWithExitCode(ctx, code)
-				}
-			})
-			out, err := rev.Handle(ctx, msg(`{"n":3}`))
-			if err != nil || string(out[0].Payload) != `{"n":3}` {
-				t.Fatalf("the activity whose instance was closed when taken got %v, %v", out, err)
-			}
-			if got := rev.Instances()["echo"]; got != 1 {
-				t.Errorf("%d live instances after one was closed and replaced, want 1", got)
-			}
-		})
-	}
-	// A guest that exits with wazero's codes by itself is run twice, not forever.
-	t.Run("every-time", func(t *testing.T) {
-		rev := load(t, newEngine(t), nil, "echo")
-		taken := 0
-		runtime.OnInstanceTaken(t, func(m api.Module) {
-			taken++
-			_ = m.CloseWithExitCode(ctx, sys.ExitCodeContextCanceled)
-		})
-		if _, err := rev.Handle(ctx, msg(`{}`)); !errors.Is(err, runtime.ErrTrap) {
-			t.Fatalf("got %v, want ErrTrap", err)
-		}
-		if taken != 2 {
-			t.Errorf("the activity ran on %d instances, want 2", taken)
-		}
-	})
 }
 
 // An activity waiting for an instance when its revision is unloaded is told so at once,

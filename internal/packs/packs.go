@@ -29,12 +29,18 @@ func Root() string {
 }
 
 // Build returns the pack built from examples/packs/<name> (for example "echo" or
-// "hostile/loop"), building it once per process.
+// "hostile/loop"), building it once per process, or one of the hand-assembled hostile
+// packs (asm.go: "hostile/recursion", "hostile/deep-recursion", "hostile/table-bomb",
+// "hostile/fill-recursion").
 func Build(name string) ([]byte, error) {
 	mu.Lock()
 	defer mu.Unlock()
 	if b, ok := built[name]; ok {
 		return b, nil
+	}
+	if asm, ok := assembled[name]; ok {
+		built[name] = asm()
+		return built[name], nil
 	}
 	dir := filepath.Join(Root(), name)
 	out := filepath.Join(Root(), "..", "..", "bin", "packs", strings.ReplaceAll(name, "/", "-")+".wasm")
