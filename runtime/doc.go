@@ -19,9 +19,18 @@
 //     cleared when that turn completes, and expires after its TTL (default 30 minutes,
 //     at most 24 hours). The read of the wait is part of the activity's transaction, so
 //     two racing activities cannot both resume it: one of them re-runs.
-//   - Deadlines are enforced with wazero's close-on-context-done, which stops a guest in
-//     an infinite loop at the cost of slower guest code (BenchmarkGuard). The instance is
-//     discarded after a timeout or a trap; the revision keeps serving.
+//   - Deadlines are enforced by the guest's own code: each pack is rewritten once at
+//     load (internal/wasmguard) to check a budget at every function entry and loop
+//     header and to ask the host's tick for more, which ends the call once its context is
+//     done. wazero's close-on-context-done is off: it started a goroutine per call (2 µs
+//     and 3 allocations each), exited to Go at every loop header (9.4–15.9x on the compute
+//     pack) and never checked at function entry, so loop-free recursion ran 564–613 ms
+//     under a 50 ms deadline. Rewritten, the compute pack runs 1.14x its unguarded time
+//     and a call costs what an unguarded one does (go test ./runtime -run XXX -bench
+//     'Guard|Floor'); the rewrite takes 143 ms for the 10 MiB Go-built pack (go test
+//     ./internal/wasmguard -bench Instrument) and is kept in the cache directory by
+//     digest, rewriter version and limits. The instance is discarded after a timeout or a
+//     trap; the revision keeps serving.
 //   - Memory limits are per instance: the instance's linear memory refuses to grow past
 //     the revision's memoryPages, so the guest traps instead of taking host memory.
 //   - An idle revision keeps one instance per pack; more are made on demand, up to
