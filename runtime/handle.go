@@ -1,0 +1,180 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"time"
+
+	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/sys"
+)
+
+// outcome is the error of a guest call that returned res: a store failure, a fault the
+// host recorded, or a non-zero result; nil when the call succeeded.
+func (c *call) outcome(res int32, what string) error {
+	switch {
+	case c.storeErr != nil:
+		return fmt.Errorf("state: %w", c.storeErr)
+	case c.faultErr != nil:
+		return fmt.Errorf("%w: %v", ErrInvalidOutput, c.faultErr)
+	case res != 0:
+		return fmt.Errorf("%w: %s returned error code %d", ErrInvalidOutput, what, res)
+	}
+	return nil
+}
+
+// call is the host side of one guest call: where host functions find their scope.
+type call struct {
+	rev      *Revision
+	pack     *packRuntime
+	flow     string
+	session  string
+	txn      Txn
+	outputs  []Activity
+	outBytes int
+	wait     *Wait
+	faultErr error
+	storeErr error
+}
+
+// Handle runs one activity: it selects the flow, resumes the session's parked wait if
+// there is one, runs the guest on a pooled instance under the deadline, and commits the
+// activity's state before returning its replies. A state conflict runs it again.
+func (r *Revision) Handle(ctx context.Context, a *Activity) ([]Activity, error) {
+	if r.closed.Load() {
+		return nil, fmt.Errorf("%w: %s", ErrNotLoaded, r.name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.limits.Timeout)
+	defer cancel()
+	if err := r.acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer r.release()
+	session := SessionKey(r.env, r.tenant, a)
+	for attempt := 0; ; attempt++ {
+		out, err := r.handleOnce(WithAttempt(ctx, attempt), a, session)
+		if !errors.Is(err, ErrConflict) || attempt >= r.limits.MaxReruns {
+			return out, err
+		}
+		// Activities that conflicted on a hot key retry at jittered times, so they do not
+		// collide again in lockstep.
+		select {
+		case <-time.After(time.Duration(mrand.Int64N(int64(time.Millisecond) << min(attempt, 5)))):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %s: re-running after conflicts until the deadline", ErrTimeout, r.name)
+		}
+	}
+}
+
+func (r *Revision) handleOnce(ctx context.Context, a *Activity, session string) ([]Activity, error) {
+	txn, err := r.store.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("begin state transaction: %w", err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			txn.Discard()
+		}
+	}()
+
+	var resumed *Wait
+	if r.session && session != "" {
+		w, err := txn.Wait(session)
+		if err != nil {
+			return nil, fmt.Errorf("read session wait: %w", err)
+		}
+		if w != nil {
+			if r.now().Before(w.Expires) && r.byID[w.Pack] != nil {
+				resumed = w
+			} else {
+				txn.SetWait(session, nil) // expired: clear it with this turn
+			}
+		}
+	}
+	var p *packRuntime
+	var flow Flow
+	if resumed != nil {
+		p = r.byID[resumed.Pack]
+		flow = Flow{ID: resumed.Flow}
+		for _, f := range p.pack.Manifest.Flows {
+			if f.ID == resumed.Flow {
+				flow = f
+			}
+		}
+	} else {
+		idx, f, err := selectFlow(r.packs, a)
+		if err != nil {
+			return nil, err
+		}
+		p, flow = r.packs[idx], f
+	}
+
+	inst, err := p.get(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	c := &call{rev: r, pack: p, flow: flow.ID, session: session, txn: txn}
+	in := encodeInput(inst.buf[:0], a, p.id, flow, session, resumed, r.config)
+	inst.buf = in
+	res, err := r.invoke(ctx, inst, c, inst.handle, in)
+	if err != nil {
+		p.discard(inst)
+		return nil, err
+	}
+	p.put(inst, r.now())
+	if err := c.outcome(res, "handler of flow "+flow.ID); err != nil {
+		return nil, err
+	}
+	if c.wait != nil {
+		txn.SetWait(session, c.wait)
+	} else if resumed != nil {
+		txn.SetWait(session, nil) // the turn completed
+	}
+	committed = true
+	if err := txn.Commit(ctx); err != nil {
+		return nil, err
+	}
+	return c.outputs, nil
+}
+
+// invoke copies in into the instance's input buffer and calls fn with it. Any error
+// means the instance must be discarded.
+func (r *Revision) invoke(ctx context.Context, inst *instance, c *call, fn api.Function, in []byte) (int32, error) {
+	if uint32(len(in)) > inst.inCap || inst.inCap == 0 {
+		res, err := inst.alloc.Call(ctx, uint64(len(in)))
+		if err != nil {
+			return 0, classify(ctx, err, r.name)
+		}
+		inst.inPtr, inst.inCap = api.DecodeU32(res[0]), uint32(len(in))
+	}
+	if !inst.mem.Write(inst.inPtr, in) {
+		inst.inCap = 0
+		return 0, fmt.Errorf("%w: %s returned an input buffer at %#x outside its memory", ErrInvalidOutput, ExportAlloc, inst.inPtr)
+	}
+	ctx = context.WithValue(ctx, callKey{}, c)
+	res, err := fn.Call(ctx, uint64(inst.inPtr), uint64(len(in)))
+	if err != nil {
+		return 0, classify(ctx, err, r.name)
+	}
+	return api.DecodeI32(res[0]), nil
+}
+
+// classify turns a failed guest call into a typed error. The guard's own errors (the
+// deadline, a limit) come through wazero wrapped with the guest's stack trace, which is
+// kept for the log but not for the answer.
+func classify(ctx context.Context, err error, rev string) error {
+	var exit *sys.ExitError
+	var stop *hostStop
+	switch {
+	case errors.As(err, &stop):
+		return fmt.Errorf("%s: %w", rev, stop.err)
+	case errors.As(err, &exit):
+		return fmt.Errorf("%w: %s exited with code %d", ErrTrap, rev, exit.ExitCode())
+	case ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return fmt.Errorf("%w: %s", ErrTimeout, rev)
+	}
+	return fmt.Errorf("%w: %s: %v", ErrTrap, rev, err)
+}

@@ -1,0 +1,160 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
+)
+
+// limitedMemory backs one instance's memory and refuses to grow past its cap, so
+// memory.grow fails inside the guest instead of taking the host's memory.
+type limitedMemory struct {
+	buf []byte
+	max uint64
+}
+
+func (m *limitedMemory) Reallocate(size uint64) []byte {
+	if size > m.max {
+		return nil
+	}
+	if size <= uint64(cap(m.buf)) {
+		m.buf = m.buf[:size]
+		return m.buf
+	}
+	nb := make([]byte, size, min(max(size, 2*uint64(cap(m.buf))), m.max))
+	copy(nb, m.buf)
+	m.buf = nb
+	return nb
+}
+
+func (m *limitedMemory) Free() { m.buf = nil }
+
+func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, error) {
+	maxBytes := uint64(r.limits.MemoryPages) * 65536
+	// The instance outlives ctx; its start functions (_initialize) get the activity
+	// timeout, which the guard enforces as it does for any call.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.limits.Timeout)
+	defer cancel()
+	ctx = experimental.WithMemoryAllocator(ctx, experimental.MemoryAllocatorFunc(func(c, m uint64) experimental.LinearMemory {
+		return &limitedMemory{buf: make([]byte, 0, min(c, maxBytes)), max: min(m, maxBytes)}
+	}))
+	mod, err := instantiate(ctx, r.engine.rt, p.pack.compiled, p.modConfig)
+	if err != nil {
+		return nil, invalidPack("start %s: %v", p.id, err)
+	}
+	p.mu.Lock()
+	p.total++
+	p.mu.Unlock()
+	return &instance{mod: mod, mem: mod.Memory(), alloc: mod.ExportedFunction(ExportAlloc), handle: mod.ExportedFunction(ExportHandle)}, nil
+}
+
+// instantiate starts a module, turning a panic inside wazero into an error: a bad
+// module must fail its revision, never the process.
+func instantiate(ctx context.Context, rt wazero.Runtime, compiled wazero.CompiledModule, cfg wazero.ModuleConfig) (mod api.Module, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			mod, err = nil, fmt.Errorf("instantiation panicked: %v", p)
+		}
+	}()
+	return rt.InstantiateModule(ctx, compiled, cfg)
+}
+
+// get takes the most recently used idle instance, or starts one. An idle instance
+// whose module was closed after its last call returned (see errInstanceClosed) is
+// discarded, never reused.
+func (p *packRuntime) get(ctx context.Context, r *Revision) (inst *instance, err error) {
+	for {
+		p.mu.Lock()
+		n := len(p.idle)
+		if n == 0 {
+			p.mu.Unlock()
+			inst, err = p.newInstance(ctx, r)
+			break
+		}
+		inst = p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		if !inst.mod.IsClosed() {
+			break
+		}
+		p.discard(inst)
+	}
+	if inst != nil && testHookTaken != nil {
+		testHookTaken(inst.mod)
+	}
+	return inst, err
+}
+
+// testHookTaken, when set by a test, sees each instance's module as it is taken.
+var testHookTaken func(api.Module)
+
+func (p *packRuntime) put(inst *instance, now time.Time) {
+	inst.lastUsed = now
+	p.mu.Lock()
+	if p.unloaded {
+		p.mu.Unlock()
+		p.discard(inst)
+		return
+	}
+	p.idle = append(p.idle, inst)
+	p.mu.Unlock()
+}
+
+func (p *packRuntime) discard(inst *instance) {
+	_ = inst.mod.Close(context.Background())
+	p.mu.Lock()
+	p.total--
+	p.mu.Unlock()
+}
+
+// Instances reports the live instances of each pack, by pack id.
+func (r *Revision) Instances() map[string]int {
+	out := map[string]int{}
+	for _, p := range r.packs {
+		p.mu.Lock()
+		out[p.id] = p.total
+		p.mu.Unlock()
+	}
+	return out
+}
+
+// reap closes idle instances beyond the first of each pack once they have been idle
+// for IdleTimeout, so an idle revision keeps one instance.
+func (r *Revision) reap() {
+	defer r.wg.Done()
+	t := time.NewTicker(r.limits.IdleTimeout / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+			r.shrink(r.now())
+		}
+	}
+}
+
+func (r *Revision) shrink(now time.Time) {
+	for _, p := range r.packs {
+		var victims []*instance
+		p.mu.Lock()
+		keep := p.idle[:0]
+		for i, inst := range p.idle {
+			// The most recently used instance (the last) always stays.
+			if i < len(p.idle)-1 && now.Sub(inst.lastUsed) >= r.limits.IdleTimeout {
+				victims = append(victims, inst)
+				continue
+			}
+			keep = append(keep, inst)
+		}
+		p.idle = keep
+		p.mu.Unlock()
+		for _, inst := range victims {
+			p.discard(inst)
+		}
+	}
+}
