@@ -39,20 +39,18 @@ func (s *Server) activities(w http.ResponseWriter, r *http.Request) {
 func (s *Server) serveActivity(rw http.ResponseWriter, r *http.Request, ns, tenant, tag string) {
 	start := time.Now()
 	w := &statusWriter{ResponseWriter: rw, status: http.StatusOK}
-	revision := ""
-	// Every answer is counted once, with the status it actually had.
-	defer func() { s.Metrics.request(ns, tenant, revision, w.status, start) }()
-	if n := s.inFlight.Add(1); s.MaxInFlight > 0 && n > int64(s.MaxInFlight) {
-		s.inFlight.Add(-1)
-		writeError(w, http.StatusTooManyRequests, CodeOverloaded, "the dispatcher is at its in-flight limit")
-		return
-	}
-	defer s.inFlight.Add(-1)
-
 	cfg, table, caller := s.authenticate(w, r, ns, tenant)
 	if cfg == nil {
+		return // counted without labels: a refused caller makes no series
+	}
+	revision := ""
+	// Every authenticated answer is counted once, with the status it actually had.
+	defer func() { s.Metrics.request(ns, tenant, revision, w.status, start) }()
+	release, ok := s.tenantSlot(w, cfg)
+	if !ok {
 		return
 	}
+	defer release()
 	body, ok := readBody(w, r, cfg.MaxBodyBytes)
 	if !ok {
 		return
@@ -77,6 +75,11 @@ func (s *Server) serveActivity(rw http.ResponseWriter, r *http.Request, ns, tena
 		revision = ""
 		return
 	}
+	releaseSlot, ok := s.replicaSlot(w)
+	if !ok {
+		return
+	}
+	defer releaseSlot()
 	done := s.Metrics.inFlight(ns, tenant, revision)
 	// The revision's runtime enforces the activity deadline (the tenant's, or lower).
 	out, err := rt.Handle(r.Context(), a)

@@ -9,10 +9,10 @@ import (
 	"github.com/packhost/packhost/runtime"
 )
 
-// Error codes in error bodies: stable, for clients to branch on.
+// Error codes in error bodies: stable, for clients to branch on. Every answer but a
+// served activity and a passing probe is the error body {"error":{"code","message"}}.
 const (
 	CodeInvalidActivity = "invalid_activity"
-	CodeUnknownTenant   = "unknown_tenant"
 	CodeNoSplit         = "no_split"
 	CodeUnauthenticated = "unauthenticated"
 	CodeForbidden       = "forbidden"
@@ -27,6 +27,12 @@ const (
 	CodeStateFull       = "state_full"
 	CodeUnsupported     = "unsupported"
 	CodeInternal        = "internal"
+	// CodeNotFound answers a path the dispatcher does not serve.
+	CodeNotFound = "not_found"
+	// CodeMethodNotAllowed answers a path served with another method (see Allow).
+	CodeMethodNotAllowed = "method_not_allowed"
+	// CodeNotReady answers /readyz while the replica is starting.
+	CodeNotReady = "not_ready"
 )
 
 type errorBody struct {

@@ -9,9 +9,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics are the dispatcher's Prometheus series.
+// Metrics are the dispatcher's Prometheus series. They are served on the manager's
+// metrics port, behind its authentication and authorization, never on the dispatcher's.
+//
+// Label values are bounded: a series is made only for a caller that was authenticated,
+// so namespace and tenant name a Tenant that exists; revision is a revision loaded on
+// this replica (or empty), and code is one of the statuses the dispatcher answers with.
+// Refused callers are counted in one series without labels, whatever they sent.
 type Metrics struct {
-	gatherer prometheus.Gatherer
+	unauth   prometheus.Counter
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	inflight *prometheus.GaugeVec
@@ -28,10 +34,14 @@ type revisionSeries struct {
 	inflight prometheus.Gauge
 }
 
-// NewMetrics registers the dispatcher's series with reg.
-func NewMetrics(reg prometheus.Registerer, gatherer prometheus.Gatherer) *Metrics {
+// NewMetrics registers the dispatcher's series with reg (controller-runtime's
+// metrics.Registry in the manager).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		gatherer: gatherer,
+		unauth: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "packhost_dispatcher_unauthenticated_total",
+			Help: "Requests refused before authentication: unknown tenant, or a missing or wrong token. Not labelled, so callers cannot make series.",
+		}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "packhost_dispatcher_requests_total", Help: "Activity requests by tenant, revision and HTTP status.",
 		}, []string{"namespace", "tenant", "revision", "code"}),
@@ -43,7 +53,7 @@ func NewMetrics(reg prometheus.Registerer, gatherer prometheus.Gatherer) *Metric
 			Name: "packhost_dispatcher_in_flight", Help: "Activities being served by tenant and revision.",
 		}, []string{"namespace", "tenant", "revision"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.inflight)
+	reg.MustRegister(m.unauth, m.requests, m.latency, m.inflight)
 	return m
 }
 
@@ -81,6 +91,29 @@ func (m *Metrics) inFlight(ns, tenant, revision string) func() {
 	g := m.series(ns, tenant, revision).inflight
 	g.Inc()
 	return g.Dec
+}
+
+func (m *Metrics) unauthenticated() {
+	if m != nil {
+		m.unauth.Inc()
+	}
+}
+
+// ForgetTenant removes a tenant's series, when it is deleted.
+func (m *Metrics) ForgetTenant(namespace, tenant string) {
+	if m == nil {
+		return
+	}
+	m.served.Range(func(k, _ any) bool {
+		if key := k.(revisionSeriesKey); key.namespace == namespace && key.tenant == tenant {
+			m.served.Delete(k)
+		}
+		return true
+	})
+	labels := prometheus.Labels{"namespace": namespace, "tenant": tenant}
+	m.requests.DeletePartialMatch(labels)
+	m.latency.DeletePartialMatch(labels)
+	m.inflight.DeletePartialMatch(labels)
 }
 
 // ForgetRevision removes a revision's series, when it is unloaded.

@@ -9,37 +9,53 @@ import (
 	"github.com/packhost/packhost/runtime"
 )
 
-// revisionFor authenticates the caller and finds the revision the path names; it writes
-// the error response and returns nil when the request may not go on.
-func (s *Server) revisionFor(w http.ResponseWriter, r *http.Request) (*runtime.Revision, *TenantConfig, string) {
+// The provider endpoints run a revision's identify, describe-identify and
+// provider-invoke exports for a caller that names the revision in the path. They are
+// admitted as activities are: authentication, the tenant's share, the body, then a
+// replica slot to run the guest.
+
+// providerCall is an admitted request to a provider endpoint.
+type providerCall struct {
+	rt      *runtime.Revision
+	name    string
+	release func()
+}
+
+// admitProvider authenticates the caller, takes the tenant's and then the replica's
+// slots, finds the revision the path names and, when v is not nil, decodes the JSON
+// body into v. It writes the error response and returns false when the request may
+// not go on; otherwise the caller must call release.
+func (s *Server) admitProvider(w http.ResponseWriter, r *http.Request, what string, v any) (providerCall, bool) {
 	cfg, _, _ := s.authenticate(w, r, r.PathValue("ns"), r.PathValue("tenant"))
 	if cfg == nil {
-		return nil, nil, ""
+		return providerCall{}, false
 	}
+	releaseTenant, ok := s.tenantSlot(w, cfg)
+	if !ok {
+		return providerCall{}, false
+	}
+	fail := func() (providerCall, bool) { releaseTenant(); return providerCall{}, false }
 	name := r.PathValue("revision")
 	rt := s.Revisions.Revision(cfg.Namespace, cfg.Name, name)
 	if rt == nil {
 		writeError(w, http.StatusServiceUnavailable, CodeNoReadyRevision, fmt.Sprintf("revision %s is not loaded on this replica", name))
-		return nil, nil, ""
+		return fail()
 	}
-	return rt, cfg, name
-}
-
-// decodeFor is revisionFor plus a JSON body decoded into v.
-func (s *Server) decodeFor(w http.ResponseWriter, r *http.Request, what string, v any) (*runtime.Revision, string) {
-	rt, cfg, name := s.revisionFor(w, r)
-	if rt == nil {
-		return nil, ""
+	if v != nil {
+		body, ok := readBody(w, r, cfg.MaxBodyBytes)
+		if !ok {
+			return fail()
+		}
+		if err := json.Unmarshal(body, v); err != nil {
+			writeError(w, http.StatusBadRequest, CodeInvalidActivity, what+": "+err.Error())
+			return fail()
+		}
 	}
-	body, ok := readBody(w, r, cfg.MaxBodyBytes)
+	releaseReplica, ok := s.replicaSlot(w)
 	if !ok {
-		return nil, ""
+		return fail()
 	}
-	if err := json.Unmarshal(body, v); err != nil {
-		writeError(w, http.StatusBadRequest, CodeInvalidActivity, what+": "+err.Error())
-		return nil, ""
-	}
-	return rt, name
+	return providerCall{rt: rt, name: name, release: func() { releaseReplica(); releaseTenant() }}, true
 }
 
 func writeJSON(w http.ResponseWriter, revision string, v any) {
@@ -50,53 +66,56 @@ func writeJSON(w http.ResponseWriter, revision string, v any) {
 
 func (s *Server) identify(w http.ResponseWriter, r *http.Request) {
 	var req runtime.IdentifyRequest
-	rt, name := s.decodeFor(w, r, "identify request", &req)
-	if rt == nil {
+	c, ok := s.admitProvider(w, r, "identify request", &req)
+	if !ok {
 		return
 	}
+	defer c.release()
 	lower := make(map[string]string, len(req.Headers))
 	for k, v := range req.Headers {
 		lower[strings.ToLower(k)] = v
 	}
 	req.Headers = lower
-	id, err := rt.Identify(r.Context(), req, r.URL.Query().Get("scoped") == "true")
+	id, err := c.rt.Identify(r.Context(), req, r.URL.Query().Get("scoped") == "true")
 	if err != nil {
 		writeRuntimeError(w, err)
 		return
 	}
-	writeJSON(w, name, struct {
+	writeJSON(w, c.name, struct {
 		Outcome string `json:"outcome"`
 		runtime.Identity
 	}{id.OutcomeName(), id})
 }
 
 func (s *Server) describe(w http.ResponseWriter, r *http.Request) {
-	rt, _, name := s.revisionFor(w, r)
-	if rt == nil {
+	c, ok := s.admitProvider(w, r, "", nil)
+	if !ok {
 		return
 	}
-	hints, err := rt.DescribeIdentify(r.Context())
+	defer c.release()
+	hints, err := c.rt.DescribeIdentify(r.Context())
 	if err != nil {
 		writeRuntimeError(w, err)
 		return
 	}
-	writeJSON(w, name, map[string]any{"hints": hints})
+	writeJSON(w, c.name, map[string]any{"hints": hints})
 }
 
 func (s *Server) invoke(w http.ResponseWriter, r *http.Request) {
 	var req runtime.InvokeRequest
-	rt, name := s.decodeFor(w, r, "invoke request", &req)
-	if rt == nil {
+	c, ok := s.admitProvider(w, r, "invoke request", &req)
+	if !ok {
 		return
 	}
+	defer c.release()
 	if req.ProviderType == "" || req.Op == "" {
 		writeError(w, http.StatusBadRequest, CodeInvalidActivity, "invoke request needs provider_type and op")
 		return
 	}
-	out, err := rt.Invoke(r.Context(), req)
+	out, err := c.rt.Invoke(r.Context(), req)
 	if err != nil {
 		writeRuntimeError(w, err)
 		return
 	}
-	writeJSON(w, name, map[string]json.RawMessage{"result": out})
+	writeJSON(w, c.name, map[string]json.RawMessage{"result": out})
 }

@@ -19,16 +19,30 @@ type TenantConfig struct {
 	RoutingCallers []string
 	// MaxBodyBytes bounds one activity.
 	MaxBodyBytes int64
+	// MaxConcurrentActivities is the Tenant's spec.limits.maxConcurrentActivities; the
+	// tenant's share of the dispatcher is derived from it (see tenantShare). Zero means
+	// the CRD's default, 16.
+	MaxConcurrentActivities int
+
+	// hashes are the SHA-256 sums of Tokens, made once when the config is published.
+	hashes []tokenHash
 }
 
 // Router holds what controllers publish for the dispatcher: each tenant's config and its
 // routing table, each swapped atomically, and counts of dispatched activities.
 type Router struct {
+	// OnRemove, when set, is called when a tenant is removed (the dispatcher's metrics
+	// forget it). Set it before the first publish.
+	OnRemove func(namespace, name string)
+
 	mu      sync.RWMutex
 	tenants map[string]*tenantEntry
 }
 
 type tenantEntry struct {
+	// active counts the tenant's requests in the dispatcher, from authentication to
+	// answer (see admit).
+	active atomic.Int64
 	config atomic.Pointer[TenantConfig]
 	table  atomic.Pointer[Table]
 	counts sync.Map // revision name -> *atomic.Int64
@@ -56,14 +70,16 @@ func (r *Router) entry(namespace, name string, create bool) *tenantEntry {
 	return e
 }
 
-// PublishTenant sets a tenant's config; nil removes the tenant.
+// PublishTenant sets a tenant's config; nil removes the tenant. The router owns c from
+// then on: it must not be changed.
 func (r *Router) PublishTenant(namespace, name string, c *TenantConfig) {
 	if c == nil {
-		if e := r.entry(namespace, name, false); e != nil {
-			e.config.Store(nil)
+		if e := r.entry(namespace, name, false); e != nil && e.config.Swap(nil) != nil && r.OnRemove != nil {
+			r.OnRemove(namespace, name)
 		}
 		return
 	}
+	c.hashes = hashTokens(c.Tokens)
 	r.entry(namespace, name, true).config.Store(c)
 }
 

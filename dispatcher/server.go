@@ -7,12 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/packhost/packhost/runtime"
 )
@@ -38,17 +38,18 @@ type Server struct {
 	Router    *Router
 	Revisions Revisions
 	Pins      Pins
-	// MaxInFlight bounds the activities served at once by this replica; past it
-	// requests get 429 with Retry-After.
+	// MaxInFlight bounds the activities this replica runs at once, over all tenants;
+	// past it requests get 429 with Retry-After. It is the last line: each tenant is
+	// held to its own share first (see admission.go).
 	MaxInFlight int
-	// Ready answers /readyz.
+	// Ready answers /readyz (see Readiness).
 	Ready   func(*http.Request) error
 	Metrics *Metrics
 	Log     logr.Logger
 	// ShutdownTimeout bounds how long in-flight activities may finish on shutdown.
 	ShutdownTimeout time.Duration
 	// ReadTimeout bounds reading a whole request, headers and body (default 30 s): a
-	// client sending its body slowly holds an in-flight slot at most this long.
+	// client sending its body slowly holds one of its tenant's slots at most this long.
 	ReadTimeout time.Duration
 	// IdleTimeout closes a keep-alive connection idle this long (default 2 min).
 	IdleTimeout time.Duration
@@ -57,24 +58,38 @@ type Server struct {
 	listener net.Listener
 }
 
-// Handler returns the dispatcher's routes.
+// Handler returns the dispatcher's routes: activities, the provider endpoints and
+// plain /healthz and /readyz. Metrics are not served here but on the manager's metrics
+// port, behind authentication. Every other answer is the JSON error body, 404 and 405
+// included, and nothing here names a tenant or revision to a caller not authenticated.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/namespaces/{ns}/tenants/{tenant}/activities", s.activities)
-	mux.HandleFunc("POST /v1/namespaces/{ns}/tenants/{tenant}/tags/{tag}/activities", s.activities)
-	mux.HandleFunc("POST /v1/namespaces/{ns}/tenants/{tenant}/revisions/{revision}/identify", s.identify)
-	mux.HandleFunc("GET /v1/namespaces/{ns}/tenants/{tenant}/revisions/{revision}/identify", s.describe)
-	mux.HandleFunc("POST /v1/namespaces/{ns}/tenants/{tenant}/revisions/{revision}/invoke", s.invoke)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Metrics.gatherer, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if s.Ready != nil {
-			if err := s.Ready(r); err != nil {
-				http.Error(w, err.Error(), http.StatusServiceUnavailable)
-				return
+	routes := []struct {
+		path     string
+		handlers map[string]http.HandlerFunc
+	}{
+		{"/v1/namespaces/{ns}/tenants/{tenant}/activities", map[string]http.HandlerFunc{"POST": s.activities}},
+		{"/v1/namespaces/{ns}/tenants/{tenant}/tags/{tag}/activities", map[string]http.HandlerFunc{"POST": s.activities}},
+		{"/v1/namespaces/{ns}/tenants/{tenant}/revisions/{revision}/identify", map[string]http.HandlerFunc{"POST": s.identify, "GET": s.describe}},
+		{"/v1/namespaces/{ns}/tenants/{tenant}/revisions/{revision}/invoke", map[string]http.HandlerFunc{"POST": s.invoke}},
+		{"/healthz", map[string]http.HandlerFunc{"GET": func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }}},
+		{"/readyz", map[string]http.HandlerFunc{"GET": s.readyz}},
+	}
+	for _, rt := range routes {
+		var allow []string
+		for method, h := range rt.handlers {
+			mux.HandleFunc(method+" "+rt.path, h)
+			allow = append(allow, method)
+			if method == http.MethodGet {
+				allow = append(allow, http.MethodHead) // the mux serves HEAD with GET's handler
 			}
 		}
-		io.WriteString(w, "ok")
+		slices.Sort(allow)
+		// Without a method the pattern is less specific: it takes every other method.
+		mux.HandleFunc(rt.path, methodNotAllowed(strings.Join(allow, ", ")))
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+		writeError(w, http.StatusNotFound, CodeNotFound, "no such path: see the README's HTTP API")
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ns, tenant, ok := activityPath(r); ok {
@@ -83,6 +98,23 @@ func (s *Server) Handler() http.Handler {
 		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+func methodNotAllowed(allow string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		writeError(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, fmt.Sprintf("%s is not served here; use %s", r.Method, allow))
+	}
+}
+
+// readyz answers "ok" when the replica is ready, and otherwise a 503 that says only
+// that: why is for the manager's logs and probe port, not for callers.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.Ready != nil && s.Ready(r) != nil {
+		writeError(w, http.StatusServiceUnavailable, CodeNotReady, "the replica is not ready")
+		return
+	}
+	io.WriteString(w, "ok")
 }
 
 // activityPath recognizes the route nearly every request takes,

@@ -49,7 +49,7 @@ func newTestServer(tb testing.TB, pack string) (*Server, *runtime.Revision) {
 		Tokens: map[string]string{"tok": "ci", "ops": "ops"}, RoutingCallers: []string{"ops"}, MaxBodyBytes: 4096})
 	router.PublishTable("default", "acme", NewTable("s", []Route{{Revision: "v1", Percent: 100, Tag: "stable"}}, true))
 	reg := prometheus.NewRegistry()
-	return &Server{Router: router, Revisions: oneRevision{rev}, MaxInFlight: 1024, Metrics: NewMetrics(reg, reg), Log: logr.Discard()}, rev
+	return &Server{Router: router, Revisions: oneRevision{rev}, MaxInFlight: 1024, Metrics: NewMetrics(reg), Log: logr.Discard()}, rev
 }
 
 // BenchmarkServe is one activity request through the dispatcher's handler, without a

@@ -62,7 +62,7 @@ func TestErrorsAreTypedAndChangeNothing(t *testing.T) {
 		{Revision: "loop", Percent: 0, Tag: "loop"}, {Revision: "gone", Percent: 0, Tag: "gone"}}, true))
 	router.PublishTenant("default", "nosplit", &TenantConfig{Namespace: "default", Name: "nosplit", Tokens: map[string]string{"tok": "app"}})
 	reg := prometheus.NewRegistry()
-	s := &Server{Router: router, Revisions: revs, Metrics: NewMetrics(reg, reg), Log: logr.Discard()}
+	s := &Server{Router: router, Revisions: revs, Metrics: NewMetrics(reg), Log: logr.Discard()}
 	h := s.Handler()
 
 	do := func(path, token, body string, hdr ...string) (*httptest.ResponseRecorder, errorBody) {
@@ -90,12 +90,16 @@ func TestErrorsAreTypedAndChangeNothing(t *testing.T) {
 		{"invalid JSON", acme + "/activities", "tok", `{"kind":`, nil, 400, CodeInvalidActivity},
 		{"invalid activity", acme + "/activities", "tok", `{"kind":"smoke"}`, nil, 400, CodeInvalidActivity},
 		{"unknown field", acme + "/activities", "tok", `{"kind":"message","tenant":"other"}`, nil, 400, CodeInvalidActivity},
+		{"invalid UTF-8 in the payload", acme + "/activities", "tok", "{\"kind\":\"message\",\"payload\":\"caf\xe9\"}", nil, 400, CodeInvalidActivity},
+		{"invalid UTF-8 in a hint", acme + "/activities", "tok", "{\"kind\":\"message\",\"user_id\":\"\xff\"}", nil, 400, CodeInvalidActivity},
+		{"encoded surrogate in a hint", acme + "/activities", "tok", "{\"kind\":\"message\",\"user_id\":\"\xed\xa0\x80\"}", nil, 400, CodeInvalidActivity},
+		{"invalid UTF-8 in a key", acme + "/activities", "tok", "{\"kind\":\"message\",\"\xc3\":1}", nil, 400, CodeInvalidActivity},
 		{"no token", acme + "/activities", "", ok, nil, 401, CodeUnauthenticated},
-		{"wrong token", acme + "/activities", "nope", ok, nil, 403, CodeForbidden},
+		{"wrong token", acme + "/activities", "nope", ok, nil, 401, CodeUnauthenticated},
 		{"choosing without the right", acme + "/tags/stable/activities", "tok", ok, nil, 403, CodeForbidden},
 		{"choosing by header without the right", acme + "/activities", "tok", ok, []string{RevisionHeader, "trap"}, 403, CodeForbidden},
-		{"unknown tenant", "/v1/namespaces/default/tenants/ghost/activities", "tok", ok, nil, 404, CodeUnknownTenant},
-		{"another tenant's token", "/v1/namespaces/default/tenants/nosplit/activities", "ops-tok", ok, nil, 403, CodeForbidden},
+		{"unknown tenant", "/v1/namespaces/default/tenants/ghost/activities", "tok", ok, nil, 401, CodeUnauthenticated},
+		{"another tenant's token", "/v1/namespaces/default/tenants/nosplit/activities", "ops-tok", ok, nil, 401, CodeUnauthenticated},
 		{"no split", "/v1/namespaces/default/tenants/nosplit/activities", "tok", ok, nil, 404, CodeNoSplit},
 		{"unknown tag", acme + "/tags/blue/activities", "ops-tok", ok, nil, 404, CodeUnknownTag},
 		{"no such flow", acme + "/activities", "tok", `{"kind":"message","flow_id":"nope"}`, nil, 404, CodeNoSuchFlow},
@@ -114,6 +118,7 @@ func TestErrorsAreTypedAndChangeNothing(t *testing.T) {
 				tenant = "nosplit"
 			}
 			counted := requestsWithCode(t, reg, ns, tenant, tc.status)
+			unauthenticated := counterValue(t, reg, "packhost_dispatcher_unauthenticated_total")
 			before := store.Commits
 			w, eb := do(tc.path, tc.token, tc.body, tc.hdr...)
 			if w.Code != tc.status || eb.Error.Code != tc.code || eb.Error.Message == "" {
@@ -125,8 +130,16 @@ func TestErrorsAreTypedAndChangeNothing(t *testing.T) {
 			if (tc.status == 429 || tc.status == 503) && w.Header().Get("Retry-After") == "" {
 				t.Error("no Retry-After")
 			}
-			// The metrics count the status the caller actually got, once.
-			if got := requestsWithCode(t, reg, ns, tenant, tc.status) - counted; got != 1 {
+			// The metrics count the status the caller actually got, once; a caller
+			// not authenticated is counted without the tenant it named.
+			if tc.status == http.StatusUnauthorized {
+				if got := counterValue(t, reg, "packhost_dispatcher_unauthenticated_total") - unauthenticated; got != 1 {
+					t.Errorf("packhost_dispatcher_unauthenticated_total grew by %v, want 1", got)
+				}
+				if got := requestsWithCode(t, reg, ns, tenant, tc.status) - counted; got != 0 {
+					t.Errorf("an unauthenticated request was counted for tenant %q", tenant)
+				}
+			} else if got := requestsWithCode(t, reg, ns, tenant, tc.status) - counted; got != 1 {
 				t.Errorf("packhost_dispatcher_requests_total{tenant=%q,code=%q} grew by %v, want 1", tenant, strconv.Itoa(tc.status), got)
 			}
 		})
@@ -145,7 +158,7 @@ func TestErrorsAreTypedAndChangeNothing(t *testing.T) {
 		t.Errorf("dispatched count %d, want 2", got)
 	}
 
-	// Past the in-flight limit: 429 with Retry-After.
+	// Past the replica's in-flight limit: 429 with Retry-After.
 	s.MaxInFlight = 1
 	s.inFlight.Add(1)
 	w, eb := do(acme+"/activities", "tok", ok)
@@ -213,7 +226,7 @@ func TestProviderEndpoints(t *testing.T) {
 	router.PublishTenant("default", "acme", &TenantConfig{Namespace: "default", Name: "acme", Tokens: map[string]string{"tok": "app"}, MaxBodyBytes: 4096})
 	reg := prometheus.NewRegistry()
 	s := &Server{Router: router, Revisions: revisions{"hooks": loadRevision(t, e, "hooks", "webhook", nil, runtime.Limits{})},
-		Metrics: NewMetrics(reg, reg), Log: logr.Discard()}
+		Metrics: NewMetrics(reg), Log: logr.Discard()}
 	h := s.Handler()
 	call := func(method, path, body string) (int, string) {
 		req := httptest.NewRequest(method, "/v1/namespaces/default/tenants/acme/revisions/"+path, strings.NewReader(body))
@@ -340,6 +353,8 @@ func TestSlowBodyIsCutOff(t *testing.T) {
 // leave series behind that nothing removes again.
 func TestUnservedRevisionsMakeNoSeries(t *testing.T) {
 	s, rev := newTestServer(t, "echo")
+	reg := prometheus.NewRegistry()
+	s.Metrics = NewMetrics(reg)
 	loaded := revisions{"v1": rev}
 	s.Revisions = loaded
 	h := s.Handler()
@@ -369,7 +384,6 @@ func TestUnservedRevisionsMakeNoSeries(t *testing.T) {
 	if code := send(); code != http.StatusServiceUnavailable {
 		t.Fatalf("the unloaded v1 answered %d", code)
 	}
-	reg := s.Metrics.gatherer
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

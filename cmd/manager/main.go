@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	packhostv1alpha1 "github.com/packhost/packhost/api/v1alpha1"
@@ -33,6 +35,11 @@ const leaderElectionID = "manager.packhost.io"
 // options are the manager's command-line settings.
 type options struct {
 	metricsAddr             string
+	metricsSecure           bool
+	metricsCertPath         string
+	metricsCertName         string
+	metricsCertKey          string
+	enableHTTP2             bool
 	probeAddr               string
 	leaderElect             bool
 	leaderElectionNamespace string
@@ -48,7 +55,12 @@ type options struct {
 }
 
 func (o *options) bind(fs *flag.FlagSet) {
-	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8443", "Address the Prometheus metrics endpoint binds to (it serves every metric, the dispatcher's included); 0 disables it.")
+	fs.BoolVar(&o.metricsSecure, "metrics-secure", true, "Serve metrics over HTTPS, to callers authenticated by a TokenReview and authorized by a SubjectAccessReview for GET /metrics (the metrics-reader ClusterRole). --metrics-secure=false serves plain HTTP to anyone who can reach the port.")
+	fs.StringVar(&o.metricsCertPath, "metrics-cert-path", "", "Directory holding the metrics server's certificate and key; empty uses a self-signed certificate.")
+	fs.StringVar(&o.metricsCertName, "metrics-cert-name", "tls.crt", "File name of the metrics server's certificate in --metrics-cert-path.")
+	fs.StringVar(&o.metricsCertKey, "metrics-cert-key", "tls.key", "File name of the metrics server's key in --metrics-cert-path.")
+	fs.BoolVar(&o.enableHTTP2, "enable-http2", false, "Serve metrics over HTTP/2 too; off by default against the HTTP/2 Stream Cancellation and Rapid Reset CVEs.")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address the /healthz and /readyz endpoints bind to.")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader among replicas; only the leader writes status. Enable it when running more than one replica.")
 	fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease; defaults to the manager's own namespace.")
@@ -131,6 +143,31 @@ func main() {
 	}
 }
 
+// metricsOptions serves metrics as kubebuilder scaffolds it: over HTTPS behind
+// controller-runtime's authentication and authorization filter unless --metrics-secure
+// is false, and without HTTP/2 unless --enable-http2.
+func metricsOptions(o options) metricsserver.Options {
+	opts := metricsserver.Options{
+		BindAddress:   o.metricsAddr,
+		SecureServing: o.metricsSecure,
+		CertDir:       o.metricsCertPath,
+		CertName:      o.metricsCertName,
+		KeyName:       o.metricsCertKey,
+	}
+	if !o.enableHTTP2 {
+		opts.TLSOpts = append(opts.TLSOpts, func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} })
+	}
+	if o.metricsSecure {
+		opts.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+	return opts
+}
+
+// The metrics filter authenticates each scrape with a TokenReview and authorizes it
+// with a SubjectAccessReview for the non-resource URL /metrics.
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
+
 // run builds the manager and runs it until ctx is done.
 func run(ctx context.Context, cfg *rest.Config, o options, log logr.Logger) error {
 	if err := os.MkdirAll(o.cacheDir, 0o750); err != nil {
@@ -139,7 +176,7 @@ func run(ctx context.Context, cfg *rest.Config, o options, log logr.Logger) erro
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  newScheme(),
 		Logger:                  log,
-		Metrics:                 metricsserver.Options{BindAddress: o.metricsAddr},
+		Metrics:                 metricsOptions(o),
 		HealthProbeBindAddress:  o.probeAddr,
 		PprofBindAddress:        o.pprofAddr,
 		LeaderElection:          o.leaderElect,

@@ -80,21 +80,34 @@ func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger) err
 	); err != nil {
 		return err
 	}
-	if err := mgr.AddReadyzCheck("revisions-loaded", controllers.RevisionsLoaded(router, runtimes)); err != nil {
-		return err
+	// Ready once synced and warmed up, and then for good: no tenant's revision makes a
+	// replica NotReady (dispatcher.Readiness).
+	ready := &dispatcher.Readiness{
+		Synced: func(ctx context.Context) bool { return mgr.GetCache().WaitForCacheSync(ctx) },
+		Pending: func(ctx context.Context) (int, error) {
+			return pendingRevisions(ctx, mgr.GetClient(), func(ns, tenant, name string) bool {
+				return runtimes.Revision(ns, tenant, name) != nil
+			})
+		},
+	}
+	ready.Start(time.Now())
+	if err := mgr.AddReadyzCheck("revisions-warm", ready.Check); err != nil {
+		return fmt.Errorf("add readiness check: %w", err)
 	}
 	if o.dispatcherAddr == "0" {
 		return nil
 	}
-	metrics := dispatcher.NewMetrics(crmetrics.Registry, crmetrics.Registry)
+	// The dispatcher's series are served on the manager's metrics port, behind its
+	// authentication and authorization, not on the dispatcher's public port.
+	metrics := dispatcher.NewMetrics(crmetrics.Registry)
 	runtimes.OnUnload = func(key types.NamespacedName) { metrics.ForgetRevision(key.Namespace, key.Name) }
+	router.OnRemove = metrics.ForgetTenant
 	if err := crmetrics.Registry.Register(controllers.NewPoolCollector(runtimes)); err != nil {
 		return fmt.Errorf("register pool metrics: %w", err)
 	}
-	ready := controllers.RevisionsLoaded(router, runtimes)
 	return mgr.Add(&dispatcher.Server{
 		Addr: o.dispatcherAddr, Router: router, Revisions: runtimes, Pins: store,
-		MaxInFlight: o.maxInFlight, Ready: ready, Metrics: metrics,
+		MaxInFlight: o.maxInFlight, Ready: ready.Check, Metrics: metrics,
 		Log: log.WithName("dispatcher"), ShutdownTimeout: o.gracefulShutdown,
 	})
 }
