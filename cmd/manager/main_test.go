@@ -2,16 +2,23 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/packhost/packhost/internal/testenv"
@@ -32,14 +39,20 @@ func freeAddr(t *testing.T) string {
 }
 
 // The manager starts against a real API server, with leader election on, and answers its
-// probes and metrics endpoint; it stops cleanly when its context ends.
+// probes and metrics endpoint; it stops cleanly when its context ends. Metrics, the
+// dispatcher's included, are served over HTTPS to authorized callers only, and not on
+// the dispatcher's port.
 func TestManagerStartsAndAnswersProbes(t *testing.T) {
 	testenv.Require(t, env)
+	ns := env.Namespace(t, "manager")
+	reader, stranger := serviceAccountToken(t, ns, "scraper", true), serviceAccountToken(t, ns, "stranger", false)
 	o := options{
 		metricsAddr:             freeAddr(t),
+		metricsSecure:           true,
+		dispatcherAddr:          freeAddr(t),
 		probeAddr:               freeAddr(t),
 		leaderElect:             true,
-		leaderElectionNamespace: env.Namespace(t, "manager"),
+		leaderElectionNamespace: ns,
 		cacheDir:                t.TempDir(),
 		gracefulShutdown:        5 * time.Second,
 	}
@@ -53,8 +66,30 @@ func TestManagerStartsAndAnswersProbes(t *testing.T) {
 			t.Fatalf("%s: %v", path, err)
 		}
 	}
-	if err := waitOK(ctx, "http://"+o.metricsAddr+"/metrics", done); err != nil {
-		t.Errorf("/metrics: %v", err)
+	if err := waitOK(ctx, "http://"+o.dispatcherAddr+"/readyz", done); err != nil {
+		t.Errorf("dispatcher /readyz: %v", err)
+	}
+	if code, body := get(t, "http://"+o.dispatcherAddr+"/metrics", ""); code != http.StatusNotFound || strings.Contains(body, "packhost_") {
+		t.Errorf("the dispatcher port answers /metrics: %d %.200s", code, body)
+	}
+	for _, tc := range []struct {
+		name, token string
+		status      []int
+	}{
+		{"no token", "", []int{http.StatusUnauthorized}},
+		// controller-runtime's filter answers 500 when the TokenReview itself reports
+		// an error, as it does for a token that is not a JWT.
+		{"a token the API server does not know", "not-a-token", []int{http.StatusUnauthorized, http.StatusInternalServerError}},
+		{"a service account without the metrics-reader role", stranger, []int{http.StatusForbidden}},
+		{"a service account with it", reader, []int{http.StatusOK}},
+	} {
+		code, body := get(t, "https://"+o.metricsAddr+"/metrics", tc.token)
+		if !slices.Contains(tc.status, code) || (code != http.StatusOK && strings.Contains(body, "packhost_")) {
+			t.Errorf("/metrics with %s: %d %.200s, want %v", tc.name, code, body, tc.status)
+		}
+		if code == http.StatusOK && !strings.Contains(body, "packhost_dispatcher_unauthenticated_total") {
+			t.Errorf("/metrics lacks the dispatcher's series")
+		}
 	}
 
 	cancel()
@@ -78,6 +113,54 @@ func TestRunRefusesUnwritableCacheDir(t *testing.T) {
 	if err == nil {
 		t.Fatal("run accepted a cache directory it cannot create")
 	}
+}
+
+// serviceAccountToken creates a service account in ns, bound to the metrics-reader
+// rules of config/rbac when reader is true, and returns a token for it.
+func serviceAccountToken(t *testing.T, ns, name string, reader bool) string {
+	t.Helper()
+	ctx := context.Background()
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	if err := env.Client.Create(ctx, sa); err != nil {
+		t.Fatal(err)
+	}
+	if reader {
+		role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: ns + "-metrics-reader"},
+			Rules: []rbacv1.PolicyRule{{NonResourceURLs: []string{"/metrics"}, Verbs: []string{"get"}}}}
+		binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: ns + "-metrics-reader"},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: ns, Name: name}}}
+		for _, o := range []client.Object{role, binding} {
+			if err := env.Client.Create(ctx, o); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = env.Client.Delete(context.Background(), o) })
+		}
+	}
+	tr := &authenticationv1.TokenRequest{}
+	if err := env.Client.SubResource("token").Create(ctx, sa, tr); err != nil {
+		t.Fatalf("request a token for %s: %v", name, err)
+	}
+	return tr.Status.Token
+}
+
+// get fetches url with token as bearer, trusting any certificate (the metrics server's
+// is self-signed).
+func get(t *testing.T, url, token string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Errorf("GET %s: %v", url, err)
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 // waitOK polls url until it answers 200, the manager exits, or 60s pass.
