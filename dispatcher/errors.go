@@ -20,6 +20,9 @@ const (
 	CodeConflict        = "session_conflict"
 	CodeOverloaded      = "overloaded"
 	CodeGuestTrap       = "guest_error"
+	// CodeResourceLimit: the guest went past a limit on what it may grow (call depth,
+	// host memory filled through host calls); nothing of the activity was kept.
+	CodeResourceLimit   = "resource_limit"
 	CodeTimeout         = "timeout"
 	CodeNoReadyRevision = "no_ready_revision"
 	CodeNoSuchFlow      = "no_such_flow"
@@ -70,6 +73,8 @@ func statusOf(err error) (int, string) {
 		return http.StatusTooManyRequests, CodeOverloaded
 	case errors.Is(err, runtime.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout, CodeTimeout
+	case errors.Is(err, runtime.ErrResourceLimit):
+		return http.StatusBadGateway, CodeResourceLimit
 	case errors.Is(err, runtime.ErrTrap), errors.Is(err, runtime.ErrInvalidOutput):
 		return http.StatusBadGateway, CodeGuestTrap
 	case errors.Is(err, runtime.ErrNotLoaded):
