@@ -36,12 +36,21 @@ type Limits struct {
 	MaxQueue int
 	// MaxOutputBytes bounds the payload bytes one activity may output.
 	MaxOutputBytes int
-	// IdleTimeout is how long an idle instance beyond the first is kept.
+	// MaxHostBytes bounds the host memory one activity's host calls may hold: state
+	// values and keys written and read, the parked wait, secrets read. Past it the
+	// activity fails with ErrResourceLimit and nothing of it is kept.
+	MaxHostBytes int
+	// IdleTimeout is how long an idle instance is kept; an idle revision keeps none.
 	IdleTimeout time.Duration
 	// MaxReruns bounds how often an activity is run again after a state conflict; the
 	// activity's deadline bounds the re-runs too.
 	MaxReruns int
 }
+
+// DefaultMaxHostBytes is Limits.MaxHostBytes unless set: 32 state values of the
+// largest size, far more than a revision's whole state namespace needs at its default
+// shard count.
+const DefaultMaxHostBytes = 8 << 20
 
 func (l *Limits) defaults() {
 	if l.MemoryPages == 0 {
@@ -58,6 +67,9 @@ func (l *Limits) defaults() {
 	}
 	if l.MaxOutputBytes == 0 {
 		l.MaxOutputBytes = 1 << 20
+	}
+	if l.MaxHostBytes == 0 {
+		l.MaxHostBytes = DefaultMaxHostBytes
 	}
 	if l.IdleTimeout == 0 {
 		l.IdleTimeout = 30 * time.Second

@@ -5,7 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/tetratelabs/wazero"
@@ -55,6 +58,9 @@ type Engine struct {
 	log       logr.Logger
 	unguarded bool
 	cacheDir  string
+
+	// lastReturn is when memory was last handed back to the OS (unix nanoseconds).
+	lastReturn atomic.Int64
 
 	mu       sync.Mutex
 	packs    map[string]*Pack
@@ -303,4 +309,21 @@ func sameTypes(a, b []api.ValueType) bool {
 		}
 	}
 	return true
+}
+
+// returnInterval is how often at most freed guest memory is handed back to the OS: a
+// forced collection is a pause for every goroutine, so many revisions going idle at once
+// pay for one.
+const returnInterval = 10 * time.Second
+
+// returnMemory hands the memory of closed instances back to the OS, at most every
+// returnInterval. Go's background scavenger would do it too, but slowly enough that an
+// idle replica would keep the RSS of its busiest minute for a long while.
+func (e *Engine) returnMemory() {
+	now := time.Now().UnixNano()
+	last := e.lastReturn.Load()
+	if now-last < int64(returnInterval) || !e.lastReturn.CompareAndSwap(last, now) {
+		return
+	}
+	go debug.FreeOSMemory()
 }

@@ -43,28 +43,53 @@ func (r *Revision) Floor(ctx context.Context, a *Activity) (fn func() error, rel
 	return fn, func() { p.put(inst, r.now()) }, nil
 }
 
+// HostCallResult is what HostCall observed.
+type HostCallResult struct {
+	Code    int32
+	MemSize uint32
+	Outputs int
+	Faulted bool
+	// HostBytes is what the activity's host calls held after this one.
+	HostBytes int
+	// Stopped is the error the call was ended with (a limit), or nil.
+	Stopped error
+}
+
 // HostCall calls host function name directly with args on an instance of the main pack,
-// as a guest would, and returns its result code, the guest memory size, how many outputs
-// it produced and whether it recorded a fault. For fuzzing the bounds checks.
-func (r *Revision) HostCall(ctx context.Context, name string, args []uint64) (code int32, memSize uint32, outputs int, faulted bool, err error) {
+// as a guest would, in an activity whose host calls already held used bytes. For fuzzing
+// the bounds checks and the per-activity host memory budget.
+func (r *Revision) HostCall(ctx context.Context, name string, args []uint64, used int) (res HostCallResult, err error) {
 	hf, ok := hostFunctions[name]
 	if !ok {
-		return 0, 0, 0, false, fmt.Errorf("no host function %s", name)
+		return res, fmt.Errorf("no host function %s", name)
 	}
 	p := r.packs[0]
 	inst, err := p.get(ctx, r)
 	if err != nil {
-		return 0, 0, 0, false, err
+		return res, err
 	}
 	defer p.put(inst, r.now())
 	txn, _ := r.store.Begin(ctx)
 	defer txn.Discard()
-	c := &call{rev: r, pack: p, flow: "f", session: "s", txn: txn}
+	c := &call{rev: r, pack: p, flow: "f", session: "s", txn: txn, hostBytes: used}
 	stack := make([]uint64, max(len(hf.params), len(hf.results)))
 	copy(stack, args)
-	code = hf.fn(ctx, c, inst.mem, stack)
-	return code, inst.mem.Size(), len(c.outputs), c.faultErr != nil, nil
+	defer func() {
+		if v := recover(); v != nil {
+			stop, ok := v.(*hostStop)
+			if !ok {
+				panic(v)
+			}
+			res.Stopped = stop.err
+		}
+		res.MemSize, res.Outputs, res.Faulted, res.HostBytes = inst.mem.Size(), len(c.outputs), c.faultErr != nil, c.hostBytes
+	}()
+	res.Code = hf.fn(ctx, c, inst.mem, stack)
+	return res, nil
 }
+
+// MaxHostBytes is the revision's per-activity host memory budget.
+func (r *Revision) MaxHostBytes() int { return r.limits.MaxHostBytes }
 
 // SelectFlow runs flow selection over packs as a revision of them would.
 func SelectFlow(packs []*Pack, a *Activity) (pack, flow string, err error) {

@@ -43,22 +43,37 @@ func FuzzParseActivity(f *testing.F) {
 }
 
 // FuzzHostBounds hands every host function arbitrary pointers and lengths, as a hostile
-// guest would: the host never panics, and a range outside guest memory is refused with
-// a negative code and no output.
+// guest would, in an activity that already made its host hold some bytes: the host never
+// panics, a range outside guest memory is refused with a negative code and no output,
+// and the activity's host bytes never pass its budget without the call being ended with
+// ErrResourceLimit.
 func FuzzHostBounds(f *testing.F) {
 	e := newEngine(f)
-	rev := load(f, e, nil, "counter")
+	rev := load(f, e, []revOpt{func(c *runtime.RevisionConfig) { c.Limits.MaxHostBytes = 64 << 10 }}, "counter")
 	names := []string{"output", "log", "state_get", "state_set", "state_delete", "session_wait", "secret_get"}
-	f.Add(uint8(0), uint32(0), uint32(0), uint32(0), uint32(0))
-	f.Add(uint8(0), uint32(0), uint32(0), uint32(0xFFFFFF00), uint32(200))
-	f.Add(uint8(2), uint32(0xFFFFFFFF), uint32(1), uint32(0), uint32(16))
-	f.Add(uint8(3), uint32(1024), uint32(8), uint32(1<<30), uint32(1<<31))
-	f.Fuzz(func(t *testing.T, fn uint8, a, b, c, d uint32) {
+	f.Add(uint8(0), uint32(0), uint32(0), uint32(0), uint32(0), uint32(0))
+	f.Add(uint8(0), uint32(0), uint32(0), uint32(0xFFFFFF00), uint32(200), uint32(0))
+	f.Add(uint8(2), uint32(0xFFFFFFFF), uint32(1), uint32(0), uint32(16), uint32(0))
+	f.Add(uint8(3), uint32(1024), uint32(8), uint32(1<<30), uint32(1<<31), uint32(0))
+	f.Add(uint8(3), uint32(1024), uint32(8), uint32(2048), uint32(4096), uint32(62<<10))
+	f.Add(uint8(5), uint32(1024), uint32(8000), uint32(0), uint32(0), uint32(60<<10))
+	f.Fuzz(func(t *testing.T, fn uint8, a, b, c, d, used uint32) {
 		name := names[int(fn)%len(names)]
-		code, size, outputs, _, err := rev.HostCall(context.Background(), name, []uint64{uint64(a), uint64(b), uint64(c), uint64(d)})
+		budget := rev.MaxHostBytes()
+		res, err := rev.HostCall(context.Background(), name, []uint64{uint64(a), uint64(b), uint64(c), uint64(d)}, int(used)%budget)
 		if err != nil {
 			t.Fatal(err)
 		}
+		if res.Stopped != nil {
+			if !errors.Is(res.Stopped, runtime.ErrResourceLimit) || res.HostBytes <= budget {
+				t.Fatalf("%s stopped with %v at %d of %d host bytes", name, res.Stopped, res.HostBytes, budget)
+			}
+			return
+		}
+		if res.HostBytes > budget {
+			t.Fatalf("%s left the activity holding %d host bytes, past its budget of %d", name, res.HostBytes, budget)
+		}
+		code, size, outputs := res.Code, res.MemSize, res.Outputs
 		inRange := func(ptr, n uint32) bool { return n == 0 || uint64(ptr)+uint64(n) <= uint64(size) }
 		switch name {
 		case "output":

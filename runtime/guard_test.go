@@ -80,3 +80,76 @@ func TestGuardBoundsTables(t *testing.T) {
 		t.Fatalf("a table declared with 2^27 elements: %v, want ErrInvalidPack naming the limit", err)
 	}
 }
+
+// TestContainment: a guest that sleeps in WASI, floods the host with state writes, or
+// runs on while its revision unloads hurts only its own activity.
+func TestContainment(t *testing.T) {
+	ctx := context.Background()
+	e := newEngine(t)
+	t.Run("a WASI sleep wakes at the deadline", func(t *testing.T) {
+		const timeout = 200 * time.Millisecond
+		rev := load(t, e, []revOpt{func(c *runtime.RevisionConfig) { c.Limits = runtime.Limits{Timeout: timeout} }}, "hostile/sleep")
+		start := time.Now()
+		_, err := rev.Handle(ctx, msg(`{}`))
+		if took := time.Since(start); !errors.Is(err, runtime.ErrTimeout) || took > timeout+100*time.Millisecond {
+			t.Fatalf("an hour's sleep under a %v deadline: %v after %v", timeout, err, took)
+		}
+		out, err := rev.Handle(ctx, msg(`{"ok":true}`))
+		if err != nil || len(out) != 1 {
+			t.Fatalf("the next activity: %v %v", out, err)
+		}
+	})
+	t.Run("state writes past the host budget", func(t *testing.T) {
+		store := runtime.NewMemStore()
+		rev := load(t, e, []revOpt{func(c *runtime.RevisionConfig) { c.Store = store }}, "hostile/flood")
+		_, err := rev.Handle(ctx, msg(`{}`))
+		if !errors.Is(err, runtime.ErrResourceLimit) {
+			t.Fatalf("800 values of 256 KiB in one activity: %v, want ErrResourceLimit", err)
+		}
+		if store.Commits != 0 {
+			t.Fatalf("the flooding activity committed")
+		}
+		if n := rev.Instances()["flood"]; n != 0 {
+			t.Fatalf("%d instances after the flood, want it discarded", n)
+		}
+		if _, err := rev.Handle(ctx, msg(`{"ok":true}`)); err != nil {
+			t.Fatalf("the next activity: %v", err)
+		}
+	})
+	t.Run("unloading waits a bounded grace for a running guest", func(t *testing.T) {
+		rev, err := tryLoad(e, []revOpt{func(c *runtime.RevisionConfig) { c.Limits = runtime.Limits{Timeout: time.Minute} }}, "hostile/loop")
+		if err != nil {
+			t.Fatal(err)
+		}
+		running := make(chan error, 1)
+		go func() { _, err := rev.Handle(ctx, msg(`{}`)); running <- err }()
+		waitForLoad(t, rev, 1, 0)
+		start := time.Now()
+		rev.Close(ctx)
+		if took := time.Since(start); took > 5*time.Second {
+			t.Fatalf("Close waited %v for a guest with a minute's deadline", took)
+		}
+		select {
+		case err := <-running:
+			t.Fatalf("the looping guest ended before its deadline: %v", err)
+		default: // abandoned: it ends at its deadline and closes its instance then
+		}
+	})
+	t.Run("an idle revision keeps no instance", func(t *testing.T) {
+		rev := load(t, e, []revOpt{func(c *runtime.RevisionConfig) { c.Limits = runtime.Limits{IdleTimeout: 100 * time.Millisecond} }}, "echo")
+		if _, err := rev.Handle(ctx, msg(`{"n":1}`)); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for rev.Instances()["echo"] != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d instances still open after 5 s idle with a 100 ms idle timeout", rev.Instances()["echo"])
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		out, err := rev.Handle(ctx, msg(`{"n":2}`))
+		if err != nil || string(out[0].Payload) != `{"n":2}` {
+			t.Fatalf("the first activity after idling: %v %v", out, err)
+		}
+	})
+}

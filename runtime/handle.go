@@ -37,6 +37,18 @@ type call struct {
 	wait     *Wait
 	faultErr error
 	storeErr error
+	// hostBytes is what the activity's host calls hold on the host (see charge).
+	hostBytes int
+}
+
+// charge counts n bytes the activity makes the host hold; past the revision's
+// MaxHostBytes it ends the call with ErrResourceLimit, so a guest cannot grow the host's
+// heap by writing or reading many distinct keys in one activity.
+func (c *call) charge(n int) {
+	c.hostBytes += n
+	if limit := c.rev.limits.MaxHostBytes; c.hostBytes > limit {
+		panic(&hostStop{fmt.Errorf("%w: the activity's host calls held more than %d bytes (state values and keys, waits, secrets)", ErrResourceLimit, limit)})
+	}
 }
 
 // Handle runs one activity: it selects the flow, resumes the session's parked wait if
@@ -143,6 +155,8 @@ func (r *Revision) handleOnce(ctx context.Context, a *Activity, session string) 
 // invoke copies in into the instance's input buffer and calls fn with it. Any error
 // means the instance must be discarded.
 func (r *Revision) invoke(ctx context.Context, inst *instance, c *call, fn api.Function, in []byte) (int32, error) {
+	inst.sleeping = ctx
+	defer func() { inst.sleeping = nil }()
 	if uint32(len(in)) > inst.inCap || inst.inCap == 0 {
 		res, err := inst.alloc.Call(ctx, uint64(len(in)))
 		if err != nil {

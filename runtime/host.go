@@ -209,6 +209,7 @@ func hostStateGet(_ context.Context, c *call, mem api.Memory, a args) int32 {
 		return code
 	}
 	v, ok, err := c.txn.Get(key)
+	c.charge(len(key.Name) + len(v))
 	return c.answer(mem, a, v, ok, err)
 }
 
@@ -221,6 +222,7 @@ func hostStateSet(_ context.Context, c *call, mem api.Memory, a args) int32 {
 	if code != 0 {
 		return code
 	}
+	c.charge(len(key.Name) + len(v))
 	return c.stored(c.txn.Put(key, v))
 }
 
@@ -229,6 +231,7 @@ func hostStateDelete(_ context.Context, c *call, mem api.Memory, a args) int32 {
 	if code != 0 {
 		return code
 	}
+	c.charge(len(key.Name))
 	return c.stored(c.txn.Delete(key))
 }
 
@@ -240,6 +243,7 @@ func hostSessionWait(_ context.Context, c *call, mem api.Memory, a args) int32 {
 	if code != 0 {
 		return code
 	}
+	c.charge(len(data))
 	ttl := time.Duration(api.DecodeI32(a[2])) * time.Millisecond
 	if ttl <= 0 {
 		ttl = defaultWaitTTL
@@ -258,5 +262,6 @@ func hostSecretGet(ctx context.Context, c *call, mem api.Memory, a args) int32 {
 		return codeDenied
 	}
 	v, ok, err := c.rev.secrets.Secret(ctx, string(name))
+	c.charge(len(v))
 	return c.answer(mem, a, v, ok, err)
 }

@@ -42,14 +42,22 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 	ctx = experimental.WithMemoryAllocator(ctx, experimental.MemoryAllocatorFunc(func(c, m uint64) experimental.LinearMemory {
 		return &limitedMemory{buf: make([]byte, 0, min(c, maxBytes)), max: min(m, maxBytes)}
 	}))
-	mod, err := instantiate(ctx, r.engine.rt, p.pack.compiled, p.modConfig)
+	inst := &instance{}
+	cfg := p.modConfig
+	if p.clocks {
+		cfg = cfg.WithNanosleep(inst.sleep)
+	}
+	inst.sleeping = ctx
+	mod, err := instantiate(ctx, r.engine.rt, p.pack.compiled, cfg)
+	inst.sleeping = nil
 	if err != nil {
 		return nil, invalidPack("start %s: %v", p.id, err)
 	}
 	p.mu.Lock()
 	p.total++
 	p.mu.Unlock()
-	return &instance{mod: mod, mem: mod.Memory(), alloc: mod.ExportedFunction(ExportAlloc), handle: mod.ExportedFunction(ExportHandle)}, nil
+	inst.mod, inst.mem, inst.alloc, inst.handle = mod, mod.Memory(), mod.ExportedFunction(ExportAlloc), mod.ExportedFunction(ExportHandle)
+	return inst, nil
 }
 
 // instantiate starts a module, turning a panic inside wazero into an error: a bad
@@ -64,8 +72,7 @@ func instantiate(ctx context.Context, rt wazero.Runtime, compiled wazero.Compile
 }
 
 // get takes the most recently used idle instance, or starts one. An idle instance
-// whose module was closed after its last call returned (see errInstanceClosed) is
-// discarded, never reused.
+// whose module was closed (a guest that called proc_exit) is discarded, never reused.
 func (p *packRuntime) get(ctx context.Context, r *Revision) (inst *instance, err error) {
 	for {
 		p.mu.Lock()
@@ -122,8 +129,9 @@ func (r *Revision) Instances() map[string]int {
 	return out
 }
 
-// reap closes idle instances beyond the first of each pack once they have been idle
-// for IdleTimeout, so an idle revision keeps one instance.
+// reap closes instances once they have been idle for IdleTimeout, down to none: an idle
+// revision costs its bookkeeping only (the compiled code is shared per digest), and its
+// next activity starts an instance on demand.
 func (r *Revision) reap() {
 	defer r.wg.Done()
 	t := time.NewTicker(r.limits.IdleTimeout / 2)
@@ -143,9 +151,8 @@ func (r *Revision) shrink(now time.Time) {
 		var victims []*instance
 		p.mu.Lock()
 		keep := p.idle[:0]
-		for i, inst := range p.idle {
-			// The most recently used instance (the last) always stays.
-			if i < len(p.idle)-1 && now.Sub(inst.lastUsed) >= r.limits.IdleTimeout {
+		for _, inst := range p.idle {
+			if now.Sub(inst.lastUsed) >= r.limits.IdleTimeout {
 				victims = append(victims, inst)
 				continue
 			}
@@ -156,5 +163,30 @@ func (r *Revision) shrink(now time.Time) {
 		for _, inst := range victims {
 			p.discard(inst)
 		}
+		if len(victims) > 0 {
+			r.engine.returnMemory()
+		}
+	}
+}
+
+// sleeper is an instance's WASI sleep (poll_oneoff on a clock subscription): it sleeps
+// as asked, but wakes when the running call's context ends and ends the call there, so
+// a guest sleeping for an hour gives back its instance, its slot and its goroutine at
+// the deadline. Calls on one instance never overlap, so one field holds the context.
+type sleeper struct {
+	sleeping context.Context // the running call's context; nil between calls
+}
+
+func (s *sleeper) sleep(ns int64) {
+	ctx := s.sleeping
+	if ctx == nil || ns <= 0 {
+		return
+	}
+	t := time.NewTimer(time.Duration(ns))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		checkDeadline(ctx) // panics: the call ends with the deadline's error
 	}
 }

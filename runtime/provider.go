@@ -272,7 +272,9 @@ func (r *Revision) callExport(ctx context.Context, p *packRuntime, export string
 	var res int32
 	if export == ExportDescribe {
 		var out []uint64
+		inst.sleeping = ctx
 		out, err = fn.Call(context.WithValue(ctx, callKey{}, c))
+		inst.sleeping = nil
 		if err != nil {
 			err = classify(ctx, err, r.name)
 		} else {

@@ -49,6 +49,7 @@ type packRuntime struct {
 	stateWrite bool
 	secrets    map[string]bool
 	modConfig  wazero.ModuleConfig
+	clocks     bool // the pack may sleep
 
 	mu    sync.Mutex
 	idle  []*instance
@@ -58,6 +59,7 @@ type packRuntime struct {
 }
 
 type instance struct {
+	sleeper
 	mod      api.Module
 	mem      api.Memory
 	alloc    api.Function
@@ -159,7 +161,10 @@ func (r *Revision) grant(p *Pack, cfg RevisionConfig) (*packRuntime, error) {
 		}
 	}
 	if caps.WASI.Clock {
-		mc = mc.WithSysWalltime().WithSysNanotime().WithSysNanosleep()
+		// Sleeps (poll_oneoff on a clock) go through each instance's sleeper, which
+		// wakes at the call's deadline: see newInstance.
+		mc = mc.WithSysWalltime().WithSysNanotime()
+		pr.clocks = true
 	}
 	if caps.WASI.Random {
 		mc = mc.WithRandSource(rand.Reader)
@@ -167,6 +172,10 @@ func (r *Revision) grant(p *Pack, cfg RevisionConfig) (*packRuntime, error) {
 	pr.modConfig = mc
 	return pr, nil
 }
+
+// closeGrace is the longest Close waits for running activities: unloading must not hold
+// a reconcile worker for a guest's whole deadline.
+const closeGrace = 2 * time.Second
 
 // Close unloads the revision: new activities get ErrNotLoaded, instances are closed
 // and the packs' references released.
@@ -177,11 +186,19 @@ func (r *Revision) Close(ctx context.Context) {
 	close(r.stop)
 	r.wg.Wait()
 	// Take every slot so no activity is running, then free the instances. If ctx ends
-	// first, activities still running close their instances when they hand them back.
+	// or closeGrace passes first, activities still running are abandoned: they end at
+	// their deadline (the guard sees to it) and close their instances when they hand
+	// them back. No caller waits on a guest longer than the grace.
+	grace := time.NewTimer(closeGrace)
+	defer grace.Stop()
+take:
 	for range cap(r.slots) {
 		select {
 		case r.slots <- struct{}{}:
 		case <-ctx.Done():
+			break take
+		case <-grace.C:
+			break take
 		}
 	}
 	for _, p := range r.packs {
