@@ -47,7 +47,7 @@ start_manager() {
   local n=$1 vars=$2
   shift 2
   # shellcheck disable=SC2086 # vars is a list of assignments
-  env $vars "${MANAGER:-bin/manager}" --metrics-bind-address=127.0.0.1:$((8080 + 2 * n)) --health-probe-bind-address=127.0.0.1:$((8081 + 2 * n)) \
+  env $vars "${MANAGER:-bin/manager}" --metrics-bind-address=127.0.0.1:$((8080 + 2 * n)) --metrics-secure=false --health-probe-bind-address=127.0.0.1:$((8081 + 2 * n)) \
     --dispatcher-bind-address=127.0.0.1:$((8090 + n)) --cache-dir "$state/cache-$n" --source-allow=127.0.0.1/32 "$@" &
   manager_pids[n]=$!
   pids+=($!)

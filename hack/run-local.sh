@@ -18,7 +18,7 @@ packhost is running against a local control plane.
   export KUBECONFIG=$KUBECONFIG
   $kubectl get packhost             # tenants, revisions and splits
   curl http://127.0.0.1:8081/readyz # manager readiness
-  curl http://127.0.0.1:8080/metrics # Prometheus metrics (also on :8090/metrics)
+  curl http://127.0.0.1:8080/metrics # Prometheus metrics (served plain only here: --metrics-secure=false)
   dispatcher: http://127.0.0.1:8090/v1/namespaces/default/tenants/acme/activities
 Ctrl-C stops everything.
 MSG

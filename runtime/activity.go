@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"unicode/utf8"
 )
 
 // Activity kinds.
@@ -47,6 +48,11 @@ type sessionMemo struct{ env, tenant, key string }
 // Payload may share data's bytes: the caller must not change data while it uses the
 // activity.
 func ParseActivity(data []byte) (*Activity, error) {
+	if !utf8.Valid(data) {
+		// encoding/json would replace bad bytes in strings with U+FFFD, and pass them
+		// through in a raw payload: neither may reach the session key or the guest.
+		return nil, fmt.Errorf("%w: not valid UTF-8", ErrInvalidActivity)
+	}
 	if a, ok := parseFast(data); ok {
 		if err := a.validateFields(); err != nil {
 			return nil, err

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tetratelabs/wazero/api"
 )
@@ -118,6 +119,10 @@ func hostOutput(_ context.Context, c *call, mem api.Memory, a args) int32 {
 	action, code := c.read(mem, a.u(0), a.u(1), maxActionLen)
 	if code != 0 {
 		return code
+	}
+	if !utf8.Valid(action) {
+		c.fault(fmt.Errorf("output action is not valid UTF-8"))
+		return codeInvalid
 	}
 	payload, code := c.read(mem, a.u(2), a.u(3), c.rev.limits.MaxOutputBytes-c.outBytes)
 	if code == codeTooLarge {
