@@ -4,7 +4,7 @@
 # environment, never part of the product) and runs four managers on one control plane,
 # each measured by cmd/loadgen against its own floor in the same run, REPEATS times:
 #   m0 dispatcher   the manager as committed
-#   m1 unguarded    the same, with wazero's close-on-context-done guard off
+#   m1 unguarded    the same, with packs compiled as built: no wasmguard rewrite
 #   m2 no-guest     the dispatcher's whole path except the guest call (auth, body, parse,
 #                   route, metrics, response) answering what the echo pack would
 #   m3 floor-here   the floor's own handler inside the manager's process and HTTP server
