@@ -354,7 +354,7 @@ func (r *RevisionReconciler) finalize(ctx context.Context, rev *v1.Revision, lea
 		return nil
 	}
 	retain := rev.Spec.State.Retention == v1.StateRetentionRetain
-	if err := r.State.Remove(ctx, rev.Namespace, rev.Name, retain); err != nil {
+	if err := r.State.Remove(ctx, state.Spec{Namespace: rev.Namespace, Revision: rev.Name, RevisionUID: rev.UID, Tenant: rev.Spec.TenantRef.Name, Shards: int(rev.Spec.State.Shards)}, retain); err != nil {
 		return err
 	}
 	controllerutil.RemoveFinalizer(rev, RevisionFinalizer)

@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/uuid"
 
 	"github.com/packhost/packhost/internal/testenv"
 	"github.com/packhost/packhost/runtime"
@@ -27,7 +28,7 @@ func BenchmarkCommit(b *testing.B) {
 	for _, c := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("c%d", c), func(b *testing.B) {
 			s := newStore(b, state.Options{})
-			ns := ensure(b, s, state.Spec{Namespace: env.Namespace(b, "bench"), Revision: "r", Tenant: "acme", Shards: 1})
+			ns := ensure(b, s, state.Spec{Namespace: env.Namespace(b, "bench"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 1})
 			u0, bytes0 := s.Updates()
 			var next atomic.Int64
 			lat := make([][]time.Duration, c)

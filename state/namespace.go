@@ -23,8 +23,10 @@ type Namespace struct {
 	shards []types.NamespacedName
 }
 
-// Namespace returns the runtime.Store for a revision's namespace. Ensure it first.
+// Namespace returns the runtime.Store for a revision's namespace. Ensure it first; the
+// ConfigMaps spec's Revision owns are trusted from now on.
 func (s *Store) Namespace(spec Spec) *Namespace {
+	s.serve(spec)
 	ns := &Namespace{store: s, spec: spec}
 	for i := range spec.Shards {
 		ns.shards = append(ns.shards, types.NamespacedName{Namespace: spec.Namespace, Name: ShardName(spec.Revision, i)})

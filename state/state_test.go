@@ -17,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/uuid"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/packhost/packhost/internal/packs"
@@ -120,7 +121,7 @@ func TestLayoutAndIdempotentCreate(t *testing.T) {
 // Store) reads everything committed before.
 func TestKeysRoundTripAndSurviveRestart(t *testing.T) {
 	testenv.Require(t, env)
-	spec := state.Spec{Namespace: env.Namespace(t, "keys"), Revision: "r", Tenant: "acme", Shards: 4}
+	spec := state.Spec{Namespace: env.Namespace(t, "keys"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 4}
 	first := newStore(t, state.Options{})
 	ns := ensure(t, first, spec)
 	kv := map[runtime.StateKey]string{}
@@ -158,13 +159,13 @@ func TestForeignAndCorruptContent(t *testing.T) {
 	if err := env.Client.Create(ctx, foreign); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.Ensure(ctx, state.Spec{Namespace: nsName, Revision: "r", Tenant: "acme", Shards: 1})
+	_, err := s.Ensure(ctx, state.Spec{Namespace: nsName, Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 1})
 	if err == nil || !strings.Contains(err.Error(), "is not revision r's state") {
 		t.Fatalf("foreign ConfigMap: %v", err)
 	}
 
 	// Corrupted entries are reported and not trusted.
-	spec := state.Spec{Namespace: nsName, Revision: "q", Tenant: "acme", Shards: 1}
+	spec := state.Spec{Namespace: nsName, Revision: "q", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 1}
 	ns := ensure(t, s, spec)
 	key := runtime.StateKey{Pack: "p", Name: "k"}
 	if err := put(t, ns, map[runtime.StateKey]string{key: "good"}); err != nil {
@@ -225,7 +226,7 @@ func TestForeignAndCorruptContent(t *testing.T) {
 func TestStateFull(t *testing.T) {
 	testenv.Require(t, env)
 	s := newStore(t, state.Options{ShardBudget: 4 << 10})
-	spec := state.Spec{Namespace: env.Namespace(t, "full"), Revision: "r", Tenant: "acme", Shards: 1}
+	spec := state.Spec{Namespace: env.Namespace(t, "full"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 1}
 	ns := ensure(t, s, spec)
 	stored := map[runtime.StateKey]string{}
 	var err error
@@ -267,8 +268,8 @@ func TestRevisionsAreIsolated(t *testing.T) {
 	testenv.Require(t, env)
 	s := newStore(t, state.Options{})
 	nsName := env.Namespace(t, "isolation")
-	a := ensure(t, s, state.Spec{Namespace: nsName, Revision: "bot-a", Tenant: "acme", Shards: 2})
-	b := ensure(t, s, state.Spec{Namespace: nsName, Revision: "bot-b", Tenant: "acme", Shards: 2})
+	a := ensure(t, s, state.Spec{Namespace: nsName, Revision: "bot-a", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 2})
+	b := ensure(t, s, state.Spec{Namespace: nsName, Revision: "bot-b", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 2})
 	key := runtime.StateKey{Pack: "bot", Name: "count"}
 	if err := put(t, a, map[runtime.StateKey]string{key: "41"}); err != nil {
 		t.Fatal(err)
@@ -286,10 +287,10 @@ func TestRevisionsAreIsolated(t *testing.T) {
 	if w, err := tb.Wait("sess-1"); err != nil || w != nil {
 		t.Fatalf("revision b sees revision a's wait: %+v %v", w, err)
 	}
-	if rev, ok := s.PinnedRevision("sess-1", time.Now()); !ok || rev != nsName+"/bot-a" {
+	if rev, ok := s.Pin(nsName, "acme", "sess-1", time.Now()); !ok || rev != nsName+"/bot-a" {
 		t.Fatalf("session index: %q %v", rev, ok)
 	}
-	if _, ok := s.PinnedRevision("sess-1", time.Now().Add(2*time.Hour)); ok {
+	if _, ok := s.Pin(nsName, "acme", "sess-1", time.Now().Add(2*time.Hour)); ok {
 		t.Fatal("an expired wait still pins its session")
 	}
 	if n := s.OpenSessions(nsName, "bot-a", time.Now()); n != 1 {
@@ -323,7 +324,7 @@ var packCache = os.TempDir() + "/packhost-state-test-cache"
 // An activity's write is on the API server when Handle returns.
 func TestDurableBeforeAnswered(t *testing.T) {
 	testenv.Require(t, env)
-	spec := state.Spec{Namespace: env.Namespace(t, "durable"), Revision: "r", Tenant: "acme", Shards: 1}
+	spec := state.Spec{Namespace: env.Namespace(t, "durable"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 1}
 	ns := ensure(t, newStore(t, state.Options{}), spec)
 	rev := runtimeOn(t, ns, "counter")
 	ctx := context.Background()
@@ -350,7 +351,7 @@ func TestDurableBeforeAnswered(t *testing.T) {
 // through the runtime: the final value is exactly 400.
 func TestReplicasNeverLoseAWrite(t *testing.T) {
 	testenv.Require(t, env)
-	spec := state.Spec{Namespace: env.Namespace(t, "replicas"), Revision: "r", Tenant: "acme", Shards: 2}
+	spec := state.Spec{Namespace: env.Namespace(t, "replicas"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 2}
 	replicas := []*runtime.Revision{
 		runtimeOn(t, ensure(t, newStore(t, state.Options{}), spec), "counter"),
 		runtimeOn(t, ensure(t, newStore(t, state.Options{}), spec), "counter"),
@@ -384,7 +385,7 @@ func TestReplicasNeverLoseAWrite(t *testing.T) {
 // Two replicas racing to resume one wait: exactly one resumes it.
 func TestWaitResumedOnceAcrossReplicas(t *testing.T) {
 	testenv.Require(t, env)
-	spec := state.Spec{Namespace: env.Namespace(t, "race"), Revision: "r", Tenant: "acme", Shards: 1}
+	spec := state.Spec{Namespace: env.Namespace(t, "race"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 1}
 	s1, s2 := newStore(t, state.Options{}), newStore(t, state.Options{})
 	r1 := runtimeOn(t, ensure(t, s1, spec), "survey")
 	r2 := runtimeOn(t, s2.Namespace(spec), "survey")
@@ -427,7 +428,7 @@ func TestWaitResumedOnceAcrossReplicas(t *testing.T) {
 func TestGroupCommit(t *testing.T) {
 	testenv.Require(t, env)
 	s := newStore(t, state.Options{})
-	ns := ensure(t, s, state.Spec{Namespace: env.Namespace(t, "group"), Revision: "r", Tenant: "acme", Shards: 1})
+	ns := ensure(t, s, state.Spec{Namespace: env.Namespace(t, "group"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 1})
 	before, _ := s.Updates()
 	var wg sync.WaitGroup
 	for i := range 64 {
@@ -461,8 +462,9 @@ func TestRetention(t *testing.T) {
 		rev    string
 		retain bool
 	}{{"gone", false}, {"kept", true}} {
-		ensure(t, s, state.Spec{Namespace: nsName, Revision: tc.rev, RevisionUID: uid, Tenant: "acme", Shards: 2})
-		if err := s.Remove(ctx, nsName, tc.rev, tc.retain); err != nil {
+		spec := state.Spec{Namespace: nsName, Revision: tc.rev, RevisionUID: uid, Tenant: "acme", Shards: 2}
+		ensure(t, s, spec)
+		if err := s.Remove(ctx, spec, tc.retain); err != nil {
 			t.Fatal(err)
 		}
 		for i := range 2 {
@@ -486,7 +488,7 @@ func TestRetention(t *testing.T) {
 func TestAbandonedWaitsAreSwept(t *testing.T) {
 	testenv.Require(t, env)
 	s := newStore(t, state.Options{ShardBudget: 4 << 10})
-	spec := state.Spec{Namespace: env.Namespace(t, "sweep"), Revision: "r", Tenant: "acme", Shards: 1}
+	spec := state.Spec{Namespace: env.Namespace(t, "sweep"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 1}
 	ns := ensure(t, s, spec)
 	ctx := context.Background()
 	park := func(session string, expires time.Time) error {

@@ -44,6 +44,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -73,6 +74,11 @@ const (
 	LabelShard     = "packhost.io/shard"
 )
 
+// AnnotationRetainedFor marks a state ConfigMap that a deleted Revision with retention
+// Retain left behind, as "<tenant>/<revision>": only a new Revision of that tenant and
+// name adopts it.
+const AnnotationRetainedFor = "packhost.io/retained-for"
+
 // DefaultShardBudget is the most entry bytes one shard holds (see Shard sizing).
 const DefaultShardBudget = 256 << 10
 
@@ -90,6 +96,9 @@ type Options struct {
 	Logger logr.Logger
 	// OnCommit, when set, is told how long each successful commit took.
 	OnCommit func(time.Duration)
+	// Namespaces, when not empty, are the only namespaces whose state is watched (the
+	// manager's --watch-namespaces).
+	Namespaces []string
 }
 
 // Store is the process's view of every revision's state namespace.
@@ -100,17 +109,34 @@ type Store struct {
 	log      logr.Logger
 	onCommit func(time.Duration)
 
-	mu       sync.RWMutex
-	view     map[types.NamespacedName]*corev1.ConfigMap
+	mu   sync.RWMutex
+	view map[types.NamespacedName]*corev1.ConfigMap
+	// owners are the revisions whose state this process reads, by namespace/revision:
+	// only ConfigMaps they own are trusted (see Trust).
+	owners   map[types.NamespacedName]owner
 	shards   map[types.NamespacedName]*shard
-	sessions map[string]Pin
+	sessions map[pinKey]Pin
 	// problems are, per state ConfigMap, its entries that packhost did not write, by
 	// entry key (the empty key stands for the data field).
 	problems map[types.NamespacedName]map[string]string
+	// suspects are the ConfigMaps with the state label that are not trusted, by key,
+	// with only what judging them takes.
+	suspects map[types.NamespacedName]*metav1.ObjectMeta
+	claimed  chan types.NamespacedName
 
 	updates   atomic.Int64
 	bytesSent atomic.Int64
 }
+
+// owner is the revision a state ConfigMap must belong to.
+type owner struct {
+	uid    types.UID
+	tenant string
+}
+
+// pinKey scopes a session's pin to the namespace and tenant of the state that holds the
+// wait: a wait in another namespace's or another tenant's state never pins it.
+type pinKey struct{ namespace, tenant, session string }
 
 // Pin says which revision holds a live wait for a session.
 type Pin struct {
@@ -126,24 +152,33 @@ func New(cfg *rest.Config, scheme *runtime.Scheme, opts Options) (*Store, error)
 	if err != nil {
 		return nil, fmt.Errorf("create client: %w", err)
 	}
-	sel := labels.SelectorFromSet(labels.Set{LabelComponent: ComponentState})
-	ca, err := cache.New(cfg, cache.Options{
-		Scheme: scheme,
-		ByObject: map[client.Object]cache.ByObject{
-			&corev1.ConfigMap{}: {Label: sel},
-		},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create state cache: %w", err)
-	}
 	if opts.ShardBudget == 0 {
 		opts.ShardBudget = DefaultShardBudget
 	}
 	s := &Store{
-		client: c, cache: ca, budget: opts.ShardBudget, log: opts.Logger, onCommit: opts.OnCommit,
+		client: c, budget: opts.ShardBudget, log: opts.Logger, onCommit: opts.OnCommit,
 		view: map[types.NamespacedName]*corev1.ConfigMap{}, shards: map[types.NamespacedName]*shard{},
-		sessions: map[string]Pin{}, problems: map[types.NamespacedName]map[string]string{},
+		owners: map[types.NamespacedName]owner{}, sessions: map[pinKey]Pin{},
+		problems: map[types.NamespacedName]map[string]string{}, suspects: map[types.NamespacedName]*metav1.ObjectMeta{},
+		claimed: make(chan types.NamespacedName, claimedBuffer),
 	}
+	copts := cache.Options{
+		Scheme: scheme,
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.ConfigMap{}: {Label: labels.SelectorFromSet(labels.Set{LabelComponent: ComponentState}), Transform: s.transform},
+		},
+	}
+	if len(opts.Namespaces) > 0 {
+		copts.DefaultNamespaces = map[string]cache.Config{}
+		for _, ns := range opts.Namespaces {
+			copts.DefaultNamespaces[ns] = cache.Config{}
+		}
+	}
+	ca, err := cache.New(cfg, copts)
+	if err != nil {
+		return nil, fmt.Errorf("create state cache: %w", err)
+	}
+	s.cache = ca
 	inf, err := ca.GetInformer(context.Background(), &corev1.ConfigMap{})
 	if err != nil {
 		return nil, fmt.Errorf("watch state ConfigMaps: %w", err)
@@ -177,15 +212,131 @@ func (s *Store) NeedLeaderElection() bool { return false }
 // Updates reports the ConfigMap updates this store sent and the object bytes they carried.
 func (s *Store) Updates() (updates, bytes int64) { return s.updates.Load(), s.bytesSent.Load() }
 
-// PinnedRevision says which revision holds a live wait for the session key, if any.
-func (s *Store) PinnedRevision(session string, now time.Time) (string, bool) {
+// Pin says which revision (namespace/name) holds a live wait for the session key among
+// the waits in the state of the tenant's revisions in namespace, if any.
+func (s *Store) Pin(namespace, tenant, session string, now time.Time) (string, bool) {
 	s.mu.RLock()
-	p, ok := s.sessions[session]
+	p, ok := s.sessions[pinKey{namespace, tenant, session}]
 	s.mu.RUnlock()
 	if !ok || !now.Before(p.Expires) {
 		return "", false
 	}
 	return p.Revision, true
+}
+
+// PinnedRevision is Pin for a session key made by runtime.SessionKey with
+// "<namespace>/<tenant>" as its tenant, as the dispatcher makes them: the namespace and
+// tenant are read from the key, so only that tenant's waits are looked at. A key of
+// another form pins nothing.
+func (s *Store) PinnedRevision(session string, now time.Time) (string, bool) {
+	parts := strings.SplitN(session, "/", 3)
+	if len(parts) < 3 {
+		return "", false
+	}
+	scope, err := url.PathUnescape(parts[1])
+	if err != nil {
+		return "", false
+	}
+	namespace, tenant, ok := strings.Cut(scope, "/")
+	if !ok {
+		return "", false
+	}
+	return s.Pin(namespace, tenant, session, now)
+}
+
+// Claims reports the ConfigMaps in namespace that carry the state labels of revision
+// but are not its state (not owned by it, labelled for another tenant, misnamed): they
+// are ignored, and the revision's owner should hear of them.
+func (s *Store) Claims(namespace, revision string) []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if _, ok := s.owners[types.NamespacedName{Namespace: namespace, Name: revision}]; !ok {
+		return nil
+	}
+	var out []string
+	for key, meta := range s.suspects {
+		if key.Namespace != namespace || meta.Labels[LabelRevision] != revision {
+			continue
+		}
+		if _, why := s.judge(meta); why != "" {
+			out = append(out, fmt.Sprintf("ConfigMap %s claims to be revision %s's state and is ignored: %s", key, revision, why))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// claimedBuffer is how many claim notices wait for a reader before more are dropped
+// (a dropped notice delays a report to the next reconcile; nothing else depends on it).
+const claimedBuffer = 256
+
+// Claimed tells of revisions (namespace/name) that a ConfigMap newly claims; see Claims.
+func (s *Store) Claimed() <-chan types.NamespacedName { return s.claimed }
+
+// judge says whether a state ConfigMap is trusted: it belongs to a revision this process
+// serves (see Ensure and Namespace), is owned by it (controller reference to that
+// Revision's UID), is labelled for its tenant and named as its shard. It returns the
+// tenant, or why the ConfigMap is not trusted. Only metadata is judged. s.mu is held.
+func (s *Store) judge(meta metav1.Object) (string, string) {
+	l := meta.GetLabels()
+	revision := l[LabelRevision]
+	o, ok := s.owners[types.NamespacedName{Namespace: meta.GetNamespace(), Name: revision}]
+	if !ok {
+		return "", "no revision " + revision + " is served here"
+	}
+	if l[LabelTenant] != o.tenant {
+		return "", fmt.Sprintf("labelled for tenant %q, and the revision is tenant %q's", l[LabelTenant], o.tenant)
+	}
+	ref := metav1.GetControllerOfNoCopy(meta)
+	if ref == nil || ref.Kind != "Revision" || !strings.HasPrefix(ref.APIVersion, "packhost.io/") || ref.Name != revision || ref.UID != o.uid {
+		return "", "not owned by the Revision (no controller reference to its UID)"
+	}
+	n, err := strconv.Atoi(l[LabelShard])
+	if err != nil || meta.GetName() != ShardName(revision, n) {
+		return "", fmt.Sprintf("not named %s for its shard label %q", ShardName(revision, n), l[LabelShard])
+	}
+	return o.tenant, ""
+}
+
+// transform keeps in the watch's cache only the metadata of state ConfigMaps that are
+// not trusted, so nobody fills every replica's memory by creating labelled ConfigMaps.
+func (s *Store) transform(obj any) (any, error) {
+	cm, ok := obj.(*corev1.ConfigMap)
+	if !ok {
+		return obj, nil
+	}
+	cm.ManagedFields = nil
+	s.mu.RLock()
+	_, why := s.judge(cm)
+	s.mu.RUnlock()
+	if why != "" {
+		cm.Data, cm.BinaryData, cm.Annotations = nil, nil, nil
+	}
+	return cm, nil
+}
+
+// serve records that this process serves spec's revision: ConfigMaps it owns are
+// trusted from now on.
+func (s *Store) serve(spec Spec) {
+	if spec.RevisionUID == "" {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.owners[types.NamespacedName{Namespace: spec.Namespace, Name: spec.Revision}] = owner{uid: spec.RevisionUID, tenant: spec.Tenant}
+}
+
+// Release forgets a revision this process no longer serves: its state is no longer
+// read, nor its waits pin sessions.
+func (s *Store) Release(namespace, revision string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.owners, types.NamespacedName{Namespace: namespace, Name: revision})
+	for key, cm := range s.view {
+		if key.Namespace == namespace && cm.Labels[LabelRevision] == revision {
+			s.forgetLocked(key)
+		}
+	}
 }
 
 // OpenSessions counts the live waits a revision holds.
@@ -243,14 +394,21 @@ func rv(obj metav1.Object) uint64 {
 }
 
 // observe records cm as the newest copy of its shard unless a newer one is known, and
-// keeps the session index and the problem list current.
-func (s *Store) observe(cm *corev1.ConfigMap) {
+// keeps the session index and the problem list current. A ConfigMap that is not trusted
+// (see judge) is only remembered as a suspect; it reports whether cm was trusted.
+func (s *Store) observe(cm *corev1.ConfigMap) bool {
 	key := client.ObjectKeyFromObject(cm)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	tenant, why := s.judge(cm)
+	if why != "" {
+		s.suspectLocked(key, cm, why)
+		return false
+	}
+	delete(s.suspects, key)
 	old := s.view[key]
 	if old != nil && rv(old) >= rv(cm) {
-		return
+		return true
 	}
 	s.view[key] = cm
 	revision := cm.Namespace + "/" + cm.Labels[LabelRevision]
@@ -278,7 +436,7 @@ func (s *Store) observe(cm *corev1.ConfigMap) {
 				bad[k] = "wait entry does not match its key"
 				continue
 			}
-			s.sessions[w.session] = Pin{Revision: revision, Expires: w.expires}
+			s.sessions[pinKey{cm.Namespace, tenant, w.session}] = Pin{Revision: revision, Expires: w.expires}
 		case strings.HasPrefix(k, valuePrefix):
 			if len(v) == 0 || v[0] != entryValue {
 				bad[k] = errCorrupt.Error()
@@ -296,8 +454,8 @@ func (s *Store) observe(cm *corev1.ConfigMap) {
 			if !strings.HasPrefix(k, waitPrefix) {
 				continue
 			}
-			if w, err := decodeWait(v); err == nil && s.sessions[w.session].Revision == revision {
-				delete(s.sessions, w.session)
+			if w, err := decodeWait(v); err == nil && s.sessions[pinKey{cm.Namespace, tenant, w.session}].Revision == revision {
+				delete(s.sessions, pinKey{cm.Namespace, tenant, w.session})
 			}
 		}
 	}
@@ -309,11 +467,41 @@ func (s *Store) observe(cm *corev1.ConfigMap) {
 	if len(bad) > 0 {
 		s.log.Info("State ConfigMap has content packhost did not write; it is not trusted", "configMap", key.String(), "problems", len(bad))
 	}
+	return true
+}
+
+// suspectLocked remembers an untrusted ConfigMap by its metadata, drops what was
+// trusted of it before (its owner reference may just have been taken away), and tells
+// of a new claim on a revision served here.
+func (s *Store) suspectLocked(key types.NamespacedName, cm *corev1.ConfigMap, why string) {
+	s.forgetLocked(key)
+	meta := &metav1.ObjectMeta{Namespace: cm.Namespace, Name: cm.Name, Labels: cm.Labels, OwnerReferences: cm.OwnerReferences}
+	prev, seen := s.suspects[key]
+	s.suspects[key] = meta
+	revision := types.NamespacedName{Namespace: cm.Namespace, Name: cm.Labels[LabelRevision]}
+	if _, served := s.owners[revision]; !served {
+		return
+	}
+	if seen {
+		if _, was := s.judge(prev); was == why {
+			return
+		}
+	}
+	s.log.V(1).Info("Ignoring a ConfigMap that claims a revision's state", "configMap", key.String(), "revision", revision.String(), "why", why)
+	select {
+	case s.claimed <- revision:
+	default:
+	}
 }
 
 func (s *Store) forget(key types.NamespacedName) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	delete(s.suspects, key)
+	s.forgetLocked(key)
+}
+
+func (s *Store) forgetLocked(key types.NamespacedName) {
 	cm := s.view[key]
 	delete(s.view, key)
 	delete(s.problems, key)
@@ -321,12 +509,13 @@ func (s *Store) forget(key types.NamespacedName) {
 		return
 	}
 	revision := cm.Namespace + "/" + cm.Labels[LabelRevision]
+	tenant := cm.Labels[LabelTenant]
 	for k, v := range cm.BinaryData {
 		if !strings.HasPrefix(k, waitPrefix) {
 			continue
 		}
-		if w, err := decodeWait(v); err == nil && s.sessions[w.session].Revision == revision {
-			delete(s.sessions, w.session)
+		if w, err := decodeWait(v); err == nil && s.sessions[pinKey{cm.Namespace, tenant, w.session}].Revision == revision {
+			delete(s.sessions, pinKey{cm.Namespace, tenant, w.session})
 		}
 	}
 }
@@ -351,7 +540,12 @@ func (s *Store) fetch(ctx context.Context, key types.NamespacedName) (*corev1.Co
 	if cm.Labels[LabelComponent] != ComponentState {
 		return nil, fmt.Errorf("ConfigMap %s is not a packhost state ConfigMap (label %s=%s missing)", key, LabelComponent, ComponentState)
 	}
-	s.observe(cm)
+	if !s.observe(cm) {
+		s.mu.RLock()
+		_, why := s.judge(cm)
+		s.mu.RUnlock()
+		return nil, fmt.Errorf("ConfigMap %s is not trusted as state: %s", key, why)
+	}
 	return cm, nil
 }
 
@@ -376,9 +570,16 @@ type Spec struct {
 }
 
 // Ensure creates the namespace's ConfigMaps that do not exist yet and returns their
-// names. It is idempotent. A ConfigMap of that name that packhost did not create for
-// this revision is an error, never adopted.
+// names; from then on this process trusts the ConfigMaps spec's Revision owns. It is
+// idempotent. An existing <revision>-state-<n> is taken over only when it is labelled
+// for the same tenant, revision and shard and either is owned by this Revision (its UID)
+// or was retained for the same tenant and revision name (AnnotationRetainedFor, written
+// by Remove): anything else is an error, never adopted.
 func (s *Store) Ensure(ctx context.Context, spec Spec) ([]string, error) {
+	if spec.RevisionUID == "" {
+		return nil, fmt.Errorf("state of %s/%s: %w", spec.Namespace, spec.Revision, errNoOwner)
+	}
+	s.serve(spec)
 	names := make([]string, spec.Shards)
 	for i := range spec.Shards {
 		names[i] = ShardName(spec.Revision, i)
@@ -388,14 +589,8 @@ func (s *Store) Ensure(ctx context.Context, spec Spec) ([]string, error) {
 				LabelComponent: ComponentState, LabelTenant: spec.Tenant,
 				LabelRevision: spec.Revision, LabelShard: strconv.Itoa(i),
 			},
+			OwnerReferences: []metav1.OwnerReference{ownerRef(spec)},
 		}}
-		if spec.RevisionUID != "" {
-			t, f := true, false
-			cm.OwnerReferences = []metav1.OwnerReference{{
-				APIVersion: "packhost.io/v1alpha1", Kind: "Revision", Name: spec.Revision, UID: spec.RevisionUID,
-				Controller: &t, BlockOwnerDeletion: &f,
-			}}
-		}
 		err := s.client.Create(ctx, cm)
 		if err == nil {
 			s.observe(cm)
@@ -408,18 +603,61 @@ func (s *Store) Ensure(ctx context.Context, spec Spec) ([]string, error) {
 		if err := s.client.Get(ctx, client.ObjectKeyFromObject(cm), existing); err != nil {
 			return nil, fmt.Errorf("read state ConfigMap %s/%s: %w", spec.Namespace, names[i], err)
 		}
-		if existing.Labels[LabelComponent] != ComponentState || existing.Labels[LabelRevision] != spec.Revision {
+		if err := s.adopt(ctx, spec, i, existing); err != nil {
+			return nil, err
+		}
+		if !s.observe(existing) {
 			return nil, fmt.Errorf("ConfigMap %s/%s exists and is not revision %s's state: rename or delete it", spec.Namespace, names[i], spec.Revision)
 		}
-		s.observe(existing)
 	}
 	return names, nil
 }
 
-// Remove applies a revision's retention when it is deleted: with retain false the
-// ConfigMaps are deleted (packhost does not wait for the garbage collector); with retain
-// true they stay and lose their owner reference, so deleting the Revision keeps them.
-func (s *Store) Remove(ctx context.Context, namespace, revision string, retain bool) error {
+// adopt checks that an existing ConfigMap may serve as shard n of spec's namespace, and
+// takes over one retained for it.
+func (s *Store) adopt(ctx context.Context, spec Spec, n int, cm *corev1.ConfigMap) error {
+	l := cm.Labels
+	if l[LabelComponent] != ComponentState || l[LabelRevision] != spec.Revision || l[LabelShard] != strconv.Itoa(n) {
+		return fmt.Errorf("ConfigMap %s/%s exists and is not revision %s's state: rename or delete it", cm.Namespace, cm.Name, spec.Revision)
+	}
+	if l[LabelTenant] != spec.Tenant {
+		return fmt.Errorf("ConfigMap %s/%s is state of tenant %q, not %q: delete it, or name the Revision otherwise", cm.Namespace, cm.Name, l[LabelTenant], spec.Tenant)
+	}
+	ref := metav1.GetControllerOfNoCopy(cm)
+	if ref != nil && ref.UID == spec.RevisionUID {
+		return nil
+	}
+	if ref != nil || cm.Annotations[AnnotationRetainedFor] != spec.Tenant+"/"+spec.Revision {
+		return fmt.Errorf("ConfigMap %s/%s is not revision %s's state (another owner, or not retained for tenant %s's revision of that name): rename or delete it",
+			cm.Namespace, cm.Name, spec.Revision, spec.Tenant)
+	}
+	// Retained for this tenant and name: this Revision takes it over. The update is
+	// conditioned on the resourceVersion just read.
+	delete(cm.Annotations, AnnotationRetainedFor)
+	cm.OwnerReferences = append(cm.OwnerReferences, ownerRef(spec))
+	if err := s.client.Update(ctx, cm); err != nil {
+		return fmt.Errorf("adopt retained state ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err)
+	}
+	return nil
+}
+
+func ownerRef(spec Spec) metav1.OwnerReference {
+	t, f := true, false
+	return metav1.OwnerReference{
+		APIVersion: "packhost.io/v1alpha1", Kind: "Revision", Name: spec.Revision, UID: spec.RevisionUID,
+		Controller: &t, BlockOwnerDeletion: &f,
+	}
+}
+
+// Remove applies a revision's retention when it is deleted, to the ConfigMaps the
+// Revision owns and no other: with retain false they are deleted (packhost does not
+// wait for the garbage collector); with retain true they stay, lose their owner
+// reference and are marked retained for the tenant and revision name, so a later
+// Revision of the same tenant and name takes them over (see Ensure). Either way this
+// process no longer serves the revision.
+func (s *Store) Remove(ctx context.Context, spec Spec, retain bool) error {
+	namespace, revision := spec.Namespace, spec.Revision
+	defer s.Release(namespace, revision)
 	var list corev1.ConfigMapList
 	if err := s.client.List(ctx, &list, client.InNamespace(namespace),
 		client.MatchingLabels{LabelComponent: ComponentState, LabelRevision: revision}); err != nil {
@@ -427,18 +665,23 @@ func (s *Store) Remove(ctx context.Context, namespace, revision string, retain b
 	}
 	for i := range list.Items {
 		cm := &list.Items[i]
+		ref := metav1.GetControllerOfNoCopy(cm)
+		if ref == nil || ref.UID != spec.RevisionUID || ref.Kind != "Revision" {
+			continue // not this Revision's: someone else's to keep or delete
+		}
 		if !retain {
-			if err := s.client.Delete(ctx, cm); err != nil && !apierrors.IsNotFound(err) {
+			if err := s.client.Delete(ctx, cm, client.Preconditions{UID: &cm.UID}); err != nil && !apierrors.IsNotFound(err) {
 				return fmt.Errorf("delete state ConfigMap %s/%s: %w", namespace, cm.Name, err)
 			}
 			s.forget(client.ObjectKeyFromObject(cm))
 			continue
 		}
-		if len(cm.OwnerReferences) == 0 {
-			continue
+		patch := client.MergeFromWithOptions(cm.DeepCopy(), client.MergeFromWithOptimisticLock{})
+		cm.OwnerReferences = slices.DeleteFunc(cm.OwnerReferences, func(r metav1.OwnerReference) bool { return r.UID == spec.RevisionUID })
+		if cm.Annotations == nil {
+			cm.Annotations = map[string]string{}
 		}
-		patch := client.MergeFrom(cm.DeepCopy())
-		cm.OwnerReferences = nil
+		cm.Annotations[AnnotationRetainedFor] = spec.Tenant + "/" + revision
 		if err := s.client.Patch(ctx, cm, patch); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("release state ConfigMap %s/%s: %w", namespace, cm.Name, err)
 		}
@@ -446,4 +689,7 @@ func (s *Store) Remove(ctx context.Context, namespace, revision string, retain b
 	return nil
 }
 
-var errNoShards = errors.New("state namespace has no shards")
+var (
+	errNoShards = errors.New("state namespace has no shards")
+	errNoOwner  = errors.New("no revision UID: state is only kept for an existing Revision")
+)
