@@ -46,6 +46,11 @@ type EngineConfig struct {
 	// stack are bounded only by wazero. Only for trusted code, by a cluster admin's
 	// decision; no tenant setting reaches it.
 	Unguarded bool
+	// MemoryBudget is the most bytes of guest memory the replica may hold: compiled
+	// packs, instances and running activities' host buffers (see MemoryStats). Past it
+	// idle instances are closed, then new instances and activities are refused as
+	// overloaded and packs fail to load with ErrMemoryBudget. 0 means no budget.
+	MemoryBudget int64
 	// Logger receives guest logs and engine events.
 	Logger logr.Logger
 }
@@ -59,12 +64,14 @@ type Engine struct {
 	unguarded bool
 	cacheDir  string
 
+	mem memoryBudget
 	// lastReturn is when memory was last handed back to the OS (unix nanoseconds).
 	lastReturn atomic.Int64
 
-	mu       sync.Mutex
-	packs    map[string]*Pack
-	inflight map[string]*compileCall
+	mu        sync.Mutex
+	packs     map[string]*Pack
+	inflight  map[string]*compileCall
+	revisions map[*Revision]struct{} // loaded, for relieve
 }
 
 type compileCall struct {
@@ -99,7 +106,8 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 		return nil, fmt.Errorf("instantiate WASI: %w", err)
 	}
 	e := &Engine{rt: rt, cache: cache, log: cfg.Logger, unguarded: cfg.Unguarded, cacheDir: cfg.CacheDir,
-		packs: map[string]*Pack{}, inflight: map[string]*compileCall{}}
+		packs: map[string]*Pack{}, inflight: map[string]*compileCall{}, revisions: map[*Revision]struct{}{}}
+	e.mem.limit = cfg.MemoryBudget
 	if err := e.instantiateHost(ctx); err != nil {
 		_ = rt.Close(ctx)
 		return nil, err
@@ -138,6 +146,8 @@ type Pack struct {
 	hasDescribe bool
 	hasInvoke   bool
 	refs        int
+	engine      *Engine
+	reserved    int64 // bytes of the memory budget the compiled code holds
 }
 
 // Packs reports how many compiled packs the engine holds.
@@ -201,6 +211,7 @@ func (e *Engine) Release(ctx context.Context, p *Pack) {
 	e.mu.Unlock()
 	if last {
 		_ = p.compiled.Close(ctx)
+		e.mem.release(memCompiled, p.reserved)
 	}
 }
 
@@ -209,6 +220,16 @@ func (e *Engine) compile(ctx context.Context, wasm []byte, digest string) (*Pack
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w: %v", ErrInvalidPack, ErrInvalidManifest, err)
 	}
+	reserved := int64(len(wasm)) * compiledFactor
+	if !e.reserve(memCompiled, reserved) {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidPack, e.budgetError("compiling "+m.PackID, reserved))
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			e.mem.release(memCompiled, reserved)
+		}
+	}()
 	code := wasm
 	if !e.unguarded {
 		if code, err = e.guardedCode(wasm, digest); err != nil {
@@ -219,7 +240,7 @@ func (e *Engine) compile(ctx context.Context, wasm []byte, digest string) (*Pack
 	if err != nil {
 		return nil, invalidPack("compile %s: %v", m.PackID, err)
 	}
-	p := &Pack{Digest: digest, Size: len(wasm), Manifest: m, compiled: compiled, hostImports: map[string]bool{}}
+	p := &Pack{Digest: digest, Size: len(wasm), Manifest: m, compiled: compiled, hostImports: map[string]bool{}, engine: e}
 	if err := p.checkExports(); err != nil {
 		_ = compiled.Close(ctx)
 		return nil, err
@@ -228,6 +249,7 @@ func (e *Engine) compile(ctx context.Context, wasm []byte, digest string) (*Pack
 		_ = compiled.Close(ctx)
 		return nil, err
 	}
+	p.reserved, ok = reserved, true
 	return p, nil
 }
 

@@ -72,6 +72,7 @@ func (r *Revision) HostCall(ctx context.Context, name string, args []uint64, use
 	txn, _ := r.store.Begin(ctx)
 	defer txn.Discard()
 	c := &call{rev: r, pack: p, flow: "f", session: "s", txn: txn, hostBytes: used}
+	defer c.releaseHost()
 	stack := make([]uint64, max(len(hf.params), len(hf.results)))
 	copy(stack, args)
 	defer func() {

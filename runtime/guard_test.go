@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
+
 	"github.com/packhost/packhost/runtime"
 )
 
@@ -150,6 +152,74 @@ func TestContainment(t *testing.T) {
 		out, err := rev.Handle(ctx, msg(`{"n":2}`))
 		if err != nil || string(out[0].Payload) != `{"n":2}` {
 			t.Fatalf("the first activity after idling: %v %v", out, err)
+		}
+	})
+}
+
+// TestMemoryBudget: the replica's budget refuses what does not fit with the figures, as
+// a load failure or as overload, never as a crash; idle instances make room first; and
+// everything is given back.
+func TestMemoryBudget(t *testing.T) {
+	ctx := context.Background()
+	budgeted := func(t *testing.T, budget int64) *runtime.Engine {
+		e, err := runtime.NewEngine(ctx, runtime.EngineConfig{Logger: logr.Discard(), CacheDir: cacheDir, MemoryBudget: budget})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = e.Close(ctx) })
+		return e
+	}
+	t.Run("a pack that cannot fit fails to load", func(t *testing.T) {
+		e := budgeted(t, 8<<20)
+		_, err := e.Compile(ctx, pack(t, "echo"))
+		if !errors.Is(err, runtime.ErrMemoryBudget) || !errors.Is(err, runtime.ErrInvalidPack) || !strings.Contains(err.Error(), "MiB") {
+			t.Fatalf("compiling a 3 MiB pack under an 8 MiB budget: %v, want ErrMemoryBudget with the figures", err)
+		}
+		if s := e.MemoryStats(); s.Compiled != 0 {
+			t.Fatalf("a refused pack left %d bytes accounted", s.Compiled)
+		}
+	})
+	t.Run("an instance that cannot fit is overload", func(t *testing.T) {
+		e := budgeted(t, 20<<20) // the compiled echo pack's 19 MiB estimate fits, an instance not
+		_, err := tryLoad(e, nil, "echo")
+		if !errors.Is(err, runtime.ErrOverloaded) || !errors.Is(err, runtime.ErrMemoryBudget) {
+			t.Fatalf("a revision whose first instance does not fit: %v, want ErrOverloaded and ErrMemoryBudget", err)
+		}
+	})
+	t.Run("idle instances make room, and all is given back", func(t *testing.T) {
+		// What both revisions need with an instance each, measured without a budget;
+		// the budget is a little less, so the second fits only once the first's idle
+		// instance is gone.
+		probe := budgeted(t, 0)
+		pa := load(t, probe, nil, "echo")
+		if _, err := pa.Handle(ctx, msg(`{"n":1}`)); err != nil {
+			t.Fatal(err)
+		}
+		load(t, probe, nil, "rawecho")
+		s := probe.MemoryStats()
+		e := budgeted(t, s.Compiled+s.Instances-256<<10)
+		a := load(t, e, nil, "echo")
+		if _, err := a.Handle(ctx, msg(`{"n":1}`)); err != nil {
+			t.Fatal(err)
+		}
+		before := e.MemoryStats()
+		if before.Instances == 0 || before.Compiled == 0 {
+			t.Fatalf("nothing accounted: %+v", before)
+		}
+		b, err := tryLoad(e, nil, "rawecho") // needs room: the idle echo instances go
+		if err != nil {
+			t.Fatalf("a second revision under pressure: %v (accounted %+v)", err, e.MemoryStats())
+		}
+		if n := a.Instances()["echo"]; n != 0 {
+			t.Fatalf("%d idle instances of the first revision kept under pressure", n)
+		}
+		if _, err := a.Handle(ctx, msg(`{"n":2}`)); err != nil {
+			t.Fatalf("the first revision after giving its instances up: %v", err)
+		}
+		a.Close(ctx)
+		b.Close(ctx)
+		if s := e.MemoryStats(); s.Instances != 0 || s.Host != 0 {
+			t.Fatalf("after both revisions unloaded: %+v, want no instance or host bytes accounted", s)
 		}
 	})
 }

@@ -38,17 +38,30 @@ type call struct {
 	faultErr error
 	storeErr error
 	// hostBytes is what the activity's host calls hold on the host (see charge).
-	hostBytes int
+	hostBytes    int
+	hostReserved int64
 }
 
 // charge counts n bytes the activity makes the host hold; past the revision's
 // MaxHostBytes it ends the call with ErrResourceLimit, so a guest cannot grow the host's
 // heap by writing or reading many distinct keys in one activity.
+// The bytes count against the replica's memory budget too, until the activity ends
+// (releaseHost).
 func (c *call) charge(n int) {
 	c.hostBytes += n
 	if limit := c.rev.limits.MaxHostBytes; c.hostBytes > limit {
 		panic(&hostStop{fmt.Errorf("%w: the activity's host calls held more than %d bytes (state values and keys, waits, secrets)", ErrResourceLimit, limit)})
 	}
+	if !c.rev.engine.reserve(memHost, int64(n)) {
+		panic(&hostStop{fmt.Errorf("%w: %w", ErrOverloaded, c.rev.engine.budgetError("an activity's host calls", int64(n)))})
+	}
+	c.hostReserved += int64(n)
+}
+
+// releaseHost gives back to the replica's budget what the activity's host calls held.
+func (c *call) releaseHost() {
+	c.rev.engine.mem.release(memHost, c.hostReserved)
+	c.hostReserved = 0
 }
 
 // Handle runs one activity: it selects the flow, resumes the session's parked wait if
@@ -129,6 +142,7 @@ func (r *Revision) handleOnce(ctx context.Context, a *Activity, session string) 
 		return nil, err
 	}
 	c := &call{rev: r, pack: p, flow: flow.ID, session: session, txn: txn}
+	defer c.releaseHost() // after the commit: the transaction holds the values until then
 	in := encodeInput(inst.buf[:0], a, p.id, flow, session, resumed, r.config)
 	inst.buf = in
 	res, err := r.invoke(ctx, inst, c, inst.handle, in)

@@ -10,11 +10,15 @@ import (
 	"github.com/tetratelabs/wazero/experimental"
 )
 
-// limitedMemory backs one instance's memory and refuses to grow past its cap, so
-// memory.grow fails inside the guest instead of taking the host's memory.
+// limitedMemory backs one instance's memory and refuses to grow past its cap or the
+// replica's memory budget, so memory.grow fails inside the guest instead of taking the
+// host's memory.
 type limitedMemory struct {
+	e   *Engine
 	buf []byte
 	max uint64
+	// denied is set when the budget refused a growth.
+	denied bool
 }
 
 func (m *limitedMemory) Reallocate(size uint64) []byte {
@@ -25,13 +29,25 @@ func (m *limitedMemory) Reallocate(size uint64) []byte {
 		m.buf = m.buf[:size]
 		return m.buf
 	}
-	nb := make([]byte, size, min(max(size, 2*uint64(cap(m.buf))), m.max))
+	old := uint64(cap(m.buf))
+	newCap := min(max(size, 2*old), m.max)
+	if !m.e.reserve(memInstances, int64(newCap-old)) {
+		newCap = size // no room to double ahead: exactly what is asked, or nothing
+		if !m.e.reserve(memInstances, int64(newCap-old)) {
+			m.denied = true
+			return nil
+		}
+	}
+	nb := make([]byte, size, newCap)
 	copy(nb, m.buf)
 	m.buf = nb
 	return nb
 }
 
-func (m *limitedMemory) Free() { m.buf = nil }
+func (m *limitedMemory) Free() {
+	m.e.mem.release(memInstances, int64(cap(m.buf)))
+	m.buf = nil
+}
 
 func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, error) {
 	maxBytes := uint64(r.limits.MemoryPages) * 65536
@@ -39,10 +55,14 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 	// timeout, which the guard enforces as it does for any call.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.limits.Timeout)
 	defer cancel()
-	ctx = experimental.WithMemoryAllocator(ctx, experimental.MemoryAllocatorFunc(func(c, m uint64) experimental.LinearMemory {
-		return &limitedMemory{buf: make([]byte, 0, min(c, maxBytes)), max: min(m, maxBytes)}
-	}))
 	inst := &instance{}
+	ctx = experimental.WithMemoryAllocator(ctx, experimental.MemoryAllocatorFunc(func(_, m uint64) experimental.LinearMemory {
+		inst.memory = &limitedMemory{e: r.engine, max: min(m, maxBytes)}
+		return inst.memory
+	}))
+	if !r.engine.reserve(memInstances, instanceOverhead) {
+		return nil, fmt.Errorf("%w: %w", ErrOverloaded, r.engine.budgetError("an instance of "+p.id, instanceOverhead))
+	}
 	cfg := p.modConfig
 	if p.clocks {
 		cfg = cfg.WithNanosleep(inst.sleep)
@@ -51,6 +71,10 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 	mod, err := instantiate(ctx, r.engine.rt, p.pack.compiled, cfg)
 	inst.sleeping = nil
 	if err != nil {
+		r.engine.mem.release(memInstances, instanceOverhead)
+		if inst.memory != nil && inst.memory.denied {
+			return nil, fmt.Errorf("%w: %w", ErrOverloaded, r.engine.budgetError("the memory of an instance of "+p.id, int64(p.pack.minPages)*65536))
+		}
 		return nil, invalidPack("start %s: %v", p.id, err)
 	}
 	p.mu.Lock()
@@ -113,6 +137,7 @@ func (p *packRuntime) put(inst *instance, now time.Time) {
 
 func (p *packRuntime) discard(inst *instance) {
 	_ = inst.mod.Close(context.Background())
+	p.pack.engine.mem.release(memInstances, instanceOverhead)
 	p.mu.Lock()
 	p.total--
 	p.mu.Unlock()

@@ -268,6 +268,7 @@ func (r *Revision) callExport(ctx context.Context, p *packRuntime, export string
 		return nil, err
 	}
 	c := &call{rev: r, pack: p, txn: txn}
+	defer c.releaseHost()
 	fn := inst.mod.ExportedFunction(export)
 	var res int32
 	if export == ExportDescribe {

@@ -60,6 +60,7 @@ type packRuntime struct {
 
 type instance struct {
 	sleeper
+	memory   *limitedMemory
 	mod      api.Module
 	mem      api.Memory
 	alloc    api.Function
@@ -123,6 +124,9 @@ func (e *Engine) NewRevision(ctx context.Context, cfg RevisionConfig) (r *Revisi
 		return nil, &PackError{Pack: r.packs[0].id, Err: err}
 	}
 	r.packs[0].put(inst, r.now())
+	e.mu.Lock()
+	e.revisions[r] = struct{}{}
+	e.mu.Unlock()
 	r.wg.Add(1)
 	go r.reap()
 	return r, nil
@@ -183,6 +187,9 @@ func (r *Revision) Close(ctx context.Context) {
 	if r.closed.Swap(true) {
 		return
 	}
+	r.engine.mu.Lock()
+	delete(r.engine.revisions, r)
+	r.engine.mu.Unlock()
 	close(r.stop)
 	r.wg.Wait()
 	// Take every slot so no activity is running, then free the instances. If ctx ends

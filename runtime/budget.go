@@ -1,0 +1,117 @@
+package runtime
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+)
+
+// ErrMemoryBudget: the replica's memory budget cannot hold what was asked (a compiled
+// pack, an instance, an activity's host buffers). For an activity it comes wrapped in
+// ErrOverloaded: try again later, or on another replica.
+var ErrMemoryBudget = errors.New("replica memory budget exhausted")
+
+// What the budget counts, by kind.
+const (
+	memCompiled  = iota // compiled packs, shared per digest
+	memInstances        // instances: linear memory and a fixed overhead each
+	memHost             // what running activities' host calls hold
+	numMemKinds
+)
+
+const (
+	// compiledFactor estimates what a compiled pack keeps per wasm byte: compiled code is
+	// 4x the module and the process keeps 5.7x with wazero's decoded module
+	// (BenchmarkLoad, rss-growth/wasm-bytes).
+	compiledFactor = 6
+	// instanceOverhead is charged per instance besides its linear memory: the module
+	// instance, its globals and tables, and the call engine's stack.
+	instanceOverhead = 512 << 10
+)
+
+// memoryBudget accounts guest memory against the replica's budget. Reservations that
+// would pass it are refused, after idle instances were closed to make room.
+type memoryBudget struct {
+	limit int64 // 0: no limit
+	total atomic.Int64
+	used  [numMemKinds]atomic.Int64
+}
+
+func (b *memoryBudget) tryReserve(kind int, n int64) bool {
+	for {
+		cur := b.total.Load()
+		if b.limit > 0 && n > 0 && cur+n > b.limit {
+			return false
+		}
+		if b.total.CompareAndSwap(cur, cur+n) {
+			b.used[kind].Add(n)
+			return true
+		}
+	}
+}
+
+func (b *memoryBudget) release(kind int, n int64) {
+	b.total.Add(-n)
+	b.used[kind].Add(-n)
+}
+
+// MemoryStats is the engine's memory accounting, in bytes.
+type MemoryStats struct {
+	// Budget is the replica's budget; 0 means none.
+	Budget int64
+	// Compiled, Instances and Host are what compiled packs, instances and running
+	// activities' host buffers hold.
+	Compiled, Instances, Host int64
+}
+
+// MemoryStats reports the engine's memory accounting.
+func (e *Engine) MemoryStats() MemoryStats {
+	return MemoryStats{Budget: e.mem.limit, Compiled: e.mem.used[memCompiled].Load(),
+		Instances: e.mem.used[memInstances].Load(), Host: e.mem.used[memHost].Load()}
+}
+
+// reserve takes n bytes of kind from the budget, closing every idle instance of every
+// revision first when they do not fit. False means they still do not fit.
+func (e *Engine) reserve(kind int, n int64) bool {
+	if e.mem.tryReserve(kind, n) {
+		return true
+	}
+	e.relieve()
+	return e.mem.tryReserve(kind, n)
+}
+
+// budgetError says what did not fit, with the figures an operator needs.
+func (e *Engine) budgetError(what string, n int64) error {
+	s := e.MemoryStats()
+	return fmt.Errorf("%w: %s needs %d MiB; %d of %d MiB in use (compiled packs %d, instances %d, activities %d MiB): raise --memory-budget or spread revisions over more replicas",
+		ErrMemoryBudget, what, mib(n), mib(s.Compiled+s.Instances+s.Host), mib(s.Budget), mib(s.Compiled), mib(s.Instances), mib(s.Host))
+}
+
+func mib(n int64) int64 { return (n + 1<<20 - 1) >> 20 }
+
+// relieve closes every idle instance of every loaded revision: under memory pressure an
+// instance that runs nothing is the first thing to go (the next activity starts one).
+func (e *Engine) relieve() {
+	e.mu.Lock()
+	revs := make([]*Revision, 0, len(e.revisions))
+	for r := range e.revisions {
+		revs = append(revs, r)
+	}
+	e.mu.Unlock()
+	closed := false
+	for _, r := range revs {
+		for _, p := range r.packs {
+			p.mu.Lock()
+			idle := p.idle
+			p.idle = nil
+			p.mu.Unlock()
+			for _, inst := range idle {
+				p.discard(inst)
+				closed = true
+			}
+		}
+	}
+	if closed {
+		e.returnMemory()
+	}
+}
