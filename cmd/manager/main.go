@@ -52,6 +52,7 @@ type options struct {
 	dispatcherAddr          string
 	maxInFlight             int
 	pprofAddr               string
+	memoryBudget            int64
 }
 
 func (o *options) bind(fs *flag.FlagSet) {
@@ -95,6 +96,15 @@ func (o *options) bind(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", 30*time.Second, "How long in-flight work may take to finish on shutdown.")
+	o.memoryBudget = defaultMemoryBudget(cgroupMemoryFiles)
+	fs.Func("memory-budget", "Most memory guests may hold on this replica (a quantity: 1Gi, 800Mi): compiled packs, instances and activities' host buffers. Past it idle instances are closed, then activities get 429 and packs that cannot fit are not loaded here. 0 turns it off. (default 70% of the container's memory limit, none without one)", func(v string) error {
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			return err
+		}
+		o.memoryBudget = q.Value()
+		return nil
+	})
 }
 
 // splitList splits a comma-separated flag value, dropping empty entries.

@@ -25,11 +25,15 @@ import (
 // router and the three controllers.
 func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger) error {
 	engine, err := runtime.NewEngine(ctx, runtime.EngineConfig{
-		CacheDir: filepath.Join(o.cacheDir, "compiled"),
-		Logger:   log.WithName("guest"),
+		CacheDir:     filepath.Join(o.cacheDir, "compiled"),
+		MemoryBudget: o.memoryBudget,
+		Logger:       log.WithName("guest"),
 	})
 	if err != nil {
 		return fmt.Errorf("start the wasm engine: %w", err)
+	}
+	if err := registerMemoryMetrics(crmetrics.Registry, engine); err != nil {
+		return fmt.Errorf("register memory metrics: %w", err)
 	}
 	commitLatency := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "packhost_state_commit_duration_seconds", Help: "Time from an activity's commit to its state being on the API server.",
