@@ -295,3 +295,63 @@ func BenchmarkConcurrentLoad(b *testing.B) {
 		_ = e.Close(ctx)
 	}
 }
+
+// BenchmarkIdleRevisions loads 200 revisions of one digest (the SDK echo pack), lets them
+// go idle, and reports what each idle revision keeps of the process's RSS (the compiled
+// code is shared and counted before), and the p50 and p99 of the first activity to an
+// idle revision: instantiate, _initialize and the handler.
+func BenchmarkIdleRevisions(b *testing.B) {
+	const n = 200
+	ctx := context.Background()
+	for range b.N {
+		e, err := runtime.NewEngine(ctx, runtime.EngineConfig{Logger: logr.Discard()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		wasm := pack(b, "echo")
+		shared, err := e.Compile(ctx, wasm) // the compiled code, kept by this reference
+		if err != nil {
+			b.Fatal(err)
+		}
+		debug.FreeOSMemory()
+		rss0 := rss()
+		revs := make([]*runtime.Revision, n)
+		for i := range revs {
+			p, err := e.Compile(ctx, wasm)
+			if err != nil {
+				b.Fatal(err)
+			}
+			revs[i], err = e.NewRevision(ctx, runtime.RevisionConfig{Name: "ns/rev-" + strconv.Itoa(i), Env: "prod", Tenant: "acme",
+				Packs: []*runtime.Pack{p}, Policy: allowAll, Logger: logr.Discard(), Limits: runtime.Limits{IdleTimeout: 500 * time.Millisecond}})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		loaded := rss()
+		for _, r := range revs {
+			for r.Instances()["echo"] != 0 {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		debug.FreeOSMemory()
+		idle := rss()
+		lat := make([]time.Duration, 0, n)
+		for _, r := range revs {
+			start := time.Now()
+			if _, err := r.Handle(ctx, msg(`{"n":1}`)); err != nil {
+				b.Fatal(err)
+			}
+			lat = append(lat, time.Since(start))
+		}
+		slices.Sort(lat)
+		b.ReportMetric(float64(loaded-rss0)/n/(1<<20), "loaded-MiB/revision")
+		b.ReportMetric(float64(idle-rss0)/n/(1<<20), "idle-MiB/revision")
+		b.ReportMetric(float64(lat[n/2].Microseconds())/1e3, "first-activity-p50-ms")
+		b.ReportMetric(float64(lat[n*99/100].Microseconds())/1e3, "first-activity-p99-ms")
+		for _, r := range revs {
+			r.Close(ctx)
+		}
+		e.Release(ctx, shared)
+		_ = e.Close(ctx)
+	}
+}

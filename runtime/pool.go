@@ -107,6 +107,7 @@ func (p *packRuntime) get(ctx context.Context, r *Revision) (inst *instance, err
 			break
 		}
 		inst = p.idle[n-1]
+		p.idle[n-1] = nil // the backing array must not keep a discarded instance alive
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()
 		if !inst.mod.IsClosed() {
@@ -183,6 +184,7 @@ func (r *Revision) shrink(now time.Time) {
 			}
 			keep = append(keep, inst)
 		}
+		clear(p.idle[len(keep):]) // nor here: a closed instance holds its whole memory
 		p.idle = keep
 		p.mu.Unlock()
 		for _, inst := range victims {
