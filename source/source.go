@@ -93,6 +93,9 @@ type Fetcher struct {
 	rtOnce sync.Once
 	rt     http.RoundTripper
 	holds  holds
+	// grants records which source gave which pack (see Fetch).
+	grantsMu sync.Mutex
+	grants   map[string]struct{}
 	// rootCAs and tryTimeout replace the system's roots and tryTimeout in tests.
 	rootCAs    *x509.CertPool
 	tryTimeout time.Duration
@@ -106,8 +109,15 @@ func (f *Fetcher) transport() http.RoundTripper {
 
 // Fetch returns pack's bytes. resolvedImage, when not empty, is the digest-pinned image
 // a previous fetch resolved the pack's tag to; it is used instead of the tag.
+//
+// The local cache serves a pack only to a source that has given that pack before: a
+// url or image source, in this namespace, with these pull Secrets, that was fetched
+// and had the pinned digest (recorded next to the cache, so it holds across restarts).
+// A ConfigMap source is always read: reading it is what authorizes it, and costs no
+// more than the cache. So pinning another tenant's digest gets nothing from the cache.
 func (f *Fetcher) Fetch(ctx context.Context, namespace string, pack packhostv1alpha1.Pack, pullSecrets []packhostv1alpha1.LocalObjectReference, resolvedImage string) (*Fetched, error) {
-	if pack.SHA256 != "" {
+	grant := grantKey(namespace, pack, pullSecrets)
+	if pack.SHA256 != "" && grant != "" && f.granted(grant, pack.SHA256) {
 		if b, err := f.cached(pack.SHA256); err == nil {
 			return &Fetched{Bytes: b, Digest: "sha256:" + pack.SHA256, ResolvedImage: resolvedImage}, nil
 		}
@@ -149,8 +159,63 @@ func (f *Fetcher) Fetch(ctx context.Context, namespace string, pack packhostv1al
 	if err := f.store(digest, b); err != nil {
 		return nil, err
 	}
+	if grant != "" {
+		f.grant(grant, digest)
+	}
 	out.Bytes, out.Digest = b, "sha256:"+digest
 	return out, nil
+}
+
+// grantKey names what a cached pack may be served to: a url or image source of one
+// namespace, with its pull Secrets. It is empty for sources the cache never serves.
+func grantKey(namespace string, pack packhostv1alpha1.Pack, pullSecrets []packhostv1alpha1.LocalObjectReference) string {
+	switch {
+	case pack.URL != "":
+		return namespace + "\x00url\x00" + pack.URL
+	case pack.Image != "":
+		key := namespace + "\x00image\x00" + pack.Image
+		for _, s := range pullSecrets {
+			key += "\x00" + s.Name
+		}
+		return key
+	}
+	return ""
+}
+
+// grantPath is the file that records that source key gave the pack hexDigest.
+func (f *Fetcher) grantPath(key, hexDigest string) string {
+	sum := sha256.Sum256([]byte(key + "\x00" + hexDigest))
+	return filepath.Join(f.CacheDir, "packs", "granted", hex.EncodeToString(sum[:]))
+}
+
+// granted reports whether source key gave the pack hexDigest before.
+func (f *Fetcher) granted(key, hexDigest string) bool {
+	f.grantsMu.Lock()
+	_, ok := f.grants[key+"\x00"+hexDigest]
+	f.grantsMu.Unlock()
+	if ok || f.CacheDir == "" {
+		return ok
+	}
+	_, err := os.Stat(f.grantPath(key, hexDigest))
+	return err == nil
+}
+
+// grant records that source key gave the pack hexDigest. A record lost on disk (the
+// cache pruner may remove it) only costs a fetch.
+func (f *Fetcher) grant(key, hexDigest string) {
+	f.grantsMu.Lock()
+	if f.grants == nil {
+		f.grants = map[string]struct{}{}
+	}
+	f.grants[key+"\x00"+hexDigest] = struct{}{}
+	f.grantsMu.Unlock()
+	if f.CacheDir == "" {
+		return
+	}
+	p := f.grantPath(key, hexDigest)
+	if err := os.MkdirAll(filepath.Dir(p), 0o750); err == nil {
+		_ = os.WriteFile(p, nil, 0o640)
+	}
 }
 
 func (f *Fetcher) path(hexDigest string) string {

@@ -263,7 +263,7 @@ func TestCachedDigestNamesTheFetchersFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	var files []string
-	_ = filepath.WalkDir(f.CacheDir, func(path string, d fs.DirEntry, err error) error {
+	_ = filepath.WalkDir(filepath.Join(f.CacheDir, "packs", "sha256"), func(path string, d fs.DirEntry, err error) error {
 		if err == nil && d.Type().IsRegular() {
 			files = append(files, path)
 		}
