@@ -70,14 +70,51 @@ func (e *Engine) MemoryStats() MemoryStats {
 		Instances: e.mem.used[memInstances].Load(), Host: e.mem.used[memHost].Load()}
 }
 
-// reserve takes n bytes of kind from the budget, closing every idle instance of every
-// revision first when they do not fit. False means they still do not fit.
-func (e *Engine) reserve(kind int, n int64) bool {
-	if e.mem.tryReserve(kind, n) {
-		return true
+// tenantShare is the most of the budget one tenant's instances and activities may hold,
+// so that one tenant filling its share leaves room for everyone else's.
+const tenantShare = 0.5
+
+// tenantMemory is what one tenant's instances and activities hold.
+type tenantMemory struct{ used atomic.Int64 }
+
+// tenantMemory returns the account of a tenant (namespace/name).
+func (e *Engine) tenantMemory(key string) *tenantMemory {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	t, ok := e.tenants[key]
+	if !ok {
+		t = &tenantMemory{}
+		e.tenants[key] = t
 	}
-	e.relieve()
-	return e.mem.tryReserve(kind, n)
+	return t
+}
+
+// reserve takes n bytes of kind from the budget for tenant t (nil for what no tenant
+// owns: compiled code is shared per digest), closing every idle instance of every
+// revision first when they do not fit. False means they still do not fit, or that t
+// would hold more than its share.
+func (e *Engine) reserve(t *tenantMemory, kind int, n int64) bool {
+	if t != nil && e.mem.limit > 0 && n > 0 && t.used.Load()+n > int64(float64(e.mem.limit)*tenantShare) {
+		return false
+	}
+	if !e.mem.tryReserve(kind, n) {
+		e.relieve()
+		if !e.mem.tryReserve(kind, n) {
+			return false
+		}
+	}
+	if t != nil {
+		t.used.Add(n)
+	}
+	return true
+}
+
+// release gives back n bytes of kind that t held.
+func (e *Engine) release(t *tenantMemory, kind int, n int64) {
+	e.mem.release(kind, n)
+	if t != nil {
+		t.used.Add(-n)
+	}
 }
 
 // budgetError says what did not fit, with the figures an operator needs.

@@ -72,6 +72,7 @@ type Engine struct {
 	packs     map[string]*Pack
 	inflight  map[string]*compileCall
 	revisions map[*Revision]struct{} // loaded, for relieve
+	tenants   map[string]*tenantMemory
 }
 
 type compileCall struct {
@@ -106,7 +107,7 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 		return nil, fmt.Errorf("instantiate WASI: %w", err)
 	}
 	e := &Engine{rt: rt, cache: cache, log: cfg.Logger, unguarded: cfg.Unguarded, cacheDir: cfg.CacheDir,
-		packs: map[string]*Pack{}, inflight: map[string]*compileCall{}, revisions: map[*Revision]struct{}{}}
+		packs: map[string]*Pack{}, inflight: map[string]*compileCall{}, revisions: map[*Revision]struct{}{}, tenants: map[string]*tenantMemory{}}
 	e.mem.limit = cfg.MemoryBudget
 	if err := e.instantiateHost(ctx); err != nil {
 		_ = rt.Close(ctx)
@@ -211,7 +212,7 @@ func (e *Engine) Release(ctx context.Context, p *Pack) {
 	e.mu.Unlock()
 	if last {
 		_ = p.compiled.Close(ctx)
-		e.mem.release(memCompiled, p.reserved)
+		e.release(nil, memCompiled, p.reserved)
 	}
 }
 
@@ -221,13 +222,13 @@ func (e *Engine) compile(ctx context.Context, wasm []byte, digest string) (*Pack
 		return nil, fmt.Errorf("%w: %w: %v", ErrInvalidPack, ErrInvalidManifest, err)
 	}
 	reserved := int64(len(wasm)) * compiledFactor
-	if !e.reserve(memCompiled, reserved) {
+	if !e.reserve(nil, memCompiled, reserved) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidPack, e.budgetError("compiling "+m.PackID, reserved))
 	}
 	ok := false
 	defer func() {
 		if !ok {
-			e.mem.release(memCompiled, reserved)
+			e.release(nil, memCompiled, reserved)
 		}
 	}()
 	code := wasm

@@ -222,4 +222,36 @@ func TestMemoryBudget(t *testing.T) {
 			t.Fatalf("after both revisions unloaded: %+v, want no instance or host bytes accounted", s)
 		}
 	})
+	t.Run("one tenant holds at most its share", func(t *testing.T) {
+		e := budgeted(t, 256<<20)
+		attacker := load(t, e, []revOpt{func(c *runtime.RevisionConfig) {
+			c.Name, c.Tenant = "evil/grow", "evil"
+			c.Limits = runtime.Limits{MemoryPages: 16384, Timeout: 20 * time.Second, MaxConcurrency: 4}
+		}}, "hostile/grow")
+		// Four instances growing without end at once: together they stop at the
+		// tenant's half of the budget, each with a trap inside its guest.
+		done := make(chan error, 4)
+		for range 4 {
+			go func() { _, err := attacker.Handle(ctx, msg(`{}`)); done <- err }()
+		}
+		var peak int64
+		for finished := 0; finished < 4; {
+			select {
+			case err := <-done:
+				if !errors.Is(err, runtime.ErrTrap) {
+					t.Fatalf("an attacker's instance growing past the tenant's share: %v, want a trap", err)
+				}
+				finished++
+			case <-time.After(time.Millisecond):
+				peak = max(peak, e.MemoryStats().Instances)
+			}
+		}
+		if peak > 128<<20 || peak < 64<<20 {
+			t.Fatalf("the attacker's instances peaked at %d MiB, want up to its share of 128 MiB", peak>>20)
+		}
+		victim := load(t, e, []revOpt{func(c *runtime.RevisionConfig) { c.Name, c.Tenant = "good/echo", "good" }}, "echo")
+		if out, err := victim.Handle(ctx, msg(`{"n":1}`)); err != nil || len(out) != 1 {
+			t.Fatalf("another tenant's activity after the attack: %v %v", out, err)
+		}
+	})
 }

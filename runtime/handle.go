@@ -52,7 +52,7 @@ func (c *call) charge(n int) {
 	if limit := c.rev.limits.MaxHostBytes; c.hostBytes > limit {
 		panic(&hostStop{fmt.Errorf("%w: the activity's host calls held more than %d bytes (state values and keys, waits, secrets)", ErrResourceLimit, limit)})
 	}
-	if !c.rev.engine.reserve(memHost, int64(n)) {
+	if !c.rev.engine.reserve(c.rev.memory, memHost, int64(n)) {
 		panic(&hostStop{fmt.Errorf("%w: %w", ErrOverloaded, c.rev.engine.budgetError("an activity's host calls", int64(n)))})
 	}
 	c.hostReserved += int64(n)
@@ -60,7 +60,7 @@ func (c *call) charge(n int) {
 
 // releaseHost gives back to the replica's budget what the activity's host calls held.
 func (c *call) releaseHost() {
-	c.rev.engine.mem.release(memHost, c.hostReserved)
+	c.rev.engine.release(c.rev.memory, memHost, c.hostReserved)
 	c.hostReserved = 0
 }
 

@@ -15,6 +15,7 @@ import (
 // host's memory.
 type limitedMemory struct {
 	e   *Engine
+	t   *tenantMemory
 	buf []byte
 	max uint64
 	// denied is set when the budget refused a growth.
@@ -31,9 +32,9 @@ func (m *limitedMemory) Reallocate(size uint64) []byte {
 	}
 	old := uint64(cap(m.buf))
 	newCap := min(max(size, 2*old), m.max)
-	if !m.e.reserve(memInstances, int64(newCap-old)) {
+	if !m.e.reserve(m.t, memInstances, int64(newCap-old)) {
 		newCap = size // no room to double ahead: exactly what is asked, or nothing
-		if !m.e.reserve(memInstances, int64(newCap-old)) {
+		if !m.e.reserve(m.t, memInstances, int64(newCap-old)) {
 			m.denied = true
 			return nil
 		}
@@ -45,7 +46,7 @@ func (m *limitedMemory) Reallocate(size uint64) []byte {
 }
 
 func (m *limitedMemory) Free() {
-	m.e.mem.release(memInstances, int64(cap(m.buf)))
+	m.e.release(m.t, memInstances, int64(cap(m.buf)))
 	m.buf = nil
 }
 
@@ -57,10 +58,10 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 	defer cancel()
 	inst := &instance{}
 	ctx = experimental.WithMemoryAllocator(ctx, experimental.MemoryAllocatorFunc(func(_, m uint64) experimental.LinearMemory {
-		inst.memory = &limitedMemory{e: r.engine, max: min(m, maxBytes)}
+		inst.memory = &limitedMemory{e: r.engine, t: r.memory, max: min(m, maxBytes)}
 		return inst.memory
 	}))
-	if !r.engine.reserve(memInstances, instanceOverhead) {
+	if !r.engine.reserve(r.memory, memInstances, instanceOverhead) {
 		return nil, fmt.Errorf("%w: %w", ErrOverloaded, r.engine.budgetError("an instance of "+p.id, instanceOverhead))
 	}
 	cfg := p.modConfig
@@ -71,7 +72,7 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 	mod, err := instantiate(ctx, r.engine.rt, p.pack.compiled, cfg)
 	inst.sleeping = nil
 	if err != nil {
-		r.engine.mem.release(memInstances, instanceOverhead)
+		r.engine.release(r.memory, memInstances, instanceOverhead)
 		if inst.memory != nil && inst.memory.denied {
 			return nil, fmt.Errorf("%w: %w", ErrOverloaded, r.engine.budgetError("the memory of an instance of "+p.id, int64(p.pack.minPages)*65536))
 		}
@@ -138,7 +139,7 @@ func (p *packRuntime) put(inst *instance, now time.Time) {
 
 func (p *packRuntime) discard(inst *instance) {
 	_ = inst.mod.Close(context.Background())
-	p.pack.engine.mem.release(memInstances, instanceOverhead)
+	p.pack.engine.release(p.memory, memInstances, instanceOverhead)
 	p.mu.Lock()
 	p.total--
 	p.mu.Unlock()

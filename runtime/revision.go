@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +24,7 @@ type Revision struct {
 	name    string
 	env     string
 	tenant  string
+	memory  *tenantMemory // the tenant's account in the engine's memory budget
 	packs   []*packRuntime
 	byID    map[string]*packRuntime
 	limits  Limits
@@ -49,7 +51,8 @@ type packRuntime struct {
 	stateWrite bool
 	secrets    map[string]bool
 	modConfig  wazero.ModuleConfig
-	clocks     bool // the pack may sleep
+	clocks     bool          // the pack may sleep
+	memory     *tenantMemory // the tenant's account in the memory budget
 
 	mu    sync.Mutex
 	idle  []*instance
@@ -100,6 +103,7 @@ func (e *Engine) NewRevision(ctx context.Context, cfg RevisionConfig) (r *Revisi
 		store: cfg.Store, secrets: cfg.Secrets, log: cfg.Logger, now: cfg.Clock, config: config,
 		byID: map[string]*packRuntime{}, slots: make(chan struct{}, cfg.Limits.MaxConcurrency),
 		logs: rate.NewLimiter(rate.Limit(50), 100), stop: make(chan struct{}),
+		memory: e.tenantMemory(namespaceOf(cfg.Name) + "/" + cfg.Tenant),
 	}
 	for _, p := range cfg.Packs {
 		id := p.Manifest.PackID
@@ -174,6 +178,7 @@ func (r *Revision) grant(p *Pack, cfg RevisionConfig) (*packRuntime, error) {
 		mc = mc.WithRandSource(rand.Reader)
 	}
 	pr.modConfig = mc
+	pr.memory = r.memory
 	return pr, nil
 }
 
@@ -249,4 +254,10 @@ func (r *Revision) release() { <-r.slots }
 // Load reports how many activities are running and how many wait for an instance.
 func (r *Revision) Load() (running, waiting int) {
 	return len(r.slots), int(r.waiting.Load())
+}
+
+// namespaceOf is the namespace part of a revision's name (namespace/name).
+func namespaceOf(name string) string {
+	ns, _, _ := strings.Cut(name, "/")
+	return ns
 }
