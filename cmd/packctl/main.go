@@ -1,10 +1,14 @@
-// Command packctl builds and inspects packhost packs.
+// Command packctl builds, inspects and publishes packhost packs.
 //
 //	packctl pack -manifest manifest.json -o out.wasm module.wasm
 //	packctl inspect out.wasm
+//	packctl push out.wasm registry.example.com/packs/echo:v1
 //
 // pack embeds a manifest into a built module as its packhost.manifest custom section,
-// after checking it; inspect prints a pack's manifest, imports, exports and sha256.
+// after checking it; inspect prints a pack's manifest, imports, exports and sha256; push
+// publishes a pack to an OCI registry as the artifact a Revision's image source pulls
+// (packs.ArtifactType, readable by `oras pull`) and prints what to pin: the image by
+// manifest digest and the pack's sha256.
 package main
 
 import (
@@ -32,7 +36,8 @@ func main() {
 
 const usage = `usage:
   packctl pack -manifest manifest.json -o out.wasm module.wasm
-  packctl inspect [-json] pack.wasm`
+  packctl inspect [-json] pack.wasm
+  packctl push [-insecure] [-json] pack.wasm registry/repository:tag`
 
 func run(args []string, stdout io.Writer) error {
 	if len(args) == 0 {
@@ -43,6 +48,8 @@ func run(args []string, stdout io.Writer) error {
 		return pack(args[1:])
 	case "inspect":
 		return inspect(args[1:], stdout)
+	case "push":
+		return push(context.Background(), args[1:], stdout)
 	default:
 		return fmt.Errorf("unknown command %q\n%s", args[0], usage)
 	}
