@@ -49,6 +49,8 @@ type replica struct {
 type replicaConfig struct {
 	manager       ctrl.Options // with LeaderElection, the replica leads once it holds the lease
 	countsRefresh time.Duration
+	// apiReader, when set, wraps the manager's API reader for the controllers.
+	apiReader func(client.Reader) client.Reader
 }
 
 // startReplica starts a replica that acts as leader or follower as told, unless an
@@ -84,12 +86,18 @@ func startReplica(t *testing.T, leader bool, options ...func(*replicaConfig)) *r
 	if cfg.manager.LeaderElection {
 		isLeader = controllers.LeaderFunc(mgr)
 	}
+	apiReader := mgr.GetAPIReader()
+	if cfg.apiReader != nil {
+		apiReader = cfg.apiReader(apiReader)
+	}
 	splits := &controllers.TrafficSplitReconciler{Client: mgr.GetClient(), Router: r.router, Runtimes: r.runtimes, IsLeader: isLeader,
 		CountsRefresh: cfg.countsRefresh}
 	err = controllers.Setup(mgr,
-		&controllers.RevisionReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Engine: engine, State: store,
-			Fetcher: &source.Fetcher{Reader: mgr.GetAPIReader(), CacheDir: t.TempDir()}, Runtimes: r.runtimes, IsLeader: isLeader, Clock: time.Now},
-		&controllers.TenantReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Router: r.router, IsLeader: isLeader},
+		&controllers.RevisionReconciler{Client: mgr.GetClient(), APIReader: apiReader, Engine: engine, State: store,
+			Recorder: mgr.GetEventRecorder("packhost-revision"),
+			Fetcher:  &source.Fetcher{Reader: apiReader, CacheDir: t.TempDir()}, Runtimes: r.runtimes, IsLeader: isLeader, Clock: time.Now},
+		&controllers.TenantReconciler{Client: mgr.GetClient(), APIReader: apiReader, Router: r.router, IsLeader: isLeader,
+			Recorder: mgr.GetEventRecorder("packhost-tenant")},
 		splits,
 	)
 	if err != nil {
@@ -166,8 +174,10 @@ func tenant(ns, name string, mutate ...func(*v1.Tenant)) *v1.Tenant {
 	return t
 }
 
+// tokens is tenant name's token Secret, opted in for it.
 func tokens(ns, name string) *corev1.Secret {
-	return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name + "-tokens", Namespace: ns}, StringData: map[string]string{"ci": "tok"}}
+	return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name + "-tokens", Namespace: ns, Annotations: map[string]string{v1.AnnotationTenants: name}},
+		StringData: map[string]string{"ci": "tok"}}
 }
 
 func packConfigMap(ns string, packs map[string][]byte) *corev1.ConfigMap {

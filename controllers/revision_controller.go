@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -50,6 +52,37 @@ type RevisionReconciler struct {
 	// IsLeader says whether this replica writes status.
 	IsLeader func() bool
 	Clock    func() time.Time
+
+	claimsMu sync.Mutex
+	// claims are the foreign state ConfigMaps last reported on each Revision.
+	claims map[types.NamespacedName]string
+}
+
+// reportClaims tells a Revision's owner, with a Warning event each, of the ConfigMaps
+// that claim to be its state and are ignored, once per change of that list.
+func (r *RevisionReconciler) reportClaims(rev *v1.Revision) {
+	claims := r.State.Claims(rev.Namespace, rev.Name)
+	key := types.NamespacedName{Namespace: rev.Namespace, Name: rev.Name}
+	joined := strings.Join(claims, "\n")
+	r.claimsMu.Lock()
+	if r.claims == nil {
+		r.claims = map[types.NamespacedName]string{}
+	}
+	same := r.claims[key] == joined
+	r.claims[key] = joined
+	r.claimsMu.Unlock()
+	if same || r.Recorder == nil {
+		return
+	}
+	for _, c := range claims {
+		r.Recorder.Eventf(rev, nil, corev1.EventTypeWarning, v1.ReasonForeignState, "IgnoreState", "%s", c)
+	}
+}
+
+func (r *RevisionReconciler) forgetClaims(key types.NamespacedName) {
+	r.claimsMu.Lock()
+	defer r.claimsMu.Unlock()
+	delete(r.claims, key)
 }
 
 // failure is why a Revision cannot load.
@@ -69,6 +102,8 @@ func (r *RevisionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (r
 	if err := r.Get(ctx, req.NamespacedName, rev); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.Runtimes.Unload(ctx, req.NamespacedName)
+			r.State.Release(req.Namespace, req.Name)
+			r.forgetClaims(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
@@ -128,6 +163,9 @@ func (r *RevisionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (r
 		return ctrl.Result{RequeueAfter: retryFailedLoad}, nil
 	}
 	rev.Status.MarkTrue(g, v1.RevisionLoaded, v1.ReasonLoaded, "")
+	if leader {
+		r.reportClaims(rev)
+	}
 
 	now := r.Clock()
 	sessions := r.State.OpenSessions(rev.Namespace, rev.Name, now)
@@ -215,11 +253,11 @@ func (r *RevisionReconciler) load(ctx context.Context, rev *v1.Revision) (*Loade
 			r.Engine.Release(ctx, p)
 		}
 	}
+	if f := r.pullSecretsOptIn(ctx, rev); f != nil {
+		return nil, f
+	}
 	for _, p := range rev.Spec.Packs {
-		resolved := ""
-		if i := slices.IndexFunc(rev.Status.Packs, func(s v1.PackStatus) bool { return s.Name == p.Name }); i >= 0 {
-			resolved = rev.Status.Packs[i].ResolvedImage
-		}
+		p, resolved := pinned(p, rev.Status.Packs)
 		fetched, err := r.Fetcher.Fetch(ctx, rev.Namespace, p, rev.Spec.ImagePullSecrets, resolved)
 		if err != nil {
 			release()
@@ -245,10 +283,13 @@ func (r *RevisionReconciler) load(ctx context.Context, rev *v1.Revision) (*Loade
 	}
 	l.StateConfigMaps = names
 
-	secrets := &tenantSecrets{reader: r.APIReader, namespace: rev.Namespace, names: tenant.Spec.Secrets}
+	secrets := &tenantSecrets{reader: r.APIReader, namespace: rev.Namespace, tenant: tenant.Name, names: tenant.Spec.Secrets}
 	policy, err := r.policy(ctx, tenant, secrets)
 	if err != nil {
 		release()
+		if errors.Is(err, errSecretNotOptedIn) {
+			return nil, &failure{v1.RevisionLoaded, v1.ReasonSecretNotOptedIn, err.Error(), true}
+		}
 		return nil, &failure{v1.RevisionLoaded, v1.ReasonCapabilityNotAllowed, err.Error(), true}
 	}
 	rt, err := r.Engine.NewRevision(ctx, runtime.RevisionConfig{
@@ -262,6 +303,39 @@ func (r *RevisionReconciler) load(ctx context.Context, rev *v1.Revision) (*Loade
 	}
 	l.Runtime = rt
 	return l, nil
+}
+
+// pinned is what to fetch for pack p given the packs status records: the image a tag
+// resolved to, and for a ConfigMap source without sha256, the digest first loaded as
+// the sha256 to verify, so a ConfigMap that changed since is refused (DigestMismatch)
+// rather than run as other code under the same Revision.
+func pinned(p v1.Pack, status []v1.PackStatus) (v1.Pack, string) {
+	i := slices.IndexFunc(status, func(s v1.PackStatus) bool { return s.Name == p.Name })
+	if i < 0 {
+		return p, ""
+	}
+	if p.ConfigMapRef != nil && p.SHA256 == "" {
+		p.SHA256 = strings.TrimPrefix(status[i].Digest, "sha256:")
+	}
+	return p, status[i].ResolvedImage
+}
+
+// pullSecretsOptIn checks that every image pull Secret of a Revision with an image
+// source opts in to serving the Revision's tenant.
+func (r *RevisionReconciler) pullSecretsOptIn(ctx context.Context, rev *v1.Revision) *failure {
+	if !slices.ContainsFunc(rev.Spec.Packs, func(p v1.Pack) bool { return p.Image != "" }) {
+		return nil
+	}
+	for _, ref := range rev.Spec.ImagePullSecrets {
+		_, err := readOptedIn(ctx, r.APIReader, rev.Namespace, ref.Name, rev.Spec.TenantRef.Name, "image pull Secret")
+		switch {
+		case errors.Is(err, errSecretNotOptedIn):
+			return &failure{v1.RevisionPacksFetched, v1.ReasonSecretNotOptedIn, err.Error(), true}
+		case err != nil:
+			return &failure{v1.RevisionPacksFetched, v1.ReasonSourceUnreachable, err.Error(), true}
+		}
+	}
+	return nil
 }
 
 func (r *RevisionReconciler) policy(ctx context.Context, tenant *v1.Tenant, secrets *tenantSecrets) (runtime.Policy, error) {
@@ -322,7 +396,7 @@ func fetchFailure(pack string, err error) *failure {
 	msg := fmt.Sprintf("pack %s: %v", pack, err)
 	switch {
 	case errors.Is(err, source.ErrDigestMismatch):
-		return &failure{v1.RevisionPacksFetched, v1.ReasonDigestMismatch, msg + ": fix spec.packs[].sha256 or the source, in a new Revision", false}
+		return &failure{v1.RevisionPacksFetched, v1.ReasonDigestMismatch, msg + ": the source no longer holds the pack this Revision pins (spec.packs[].sha256, or for a ConfigMap without it the digest first loaded, in status.packs): restore the source, or create a new Revision", false}
 	case errors.Is(err, source.ErrInvalidSource):
 		return &failure{v1.RevisionPacksFetched, v1.ReasonInvalidSource, msg, false}
 	}

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -18,11 +19,31 @@ import (
 // reaches guests within this time without an API read per guest call.
 const secretTTL = 30 * time.Second
 
-// tenantSecrets gives guests the keys of the tenant's allowlisted Secrets by name. It
-// reads the Secrets directly (packhost never caches every Secret in the cluster).
+// errSecretNotOptedIn: a Secret named for a tenant does not list it in its
+// v1.AnnotationTenants annotation, so it serves nobody.
+var errSecretNotOptedIn = errors.New("secret does not opt in")
+
+// readOptedIn reads a Secret with reader (uncached: packhost needs only `get` on
+// Secrets and never caches every Secret in the cluster) and checks that it opts in to
+// serving tenant. what names its use in messages ("auth Secret").
+func readOptedIn(ctx context.Context, reader client.Reader, namespace, name, tenant, what string) (*corev1.Secret, error) {
+	sec := &corev1.Secret{}
+	if err := reader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, sec); err != nil {
+		return nil, fmt.Errorf("read %s %q: %w", what, name, err)
+	}
+	if !v1.SecretServesTenant(sec.Annotations, tenant) {
+		return nil, fmt.Errorf("%w: %s %q does not serve tenant %s: add the annotation %s: %s to it (a comma-separated list of tenants)",
+			errSecretNotOptedIn, what, name, tenant, v1.AnnotationTenants, tenant)
+	}
+	return sec, nil
+}
+
+// tenantSecrets gives guests the keys of the tenant's allowlisted Secrets by name, from
+// Secrets that opt in to serving the tenant.
 type tenantSecrets struct {
 	reader    client.Reader
 	namespace string
+	tenant    string
 	names     []v1.LocalObjectReference
 
 	mu      sync.Mutex
@@ -38,9 +59,9 @@ func (s *tenantSecrets) load(ctx context.Context) (map[string][]byte, error) {
 	}
 	values := map[string][]byte{}
 	for _, n := range s.names {
-		sec := &corev1.Secret{}
-		if err := s.reader.Get(ctx, types.NamespacedName{Namespace: s.namespace, Name: n.Name}, sec); err != nil {
-			return nil, fmt.Errorf("read allowlisted Secret %s/%s: %w", s.namespace, n.Name, err)
+		sec, err := readOptedIn(ctx, s.reader, s.namespace, n.Name, s.tenant, "allowlisted Secret")
+		if err != nil {
+			return nil, err
 		}
 		for k, v := range sec.Data {
 			values[k] = v

@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -67,8 +68,16 @@ func Setup(mgr manager.Manager, rev *RevisionReconciler, tenant *TenantReconcile
 		}
 		return out
 	})
+	claims := &claimEvents{events: make(chan event.GenericEvent)}
+	if rev.State != nil {
+		claims.claimed = rev.State.Claimed()
+		if err := mgr.Add(claims); err != nil {
+			return fmt.Errorf("watch state claims: %w", err)
+		}
+	}
 	if err := ctrl.NewControllerManagedBy(mgr).Named("revision").For(&v1.Revision{}).
 		WatchesRawSource(resync.source(&v1.RevisionList{})).
+		WatchesRawSource(source.Channel(claims.events, &handler.EnqueueRequestForObject{})).
 		Watches(&v1.Tenant{}, revisionsOfTenant).
 		Watches(&v1.TrafficSplit{}, revisionsOfSplit, builder.WithPredicates(notJustCounts)).
 		WithOptions(opts).Complete(rev); err != nil {
@@ -164,6 +173,33 @@ func (e *electionResync) Start(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// claimEvents reconciles a Revision when a ConfigMap newly claims to be its state, so
+// the claim is reported on it at once.
+type claimEvents struct {
+	claimed <-chan types.NamespacedName
+	events  chan event.GenericEvent
+}
+
+// NeedLeaderElection is false: the channel is drained on every replica.
+func (c *claimEvents) NeedLeaderElection() bool { return false }
+
+// Start implements manager.Runnable.
+func (c *claimEvents) Start(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case key := <-c.claimed:
+			rev := &v1.Revision{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
+			select {
+			case c.events <- event.GenericEvent{Object: rev}:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+	}
 }
 
 // notJustCounts passes every TrafficSplit event but an update that changed nothing except

@@ -2,8 +2,11 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"sort"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -35,6 +38,19 @@ type TenantReconciler struct {
 	Recorder  recorder.EventRecorder
 	Router    *dispatcher.Router
 	IsLeader  func() bool
+
+	mu sync.Mutex
+	// lastTokens are the tokens each tenant's auth Secret last gave, kept through a
+	// transient error reading it.
+	lastTokens map[types.NamespacedName]goodTokens
+}
+
+// goodTokens are tokens read from a tenant's auth Secret.
+type goodTokens struct {
+	tenantUID types.UID
+	secret    string
+	tokens    map[string]string
+	read      time.Time
 }
 
 // Reconcile implements reconcile.Reconciler.
@@ -43,6 +59,7 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	if err := r.Get(ctx, req.NamespacedName, tenant); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.Router.PublishTenant(req.Namespace, req.Name, nil)
+			r.forgetTokens(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
@@ -114,30 +131,75 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 }
 
 // auth reads the tenant's tokens into cfg and checks its allowlisted Secrets; it returns
-// a not-ready reason and message when something is missing.
+// a not-ready reason and message when something is missing. A Secret serves the tenant
+// only when it opts in (v1.AnnotationTenants). When the auth Secret cannot be read for
+// a reason that may pass, the tokens last read from it stay in cfg, and the reason says
+// so.
 func (r *TenantReconciler) auth(ctx context.Context, tenant *v1.Tenant, cfg *dispatcher.TenantConfig) (string, string) {
+	key := types.NamespacedName{Namespace: tenant.Namespace, Name: tenant.Name}
 	if tenant.Spec.Auth == nil {
+		r.forgetTokens(key)
 		return v1.ReasonAuthSecretMissing, "spec.auth.secretRef is not set: the dispatcher refuses every activity for this tenant"
 	}
-	sec := &corev1.Secret{}
 	name := tenant.Spec.Auth.SecretRef.Name
-	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: tenant.Namespace, Name: name}, sec); err != nil {
-		return v1.ReasonAuthSecretMissing, fmt.Sprintf("auth Secret %q: %v", name, err)
+	sec, err := readOptedIn(ctx, r.APIReader, tenant.Namespace, name, tenant.Name, "auth Secret")
+	switch {
+	case errors.Is(err, errSecretNotOptedIn):
+		r.forgetTokens(key)
+		return v1.ReasonSecretNotOptedIn, err.Error()
+	case apierrors.IsNotFound(err):
+		r.forgetTokens(key)
+		return v1.ReasonAuthSecretMissing, fmt.Sprintf("auth Secret %q not found: create it, or fix spec.auth.secretRef", name)
+	case err != nil:
+		last, ok := r.tokensOf(key, tenant.UID, name)
+		if !ok {
+			return v1.ReasonAuthSecretMissing, err.Error()
+		}
+		maps.Copy(cfg.Tokens, last.tokens)
+		return v1.ReasonAuthSecretUnreadable, fmt.Sprintf("%v; the %d tokens last read from it at %s are still accepted",
+			err, len(last.tokens), last.read.UTC().Format(time.RFC3339))
 	}
 	for caller, token := range sec.Data {
 		if len(token) > 0 {
 			cfg.Tokens[string(token)] = caller
 		}
 	}
+	r.keepTokens(key, goodTokens{tenantUID: tenant.UID, secret: name, tokens: maps.Clone(cfg.Tokens), read: time.Now()})
 	if len(cfg.Tokens) == 0 {
 		return v1.ReasonAuthSecretEmpty, fmt.Sprintf("auth Secret %q holds no token: add a key whose value is a bearer token", name)
 	}
 	for _, s := range tenant.Spec.Secrets {
-		if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: tenant.Namespace, Name: s.Name}, &corev1.Secret{}); err != nil {
-			return v1.ReasonSecretMissing, fmt.Sprintf("allowlisted Secret %q: %v", s.Name, err)
+		if _, err := readOptedIn(ctx, r.APIReader, tenant.Namespace, s.Name, tenant.Name, "allowlisted Secret"); err != nil {
+			if errors.Is(err, errSecretNotOptedIn) {
+				return v1.ReasonSecretNotOptedIn, err.Error()
+			}
+			return v1.ReasonSecretMissing, err.Error()
 		}
 	}
 	return "", ""
+}
+
+func (r *TenantReconciler) keepTokens(key types.NamespacedName, t goodTokens) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.lastTokens == nil {
+		r.lastTokens = map[types.NamespacedName]goodTokens{}
+	}
+	r.lastTokens[key] = t
+}
+
+func (r *TenantReconciler) forgetTokens(key types.NamespacedName) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.lastTokens, key)
+}
+
+// tokensOf returns the tokens last read for this incarnation of the tenant from secret.
+func (r *TenantReconciler) tokensOf(key types.NamespacedName, uid types.UID, secret string) (goodTokens, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t, ok := r.lastTokens[key]
+	return t, ok && t.tenantUID == uid && t.secret == secret
 }
 
 // retain deletes the oldest Revisions no split routes to beyond the tenant's

@@ -35,6 +35,9 @@ const (
 	ReasonStateFailed          = "StateFailed"
 	ReasonDraining             = "Draining"
 	ReasonRetired              = "Retired"
+	// ReasonForeignState is the reason of the Warning event on a Revision when a
+	// ConfigMap carries its state labels without being its state; it is ignored.
+	ReasonForeignState = "ForeignStateConfigMap"
 )
 
 // revisionDependents are the conditions Ready is made of, in the order they happen.

@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"strings"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -11,7 +13,31 @@ const (
 	ReasonSecretMissing     = "SecretMissing"
 	ReasonRevisionsRemain   = "RevisionsRemain"
 	ReasonTenantReady       = "TenantReady"
+	// ReasonSecretNotOptedIn: a Secret the Tenant names (auth, allowlist) or a
+	// Revision names (image pull) does not list the tenant in its AnnotationTenants.
+	// Revisions report it too.
+	ReasonSecretNotOptedIn = "SecretNotOptedIn"
+	// ReasonAuthSecretUnreadable: the auth Secret could not be read just now; the
+	// tokens last read from it are still accepted.
+	ReasonAuthSecretUnreadable = "AuthSecretUnreadable"
 )
+
+// AnnotationTenants on a Secret opts it in to serving Tenants of its namespace: a
+// comma-separated list of tenant names. A Secret serves a Tenant (as its auth tokens,
+// in its spec.secrets allowlist, or as a Revision's image pull secret) only when the
+// list names that tenant, so whoever may create Tenants or Revisions but not read
+// Secrets cannot have packhost read one for them.
+const AnnotationTenants = "packhost.io/tenants"
+
+// SecretServesTenant reports whether a Secret's annotations opt it in for tenant.
+func SecretServesTenant(annotations map[string]string, tenant string) bool {
+	for _, name := range strings.Split(annotations[AnnotationTenants], ",") {
+		if strings.TrimSpace(name) == tenant && tenant != "" {
+			return true
+		}
+	}
+	return false
+}
 
 // MarkReady sets the Tenant's Ready condition to True.
 func (s *TenantStatus) MarkReady(generation int64) {
