@@ -20,6 +20,7 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
@@ -43,6 +44,7 @@ type options struct {
 	probeAddr               string
 	leaderElect             bool
 	leaderElectionNamespace string
+	watchNamespaces         []string
 	cacheDir                string
 	cacheLimit              resource.Quantity
 	gracefulShutdown        time.Duration
@@ -65,6 +67,10 @@ func (o *options) bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address the /healthz and /readyz endpoints bind to.")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader among replicas; only the leader writes status. Enable it when running more than one replica.")
 	fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease; defaults to the manager's own namespace.")
+	fs.Func("watch-namespaces", "Comma-separated namespaces whose Tenants, Revisions, TrafficSplits and state ConfigMaps the manager watches; empty watches all. With it the manager needs only Roles in those namespaces (see config/namespaced). Repeatable.", func(v string) error {
+		o.watchNamespaces = append(o.watchNamespaces, splitList(v)...)
+		return nil
+	})
 	fs.StringVar(&o.cacheDir, "cache-dir", defaultCacheDir(), "Directory for fetched packs and the compilation cache; must be writable.")
 	o.cacheLimit = resource.MustParse("1Gi")
 	fs.Func("cache-limit", "Most bytes the cache directory may hold (a quantity: 1Gi, 500Mi); the least recently written files beyond it are removed, never a pack a loaded revision runs. 0 turns pruning off. Keep it under the volume's size limit. (default 1Gi)", func(v string) error {
@@ -178,6 +184,18 @@ func metricsOptions(o options) metricsserver.Options {
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 
+// cacheOptions limits the manager's watches to --watch-namespaces, when given.
+func cacheOptions(o options) cache.Options {
+	if len(o.watchNamespaces) == 0 {
+		return cache.Options{}
+	}
+	namespaces := map[string]cache.Config{}
+	for _, ns := range o.watchNamespaces {
+		namespaces[ns] = cache.Config{}
+	}
+	return cache.Options{DefaultNamespaces: namespaces}
+}
+
 // run builds the manager and runs it until ctx is done.
 func run(ctx context.Context, cfg *rest.Config, o options, log logr.Logger) error {
 	if err := os.MkdirAll(o.cacheDir, 0o750); err != nil {
@@ -195,6 +213,7 @@ func run(ctx context.Context, cfg *rest.Config, o options, log logr.Logger) erro
 		// Step down as soon as the context ends, so a new leader takes over at once.
 		LeaderElectionReleaseOnCancel: true,
 		GracefulShutdownTimeout:       &o.gracefulShutdown,
+		Cache:                         cacheOptions(o),
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
@@ -213,7 +232,7 @@ func run(ctx context.Context, cfg *rest.Config, o options, log logr.Logger) erro
 	}); err != nil {
 		return fmt.Errorf("add readiness check: %w", err)
 	}
-	log.Info("Starting manager", "leaderElect", o.leaderElect, "cacheDir", o.cacheDir, "sourceAllow", o.sourceAllow, "sourceDeny", o.sourceDeny)
+	log.Info("Starting manager", "leaderElect", o.leaderElect, "watchNamespaces", o.watchNamespaces, "cacheDir", o.cacheDir, "sourceAllow", o.sourceAllow, "sourceDeny", o.sourceDeny)
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("run manager: %w", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	packhostv1alpha1 "github.com/packhost/packhost/api/v1alpha1"
 	"github.com/packhost/packhost/internal/testenv"
 )
 
@@ -225,5 +226,60 @@ func TestSourceEgressFlags(t *testing.T) {
 				t.Errorf("sourceDeny = %s, want %s", got, tc.deny)
 			}
 		})
+	}
+}
+
+// With --watch-namespaces the manager reconciles only the objects of those namespaces.
+func TestWatchNamespaces(t *testing.T) {
+	var o options
+	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	o.bind(fs)
+	if err := fs.Parse([]string{"--watch-namespaces=team-a, team-b", "--watch-namespaces=team-c"}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for ns := range cacheOptions(o).DefaultNamespaces {
+		got = append(got, ns)
+	}
+	slices.Sort(got)
+	if strings.Join(got, ",") != "team-a,team-b,team-c" {
+		t.Fatalf("watched namespaces %v, want team-a,team-b,team-c", got)
+	}
+
+	testenv.Require(t, env)
+	watched, other := env.Namespace(t, "watched"), env.Namespace(t, "unwatched")
+	o = options{metricsAddr: "0", dispatcherAddr: "0", probeAddr: "0", cacheDir: t.TempDir(),
+		gracefulShutdown: 5 * time.Second, watchNamespaces: []string{watched}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, env.Config, o, zap.New(zap.UseDevMode(true))) }()
+	defer func() { cancel(); <-done }()
+	for _, ns := range []string{watched, other} {
+		if err := env.Client.Create(ctx, &packhostv1alpha1.Tenant{ObjectMeta: metav1.ObjectMeta{Name: "acme", Namespace: ns}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	finalized := func(ns string) bool {
+		tn := &packhostv1alpha1.Tenant{}
+		return env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "acme"}, tn) == nil && len(tn.Finalizers) > 0
+	}
+	for !finalized(watched) && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !finalized(watched) {
+		t.Fatal("the tenant of the watched namespace was not reconciled")
+	}
+	time.Sleep(time.Second)
+	if finalized(other) {
+		t.Fatal("the tenant of an unwatched namespace was reconciled")
+	}
+	for _, ns := range []string{watched, other} {
+		tn := &packhostv1alpha1.Tenant{}
+		if env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "acme"}, tn) == nil {
+			tn.Finalizers = nil
+			_ = env.Client.Update(ctx, tn)
+		}
 	}
 }

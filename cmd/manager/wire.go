@@ -44,6 +44,7 @@ func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger) err
 	}
 	store, err := state.New(mgr.GetConfig(), mgr.GetScheme(), state.Options{
 		Logger: log.WithName("state"), OnCommit: func(d time.Duration) { commitLatency.Observe(d.Seconds()) },
+		Namespaces: o.watchNamespaces,
 	})
 	if err != nil {
 		return err
