@@ -17,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -51,6 +52,8 @@ type replicaConfig struct {
 	countsRefresh time.Duration
 	// apiReader, when set, wraps the manager's API reader for the controllers.
 	apiReader func(client.Reader) client.Reader
+	// restConfig, when set, is who the replica acts as; a cluster admin otherwise.
+	restConfig *rest.Config
 }
 
 // startReplica starts a replica that acts as leader or follower as told, unless an
@@ -66,7 +69,11 @@ func startReplica(t *testing.T, leader bool, options ...func(*replicaConfig)) *r
 	for _, o := range options {
 		o(&cfg)
 	}
-	mgr, err := ctrl.NewManager(env.Config, cfg.manager)
+	restConfig := env.Config
+	if cfg.restConfig != nil {
+		restConfig = cfg.restConfig
+	}
+	mgr, err := ctrl.NewManager(restConfig, cfg.manager)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +81,7 @@ func startReplica(t *testing.T, leader bool, options ...func(*replicaConfig)) *r
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := state.New(env.Config, env.Scheme, state.Options{})
+	store, err := state.New(restConfig, env.Scheme, state.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
