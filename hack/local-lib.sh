@@ -76,7 +76,7 @@ bench_tenants() {
     "$kubectl" apply --server-side -f - <<YAML
 apiVersion: v1
 kind: Secret
-metadata: {name: bench-$app-tokens}
+metadata: {name: bench-$app-tokens, annotations: {packhost.io/tenants: bench-$app}}
 stringData: {bench: bench-token}
 ---
 apiVersion: packhost.io/v1alpha1
