@@ -35,8 +35,21 @@
 // # Reads
 //
 // Reads come from a watch of the ConfigMaps carrying the state label only (never every
-// ConfigMap in the cluster), with the process's own commits applied as soon as they are
-// acknowledged, so a writer reads its writes. resourceVersions are compared as the
+// ConfigMap in the cluster; with Options.Namespaces, only in those namespaces), with
+// the process's own commits applied as soon as they are acknowledged, so a writer
+// reads its writes.
+//
+// # Trust
+//
+// Anyone who may create ConfigMaps can put the state label on one, so a ConfigMap is
+// trusted as state only when a revision this process serves (Ensure, Namespace) owns
+// it: a controller reference to that Revision's UID, the revision's tenant label, and
+// the name of its shard. Of any other labelled ConfigMap the watch keeps metadata only;
+// it pins no session and is reported by Claims. Session pins are indexed per namespace
+// and tenant (Pin), so a wait in one namespace or tenant never moves another's session.
+// Ensure adopts an existing shard only when it is this Revision's or retained
+// (AnnotationRetainedFor) for the same tenant and revision name; Remove touches only
+// what the Revision owns. resourceVersions are compared as the
 // integers the API server issues, to keep the newest copy of each shard.
 package state
 
