@@ -3,7 +3,17 @@
 K8S_VERSION ?= 1.37.2
 ETCD_VERSION ?= 3.6.16
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
+# The manager image. `make image` pushes it here when IMG names a registry
+# (registry.example.com/packhost/manager:v0.1.0), else writes an OCI layout to IMAGE_TAR;
+# `make deploy` deploys it. config/default names this default.
 IMG ?= packhost/manager:dev
+IMAGE_TAR ?= bin/manager-image.tar
+PLATFORMS ?= linux/amd64,linux/arm64
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+# Every file of the image has this time (the last commit's), so a rebuild of the same
+# commit gives the same digest.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
 LOCALBIN ?= $(CURDIR)/bin
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen
@@ -88,12 +98,21 @@ packs: ## Build the sample and test packs into bin/packs/ with packctl.
 run-local: build envtest ## Run packhost locally: a local control plane, the CRDs, the samples and the manager.
 	hack/run-local.sh
 
+.PHONY: hostile
+hostile: envtest ## Measure a victim tenant's service while another tenant attacks (hack/hostile.sh).
+	hack/hostile.sh
+
 .PHONY: loadtest
 loadtest: envtest ## Measure the dispatcher against this machine's net/http floor (hack/loadtest.sh).
 	hack/loadtest.sh
 
+.PHONY: image
+image: ## Build the manager image without Docker (hack/image; linux/amd64 and arm64): pushed to IMG if it names a registry, else bin/manager-image.tar.
+	go run ./hack/image -image $(IMG) -o $(IMAGE_TAR) -platforms $(PLATFORMS) \
+		-version '$(VERSION)' -revision '$(REVISION)' -created '$(SOURCE_DATE_EPOCH)'
+
 .PHONY: docker-build
-docker-build: ## Build the manager image (needs a Docker engine).
+docker-build: ## Build the manager image with the Dockerfile (needs a Docker engine; untested here: make image is).
 	docker build -t $(IMG) .
 
 ##@ Deployment
@@ -107,8 +126,9 @@ uninstall: manifests ## Remove the CRDs from the cluster of the current kubeconf
 	$(KUBECTL) delete --ignore-not-found -k config/crd
 
 .PHONY: deploy
-deploy: manifests ## Deploy the manager to the cluster of the current kubeconfig.
-	$(KUBECTL) apply --server-side -k config/default
+deploy: manifests ## Deploy the manager, image IMG, to the cluster of the current kubeconfig.
+	hack/kustomize-image.sh $(IMG) bin/deploy
+	$(KUBECTL) apply --server-side -k bin/deploy
 
 ##@ Tools
 

@@ -100,6 +100,8 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	cfg := &dispatcher.TenantConfig{
 		Namespace: tenant.Namespace, Name: tenant.Name, Env: tenant.Spec.Env,
 		MaxBodyBytes: tenant.Spec.Limits.MaxRequestBodyBytes, Tokens: map[string]string{},
+		// The dispatcher's share for this tenant's requests derives from it.
+		MaxConcurrentActivities: int(tenant.Spec.Limits.MaxConcurrentActivities),
 	}
 	if tenant.Spec.Auth != nil {
 		cfg.RoutingCallers = tenant.Spec.Auth.RoutingCallers

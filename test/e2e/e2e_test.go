@@ -59,7 +59,7 @@ func setup(e *testenv.Env) error {
 // serveRegistry runs an OCI registry at the samples' address holding the built packs.
 func serveRegistry() error {
 	all := map[string][]byte{}
-	for _, p := range []string{"counter", "survey", "echo"} {
+	for _, p := range append([]string{"counter", "survey", "echo"}, hostilePacks...) {
 		b, err := packs.Build(p)
 		if err != nil {
 			return err
@@ -121,17 +121,18 @@ func (b *syncBuffer) Write(p []byte) (int, error) {
 }
 
 // startManager runs the manager binary with leader election and waits until it is ready.
-func startManager(t testing.TB, cacheDir string) *manager {
+// extra flags come after the defaults, so they win.
+func startManager(t testing.TB, cacheDir string, extra ...string) *manager {
 	t.Helper()
 	m := &manager{dispatcher: freePort(t), probes: freePort(t)}
 	logs := &syncBuffer{}
-	m.cmd = exec.Command(managerBin,
+	m.cmd = exec.Command(managerBin, append([]string{
 		"--kubeconfig", kubeconfig, "--leader-elect", "--leader-election-namespace", "default",
 		"--metrics-bind-address", "0", "--health-probe-bind-address", m.probes,
 		"--dispatcher-bind-address", m.dispatcher, "--cache-dir", cacheDir,
 		// The registry and the test's url servers are on 127.0.0.1, which the egress
 		// policy of pack sources refuses unless allowed.
-		"--source-allow=127.0.0.1/32")
+		"--source-allow=127.0.0.1/32"}, extra...)...)
 	m.cmd.Stdout, m.cmd.Stderr = logs, logs
 	if err := m.cmd.Start(); err != nil {
 		t.Fatal(err)
