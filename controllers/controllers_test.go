@@ -245,7 +245,7 @@ func TestRevisionPhasesAndFailureReasons(t *testing.T) {
 		{"no-tenant", v1.ReasonTenantNotFound, `Tenant "ghost" not found`},
 		{"cap", v1.ReasonCapabilityNotAllowed, "state writes"},
 		{"no-manifest", v1.ReasonInvalidManifest, "packhost.manifest"},
-		{"garbage", v1.ReasonInvalidWasm, "compile"},
+		{"garbage", v1.ReasonInvalidWasm, "invalid pack"},
 		{"missing-key", v1.ReasonSourceUnreachable, `no binaryData key "absent.wasm"`},
 		{"wrong-sha", v1.ReasonDigestMismatch, strings.Repeat("0", 64)},
 		{"too-much", v1.ReasonLimitAboveTenant, "above the tenant's"},
