@@ -1,6 +1,6 @@
 # local-lib.sh: shared by run-local.sh, loadtest.sh and abtest.sh. Sourced, not run. It builds what
-# is missing, starts a local control plane and OCI registry (bin/localenv) and the
-# manager, and stops everything it started on exit.
+# is missing, starts a local control plane and OCI registry (bin/localenv), publishes the
+# packs to it (packctl push) and starts the manager, and stops everything it started on exit.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -23,11 +23,12 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# start_control_plane starts the control plane and the registry with the built packs.
+# start_control_plane starts the control plane and the registry, and publishes the
+# built packs to the registry as packs/<name>:v1 with packctl push.
 start_control_plane() {
   make --no-print-directory build packs >/dev/null
   go build -o bin/localenv ./hack/localenv
-  bin/localenv --write-kubeconfig "$KUBECONFIG" --registry 127.0.0.1:5001 --packs bin/packs &
+  bin/localenv --write-kubeconfig "$KUBECONFIG" --registry 127.0.0.1:5001 &
   pids+=($!)
   for _ in $(seq 1 300); do
     [ -s "$KUBECONFIG" ] && break
@@ -35,6 +36,17 @@ start_control_plane() {
     sleep 0.2
   done
   [ -s "$KUBECONFIG" ] || { echo "local: the control plane did not start" >&2; exit 1; }
+  push_packs
+}
+
+# push_packs publishes every pack in bin/packs (make packs) to the local registry as
+# packs/<name>:v1, the way a pack author does, and prints the digests to pin.
+push_packs() {
+  local f name
+  for f in bin/packs/*.wasm; do
+    name=$(basename "$f" .wasm)
+    bin/packctl push "$f" "127.0.0.1:5001/packs/$name:v1" | sed -n "s|^image: *|local: pushed packs/$name:v1 = |p"
+  done
 }
 
 # start_manager N ENV [FLAGS...] starts manager N (0, 1, ...) with the environment

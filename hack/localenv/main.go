@@ -1,7 +1,8 @@
 // Command localenv runs a local Kubernetes control plane (kube-apiserver and etcd from
-// hack/setup-envtest.sh) with the packhost CRDs installed, and an OCI registry holding
-// the built packs, writes a kubeconfig for the control plane and runs until interrupted.
-// hack/run-local.sh starts the manager against it.
+// hack/setup-envtest.sh) with the packhost CRDs installed, and an OCI registry, writes a
+// kubeconfig for the control plane and runs until interrupted. hack/local-lib.sh pushes
+// the built packs to the registry with `packctl push`, as a user publishes a pack, and
+// starts the manager against the control plane.
 package main
 
 import (
@@ -22,7 +23,7 @@ import (
 func main() {
 	kubeconfig := flag.String("write-kubeconfig", "bin/local/kubeconfig", "Where to write the kubeconfig of the local control plane.")
 	registryAddr := flag.String("registry", "127.0.0.1:5001", "Address of the local OCI registry; empty runs none.")
-	packs := flag.String("packs", "bin/packs", "Directory of built packs (*.wasm) to push to the registry as packs/<name>:v1.")
+	packs := flag.String("packs", "", "Directory of built packs (*.wasm) to push to the registry as packs/<name>:v1; empty pushes none (push them with packctl push).")
 	flag.Parse()
 	if err := run(*kubeconfig, *registryAddr, *packs); err != nil {
 		fmt.Fprintln(os.Stderr, "localenv:", err)
@@ -63,9 +64,16 @@ func run(kubeconfig, registryAddr, packs string) error {
 	return nil
 }
 
-// serveRegistry starts an in-process OCI registry and pushes every pack in dir to it as
-// a wasm artifact.
+// serveRegistry starts an in-process OCI registry and pushes every pack in dir (if not
+// empty) to it as a pack artifact.
 func serveRegistry(addr, dir string) error {
+	if dir == "" {
+		if err := packs.ServeRegistry(addr, nil); err != nil {
+			return err
+		}
+		fmt.Printf("localenv: OCI registry at %s\n", addr)
+		return nil
+	}
 	files, _ := filepath.Glob(filepath.Join(dir, "*.wasm"))
 	if len(files) == 0 {
 		return errors.New("no packs in " + dir + ": run make packs")

@@ -89,7 +89,7 @@ func NewArtifact(wasm []byte, title string, created time.Time) (*Artifact, error
 }
 
 // RawManifest and MediaType make an Artifact a remote.Taggable.
-func (a *Artifact) RawManifest() ([]byte, error)         { return a.Manifest, nil }
+func (a *Artifact) RawManifest() ([]byte, error)        { return a.Manifest, nil }
 func (a *Artifact) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
 
 // Push uploads the artifact's blobs (those the registry has already are skipped) and
