@@ -79,17 +79,7 @@ func assemble(id string, p asmPack) []byte {
 		out = section(out, 4, leb([]byte{1, 0x70, 0x00}, uint64(max(p.tableMin, 1)))) // funcref, no maximum
 	}
 	out = section(out, 5, leb([]byte{1, 0x00}, uint64(max(p.minPages, 2))))
-	exports := []byte{3}
-	for _, e := range []struct {
-		name string
-		kind byte
-		idx  byte
-	}{{"memory", 2, 0}, {"packhost_alloc", 0, 0}, {"packhost_handle", 0, 1}} {
-		exports = leb(exports, uint64(len(e.name)))
-		exports = append(exports, e.name...)
-		exports = append(exports, e.kind, e.idx)
-	}
-	out = section(out, 7, exports)
+	out = section(out, 7, abiExports())
 	bodies := [][]byte{{0x41, 0x80, 0x08}, append(append([]byte(nil), p.handle...), 0x41, 0x00)} // alloc: 1024
 	for _, f := range p.funcs {
 		bodies = append(bodies, f.code)
@@ -103,4 +93,20 @@ func assemble(id string, p asmPack) []byte {
 	out = section(out, 10, code)
 	manifest := fmt.Sprintf(`{"abi":1,"pack_id":%q,"version":"0","flows":[{"id":"main","entry":true}]}`, id)
 	return wasmbin.Append(out, "packhost.manifest", []byte(manifest))
+}
+
+// abiExports is the export section of a pack whose memory is memory 0, its allocator
+// function 0 and its handler function 1.
+func abiExports() []byte {
+	exports := []byte{3}
+	for _, e := range []struct {
+		name string
+		kind byte
+		idx  byte
+	}{{"memory", 2, 0}, {"packhost_alloc", 0, 0}, {"packhost_handle", 0, 1}} {
+		exports = binary.AppendUvarint(exports, uint64(len(e.name)))
+		exports = append(exports, e.name...)
+		exports = append(exports, e.kind, e.idx)
+	}
+	return exports
 }

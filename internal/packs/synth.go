@@ -35,17 +35,7 @@ func Synthetic(size int) []byte {
 	}
 	out = section(out, 3, funcs)
 	out = section(out, 5, []byte{1, 0x00, 2}) // one memory, min 2 pages
-	exports := []byte{3}
-	for _, e := range []struct {
-		name string
-		kind byte
-		idx  byte
-	}{{"memory", 2, 0}, {"packhost_alloc", 0, 0}, {"packhost_handle", 0, 1}} {
-		exports = leb(exports, uint64(len(e.name)))
-		exports = append(exports, e.name...)
-		exports = append(exports, e.kind, e.idx)
-	}
-	out = section(out, 7, exports)
+	out = section(out, 7, abiExports())
 	code := leb(nil, uint64(2+n))
 	alloc := []byte{0x00, 0x41, 0x80, 0x08, 0x0b} // i32.const 1024
 	handle := []byte{0x00, 0x41, 0x00, 0x0b}      // i32.const 0
