@@ -1,6 +1,7 @@
 # Build the manager as a static binary, then ship it alone on a distroless base that runs
-# as non-root. No image can be built or pulled on packhost's own build machines (no Docker
-# engine runs there); build it where one does: make docker-build IMG=...
+# as non-root: make docker-build IMG=... where a Docker engine runs. None runs on
+# packhost's own build machines, so this path is untested there; `make image` (hack/image)
+# builds an equivalent image without Docker, and its test runs it.
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
