@@ -185,9 +185,9 @@ func TestAttackTableBulkUnchunked(t *testing.T) {
 	fns := rawSection(secFunction, []byte{1, 0})
 	tab := rawSection(secTable, appendU32([]byte{1, 0x70, 0x00}, elems))
 	exp := rawSection(secExport, append(appendName([]byte{1}, "run"), 0x00, 0x00))
-	fill := append(append(append(i32c(0), opRefFunc, 0x00), i32c(elems)...), opPrefixFC, 17, 0x00)                   // table.fill 0 (ref.func run)
-	cp := append(append(append(i32c(0), i32c(1)...), i32c(elems-1)...), opPrefixFC, 14, 0x00, 0x00)                 // table.copy 0 0
-	elem := rawSection(secElement, []byte{1, 0x03, 0x00, 1, 0x00})                                                   // declarative: ref.func 0
+	fill := append(append(append(i32c(0), opRefFunc, 0x00), i32c(elems)...), opPrefixFC, 17, 0x00)  // table.fill 0 (ref.func run)
+	cp := append(append(append(i32c(0), i32c(1)...), i32c(elems-1)...), opPrefixFC, 14, 0x00, 0x00) // table.copy 0 0
+	elem := rawSection(secElement, []byte{1, 0x03, 0x00, 1, 0x00})                                  // declarative: ref.func 0
 	cod := rawSection(secCode, append([]byte{1}, rawBody(nil, countdown(0, append(fill, cp...)...))...))
 	mod := rawModule(typ, fns, tab, exp, elem, cod)
 
