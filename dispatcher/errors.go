@@ -29,7 +29,12 @@ const (
 	CodeUnknownTag      = "unknown_tag"
 	CodeStateFull       = "state_full"
 	CodeUnsupported     = "unsupported"
-	CodeInternal        = "internal"
+	// The ways a provider invoke fails closed (see invokeStatusOf).
+	CodeNoBinding        = "no_binding"
+	CodeAmbiguousBinding = "ambiguous_binding"
+	CodeOpNotAllowed     = "op_not_allowed"
+	CodeNotLoaded        = "not_loaded"
+	CodeInternal         = "internal"
 	// CodeNotFound answers a path the dispatcher does not serve.
 	CodeNotFound = "not_found"
 	// CodeMethodNotAllowed answers a path served with another method (see Allow).

@@ -41,3 +41,21 @@ func TestStatusOf(t *testing.T) {
 		})
 	}
 }
+
+func TestInvokeStatusOf(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		status int
+		code   string
+	}{
+		{runtime.ErrUnsupported, http.StatusUnprocessableEntity, CodeNoBinding},
+		{runtime.ErrAmbiguous, http.StatusUnprocessableEntity, CodeAmbiguousBinding},
+		{runtime.ErrOpNotAllowed, http.StatusUnprocessableEntity, CodeOpNotAllowed},
+		{runtime.ErrNotLoaded, http.StatusServiceUnavailable, CodeNotLoaded},
+		{runtime.ErrTimeout, http.StatusGatewayTimeout, CodeTimeout},
+	} {
+		if status, code := invokeStatusOf(fmt.Errorf("wrapped: %w", tc.err)); status != tc.status || code != tc.code {
+			t.Errorf("%v: got %d %s, want %d %s", tc.err, status, code, tc.status, tc.code)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -26,6 +27,12 @@ type providerCall struct {
 // body into v. It writes the error response and returns false when the request may
 // not go on; otherwise the caller must call release.
 func (s *Server) admitProvider(w http.ResponseWriter, r *http.Request, what string, v any) (providerCall, bool) {
+	return s.admitProviderAs(w, r, what, v, CodeNoReadyRevision)
+}
+
+// admitProviderAs is admitProvider answering a revision that is not loaded with
+// notLoadedCode.
+func (s *Server) admitProviderAs(w http.ResponseWriter, r *http.Request, what string, v any, notLoadedCode string) (providerCall, bool) {
 	cfg, _, _ := s.authenticate(w, r, r.PathValue("ns"), r.PathValue("tenant"))
 	if cfg == nil {
 		return providerCall{}, false
@@ -38,7 +45,7 @@ func (s *Server) admitProvider(w http.ResponseWriter, r *http.Request, what stri
 	name := r.PathValue("revision")
 	rt := s.Revisions.Revision(cfg.Namespace, cfg.Name, name)
 	if rt == nil {
-		writeError(w, http.StatusServiceUnavailable, CodeNoReadyRevision, fmt.Sprintf("revision %s is not loaded on this replica", name))
+		writeError(w, http.StatusServiceUnavailable, notLoadedCode, fmt.Sprintf("revision %s is not loaded on this replica", name))
 		return fail()
 	}
 	if v != nil {
@@ -103,7 +110,7 @@ func (s *Server) describe(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) invoke(w http.ResponseWriter, r *http.Request) {
 	var req runtime.InvokeRequest
-	c, ok := s.admitProvider(w, r, "invoke request", &req)
+	c, ok := s.admitProviderAs(w, r, "invoke request", &req, CodeNotLoaded)
 	if !ok {
 		return
 	}
@@ -114,8 +121,27 @@ func (s *Server) invoke(w http.ResponseWriter, r *http.Request) {
 	}
 	out, err := c.rt.Invoke(r.Context(), req)
 	if err != nil {
-		writeRuntimeError(w, err)
+		status, code := invokeStatusOf(err)
+		writeError(w, status, code, err.Error())
 		return
 	}
 	writeJSON(w, c.name, map[string]json.RawMessage{"result": out})
+}
+
+// invokeStatusOf maps an invoke's error: each way a provider op fails closed has its own
+// code, so a caller can tell a misconfigured revision (no_binding, ambiguous_binding)
+// from a request for an op the pack does not allow (op_not_allowed) and from a replica
+// that does not have the revision (not_loaded).
+func invokeStatusOf(err error) (int, string) {
+	switch {
+	case errors.Is(err, runtime.ErrAmbiguous):
+		return http.StatusUnprocessableEntity, CodeAmbiguousBinding
+	case errors.Is(err, runtime.ErrOpNotAllowed):
+		return http.StatusUnprocessableEntity, CodeOpNotAllowed
+	case errors.Is(err, runtime.ErrUnsupported):
+		return http.StatusUnprocessableEntity, CodeNoBinding
+	case errors.Is(err, runtime.ErrNotLoaded):
+		return http.StatusServiceUnavailable, CodeNotLoaded
+	}
+	return statusOf(err)
 }

@@ -155,8 +155,11 @@ type InvokeRequest struct {
 	ProviderType string `json:"provider_type"`
 	Op           string `json:"op"`
 	// CorrelationID identifies the call; it is passed to the pack as the idempotency key.
-	CorrelationID string          `json:"correlation_id,omitempty"`
-	Payload       json.RawMessage `json:"payload,omitempty"`
+	CorrelationID string `json:"correlation_id,omitempty"`
+	// TraceID is the caller's trace id, handed to the pack as it is, next to the
+	// correlation id.
+	TraceID string          `json:"trace_id,omitempty"`
+	Payload json.RawMessage `json:"payload,omitempty"`
 }
 
 // Invoke runs a provider op on the one pack that binds the provider type. It fails

@@ -36,7 +36,7 @@ func init() {
 	packhost.HandleInvoke(func(req *packhost.InvokeRequest) ([]byte, error) {
 		switch req.Op {
 		case "send":
-			return json.Marshal(map[string]any{"sent": true, "idempotency_key": req.IdempotencyKey, "payload": req.Payload})
+			return json.Marshal(map[string]any{"sent": true, "idempotency_key": req.IdempotencyKey, "trace_id": req.TraceID, "payload": req.Payload})
 		case "sign":
 			key, ok, err := packhost.Secret("signing-key")
 			if err != nil {

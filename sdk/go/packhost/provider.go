@@ -30,8 +30,11 @@ type InvokeRequest struct {
 	Op           string `json:"op"`
 	// IdempotencyKey is the caller's correlation id: running the same key twice must
 	// have the effect of running it once.
-	IdempotencyKey string          `json:"idempotency_key"`
-	Payload        json.RawMessage `json:"payload"`
+	IdempotencyKey string `json:"idempotency_key"`
+	// TraceID is the caller's trace id, as the caller sent it (empty when none): pass it
+	// on to what the op calls, so one trace follows the op across systems.
+	TraceID string          `json:"trace_id,omitempty"`
+	Payload json.RawMessage `json:"payload"`
 }
 
 var (
