@@ -158,3 +158,84 @@ func TestAttackGrowUnderBudgetPressureIsQuadratic(t *testing.T) {
 		t.Errorf("an activity with a %v deadline ran %v: one-page memory.grow steps reallocate and copy the whole memory once the budget refuses doubling, uncharged by the guard", timeout, took)
 	}
 }
+
+func leb(v uint32) []byte {
+	var b []byte
+	for {
+		c := byte(v & 0x7f)
+		v >>= 7
+		if v == 0 {
+			return append(b, c)
+		}
+		b = append(b, c|0x80)
+	}
+}
+
+func secL(id byte, body ...byte) []byte {
+	return append(append([]byte{id}, leb(uint32(len(body)))...), body...)
+}
+
+// TestAttackWASIVectorCallsEscapeDeadline: a call to an import is charged
+// ImportCallCost (1024 units) whatever it does, and every pack may import all of
+// wasi_snapshot_preview1. fd_write walks its iovec array and calls the stdout writer
+// (guestWriter: a rate limiter per call) once per entry: one call over 8 MiB of zero
+// iovecs is 1M writes, ~110 ms here, and a Refill of budget pays for ~1,000 such calls
+// (~2 minutes); over a 1 GiB memory one call is 128M writes, ~14 s, and a Refill ~4 h. The
+// same holds for poll_oneoff (subscriptions) and, with the random capability, random_get
+// (a length up to the memory's size of crypto/rand). The host call itself never checks
+// the deadline.
+func TestAttackWASIVectorCallsEscapeDeadline(t *testing.T) {
+	ctx := context.Background()
+	e, err := runtime.NewEngine(ctx, runtime.EngineConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(ctx)
+	m := []byte{0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00}
+	m = append(m, secL(1, 3,
+		0x60, 1, 0x7f, 1, 0x7f, // 0: (i32) -> i32
+		0x60, 2, 0x7f, 0x7f, 1, 0x7f, // 1: (i32, i32) -> i32
+		0x60, 4, 0x7f, 0x7f, 0x7f, 0x7f, 1, 0x7f)...) // 2: fd_write
+	imp := append([]byte{1}, name("wasi_snapshot_preview1")...)
+	imp = append(append(imp, name("fd_write")...), 0x00, 2)
+	m = append(m, secL(2, imp...)...)
+	m = append(m, secL(3, 2, 0, 1)...)
+	m = append(m, secL(5, 1, 0x00, 0x80, 0x02)...) // 256 pages: 16 MiB
+	var exp []byte
+	exp = append(exp, 3)
+	exp = append(append(exp, name("memory")...), 0x02, 0)
+	exp = append(append(exp, name("packhost_alloc")...), 0x00, 1)
+	exp = append(append(exp, name("packhost_handle")...), 0x00, 2)
+	m = append(m, secL(7, exp...)...)
+	handle := []byte{1, 2, 0x7f, // locals: the counter, the last errno
+		0x41, 0x14, 0x21, 0x02, // n = 20
+		0x03, 0x40, // loop
+		0x41, 0x01, 0x41, 0x80, 0x80, 0xc0, 0x00, 0x41, 0x80, 0x80, 0xc0, 0x00, 0x41, 0x00, 0x10, 0x00, 0x21, 0x03, // errno = fd_write(1, 1 MiB, 1M iovecs, 0)
+		0x20, 0x02, 0x41, 0x01, 0x6b, 0x22, 0x02, 0x0d, 0x00, // br_if --n
+		0x0b, 0x20, 0x03, 0x0b} // return errno: 0 proves the writes happened
+	code := append([]byte{2, 4, 0, 0x41, 0x10, 0x0b}, leb(uint32(len(handle)))...)
+	code = append(code, handle...)
+	m = append(m, secL(10, code...)...)
+	wasm, err := runtime.EmbedManifest(m, []byte(`{"abi":1,"pack_id":"wasi","flows":[{"id":"f","entry":true}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := e.Compile(ctx, wasm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const timeout = 20 * time.Millisecond
+	r, err := e.NewRevision(ctx, runtime.RevisionConfig{Name: "evil/wasi", Tenant: "evil", Packs: []*runtime.Pack{p},
+		Limits: runtime.Limits{Timeout: timeout}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(ctx)
+	start := time.Now()
+	_, err = r.Handle(ctx, &runtime.Activity{Kind: "message"})
+	took := time.Since(start)
+	t.Logf("Handle took %v (deadline %v): %v", took, timeout, err)
+	if took > 25*timeout {
+		t.Errorf("an activity with a %v deadline ran %v in 20 fd_write calls of 1M iovecs each (~20K units: no tick)", timeout, took)
+	}
+}
