@@ -54,6 +54,8 @@ type replicaConfig struct {
 	apiReader func(client.Reader) client.Reader
 	// restConfig, when set, is who the replica acts as; a cluster admin otherwise.
 	restConfig *rest.Config
+	// egress, when set, is the pack sources' egress policy.
+	egress *source.EgressPolicy
 }
 
 // startReplica starts a replica that acts as leader or follower as told, unless an
@@ -102,7 +104,7 @@ func startReplica(t *testing.T, leader bool, options ...func(*replicaConfig)) *r
 	err = controllers.Setup(mgr,
 		&controllers.RevisionReconciler{Client: mgr.GetClient(), APIReader: apiReader, Engine: engine, State: store,
 			Recorder: mgr.GetEventRecorder("packhost-revision"),
-			Fetcher:  &source.Fetcher{Reader: apiReader, CacheDir: t.TempDir()}, Runtimes: r.runtimes, IsLeader: isLeader, Clock: time.Now},
+			Fetcher:  &source.Fetcher{Reader: apiReader, CacheDir: t.TempDir(), Egress: cfg.egress}, Runtimes: r.runtimes, IsLeader: isLeader, Clock: time.Now},
 		&controllers.TenantReconciler{Client: mgr.GetClient(), APIReader: apiReader, Router: r.router, IsLeader: isLeader,
 			Recorder: mgr.GetEventRecorder("packhost-tenant")},
 		splits,
@@ -267,8 +269,12 @@ func TestRevisionPhasesAndFailureReasons(t *testing.T) {
 		t.Errorf("status: %+v", rev.Status)
 	}
 	for _, c := range rev.Status.Conditions {
-		if c.Status != metav1.ConditionTrue || c.ObservedGeneration != rev.Generation {
-			t.Errorf("condition %s: %s (generation %d)", c.Type, c.Status, c.ObservedGeneration)
+		want := metav1.ConditionTrue
+		if c.Type == v1.ConditionReconciling || c.Type == v1.ConditionStalled {
+			want = metav1.ConditionFalse // kstatus: neither working nor stuck
+		}
+		if c.Status != want || c.ObservedGeneration != rev.Generation {
+			t.Errorf("condition %s: %s (generation %d), want %s", c.Type, c.Status, c.ObservedGeneration, want)
 		}
 	}
 
@@ -311,7 +317,8 @@ func TestSplitsPublishKeepLastGoodAndConflict(t *testing.T) {
 		t.Fatalf("a conflicting split changed the table to %s", table.Summary())
 	}
 
-	// Routing to a revision that cannot load keeps the last good table, and says so.
+	// Routing to a revision that failed keeps the last good table, and says so: the
+	// split is Stalled on it (kstatus Failed), not Ready.
 	s := &v1.TrafficSplit{}
 	_ = env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "main"}, s)
 	s.Spec.Routes = []v1.Route{{RevisionName: "a", Percent: 50}, {RevisionName: "broken", Percent: 50}}
@@ -321,7 +328,7 @@ func TestSplitsPublishKeepLastGoodAndConflict(t *testing.T) {
 	eventually(t, "the split reports the last good table", func() (bool, string) {
 		_ = env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "main"}, s)
 		for _, c := range s.Status.Conditions {
-			if c.Type == v1.TrafficSplitRoutesReady && c.Reason == v1.ReasonRevisionNotReady {
+			if c.Type == v1.TrafficSplitRoutesReady && c.Reason == v1.ReasonRevisionFailed {
 				return s.Status.Summary == "a=90,b=10", s.Status.Summary
 			}
 		}

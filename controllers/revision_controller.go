@@ -2,9 +2,7 @@ package controllers
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -13,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -36,6 +35,8 @@ const (
 	retryFailedLoad = 30 * time.Second
 	// drainCheck is how often a draining revision is checked for remaining sessions.
 	drainCheck = 10 * time.Second
+	// tenantRetry is how soon a Tenant that could not be read is read again.
+	tenantRetry = 5 * time.Second
 )
 
 // RevisionReconciler loads each Revision's packs into a runtime on every replica and,
@@ -52,6 +53,9 @@ type RevisionReconciler struct {
 	// IsLeader says whether this replica writes status.
 	IsLeader func() bool
 	Clock    func() time.Time
+
+	// loader fetches and compiles off the reconcile path; Setup makes it.
+	loader *loader
 
 	claimsMu sync.Mutex
 	// claims are the foreign state ConfigMaps last reported on each Revision.
@@ -85,354 +89,291 @@ func (r *RevisionReconciler) forgetClaims(key types.NamespacedName) {
 	delete(r.claims, key)
 }
 
-// failure is why a Revision cannot load.
-type failure struct {
-	condition string
-	reason    string
-	message   string
-	retry     bool
+// revisionScope is what one reconcile of a Revision gathers and decides; the phase
+// functions read and fill it in turn.
+type revisionScope struct {
+	rev    *v1.Revision
+	before *v1.RevisionStatus
+	key    types.NamespacedName
+	leader bool
+	log    logr.Logger
+	now    time.Time
+
+	tenant   *v1.Tenant
+	limits   runtime.Limits
+	routed   bool
+	sessions int
+	loaded   *Loaded
+	// done ends the list of phases: the Revision is where it can be for now.
+	done bool
+	// gone: the finalizer was removed and the object may no longer exist.
+	gone bool
 }
 
-func (f *failure) Error() string { return f.message }
+// revisionPhaseFunc is one step of a reconcile. It sets s.done to end the list.
+type revisionPhaseFunc func(ctx context.Context, s *revisionScope) (ctrl.Result, error)
 
-// Reconcile implements reconcile.Reconciler.
+// Reconcile implements reconcile.Reconciler: fetch, ensure the finalizer, run the
+// phases of a live or a deleted Revision, and write status once if it changed.
 func (r *RevisionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
-	log := ctrl.LoggerFrom(ctx)
 	rev := &v1.Revision{}
 	if err := r.Get(ctx, req.NamespacedName, rev); err != nil {
 		if apierrors.IsNotFound(err) {
-			r.Runtimes.Unload(ctx, req.NamespacedName)
-			r.State.Release(req.Namespace, req.Name)
-			r.forgetClaims(req.NamespacedName)
+			r.forget(ctx, req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
-		return ctrl.Result{}, err
+		return ctrl.Result{}, fmt.Errorf("get revision: %w", err)
 	}
-	leader := r.IsLeader()
-	if !rev.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, r.finalize(ctx, rev, leader)
-	}
-	if leader && !controllerutil.ContainsFinalizer(rev, RevisionFinalizer) {
+	s := &revisionScope{rev: rev, before: rev.Status.DeepCopy(), key: req.NamespacedName, leader: r.IsLeader(),
+		log: ctrl.LoggerFrom(ctx), now: r.Clock()}
+	if rev.DeletionTimestamp.IsZero() && s.leader && !controllerutil.ContainsFinalizer(rev, RevisionFinalizer) {
 		controllerutil.AddFinalizer(rev, RevisionFinalizer)
-		return ctrl.Result{}, r.Update(ctx, rev)
+		return requeueOnConflict(r.Update(ctx, rev))
 	}
-
-	before := rev.Status.DeepCopy()
 	defer func() {
-		if !leader || equality.Semantic.DeepEqual(before, &rev.Status) {
+		if !s.leader || s.gone || equality.Semantic.DeepEqual(s.before, &rev.Status) {
 			return
 		}
 		var written bool
-		if res, written, err = writeStatus(ctx, r.Client, rev, res, err); written && before.Phase != rev.Status.Phase {
-			r.event(rev, before.Phase)
+		if res, written, err = writeStatus(ctx, r.Client, rev, res, err); written && s.before.Phase != rev.Status.Phase {
+			r.event(rev, s.before.Phase)
 		}
 	}()
 	rev.Status.InitializeConditions(rev.Generation)
-
-	routed, err := r.routed(ctx, rev)
-	if err != nil {
-		return ctrl.Result{}, err
+	if rev.DeletionTimestamp.IsZero() {
+		return r.reconcileNormal(ctx, s)
 	}
-	if rev.Status.Phase == v1.RevisionRetired && !routed {
-		r.Runtimes.Unload(ctx, req.NamespacedName)
-		return ctrl.Result{}, nil
-	}
+	return r.reconcileDelete(ctx, s)
+}
 
-	loaded := r.Runtimes.Get(req.NamespacedName)
-	if loaded == nil || loaded.UID != rev.UID {
-		l, f := r.load(ctx, rev)
-		if f != nil {
-			log.Info("Revision cannot load", "reason", f.reason, "message", f.message)
-			rev.Status.MarkFailed(rev.Generation, f.condition, f.reason, f.message)
-			if f.retry {
-				return ctrl.Result{RequeueAfter: retryFailedLoad}, nil
-			}
-			return ctrl.Result{}, nil
+// reconcileNormal brings a live Revision to Ready, Draining or Retired.
+func (r *RevisionReconciler) reconcileNormal(ctx context.Context, s *revisionScope) (ctrl.Result, error) {
+	return r.runPhases(ctx, s, r.phaseRouting, r.phaseRetired, r.phaseTenant, r.phaseLoad, r.phaseState, r.phaseNext)
+}
+
+// reconcileDelete keeps a deleted Revision serving while a split routes to it or a
+// session is pinned to it, then unloads it, applies its state retention and releases
+// it.
+func (r *RevisionReconciler) reconcileDelete(ctx context.Context, s *revisionScope) (ctrl.Result, error) {
+	return r.runPhases(ctx, s, r.phaseRouting, r.phaseNext)
+}
+
+// runPhases runs phases in order until one ends the list or fails, and returns the
+// soonest requeue any asked for.
+func (r *RevisionReconciler) runPhases(ctx context.Context, s *revisionScope, phases ...revisionPhaseFunc) (ctrl.Result, error) {
+	var res ctrl.Result
+	for _, phase := range phases {
+		pr, err := phase(ctx, s)
+		if err != nil {
+			return res, err
 		}
-		r.Runtimes.put(req.NamespacedName, l)
-		loaded = l
-		log.Info("Loaded revision", "packs", len(l.Packs), "digest", l.Packs[0].Digest)
+		if pr.RequeueAfter > 0 && (res.RequeueAfter == 0 || pr.RequeueAfter < res.RequeueAfter) {
+			res.RequeueAfter = pr.RequeueAfter
+		}
+		// Every phase that ran acted on this generation, and its conditions say so.
+		s.rev.Status.ObservedGeneration = s.rev.Generation
+		if s.done {
+			break
+		}
 	}
-	rev.Status.Packs = loaded.Packs
-	rev.Status.StateConfigMaps = loaded.StateConfigMaps
-	g := rev.Generation
-	rev.Status.MarkTrue(g, v1.RevisionPacksFetched, v1.ReasonFetched, fmt.Sprintf("%d packs fetched and verified", len(loaded.Packs)))
-	rev.Status.MarkTrue(g, v1.RevisionStateReady, v1.ReasonStateReady, fmt.Sprintf("%d state ConfigMaps", len(loaded.StateConfigMaps)))
-	if problems := r.State.Problems(rev.Namespace, rev.Name, loaded.Shards); len(problems) > 0 {
-		rev.Status.MarkFailed(g, v1.RevisionStateReady, v1.ReasonStateFailed, problems[0])
-		return ctrl.Result{RequeueAfter: retryFailedLoad}, nil
-	}
-	rev.Status.MarkTrue(g, v1.RevisionLoaded, v1.ReasonLoaded, "")
-	if leader {
-		r.reportClaims(rev)
-	}
+	return res, nil
+}
 
-	now := r.Clock()
-	sessions := r.State.OpenSessions(rev.Namespace, rev.Name, now)
-	rev.Status.OpenSessions = int32(sessions)
-	// A revision that a split routed to and no longer does drains, then retires; one
-	// that was never routed stays Ready, reachable by tag or explicit choice.
-	leftSplit := !routed && (before.Phase == v1.RevisionDraining || (before.Phase == v1.RevisionReady && everRouted(before)))
-	switch {
-	case routed:
-		markRouted(rev)
-	case leftSplit && sessions > 0:
-		rev.Status.MarkDraining(g, fmt.Sprintf("no split routes to it; %d sessions still pinned", sessions))
-		rev.Status.ObservedGeneration = g
-		return ctrl.Result{RequeueAfter: drainCheck}, nil
-	case leftSplit:
-		rev.Status.MarkRetired(g, "drained: no split routes to it and no session is pinned")
-		r.Runtimes.Unload(ctx, req.NamespacedName)
+// phaseRouting finds whether a split routes to the revision and how many sessions are
+// pinned to it, and keeps status.lastRoutedTime.
+func (r *RevisionReconciler) phaseRouting(ctx context.Context, s *revisionScope) (ctrl.Result, error) {
+	var splits v1.TrafficSplitList
+	if err := r.List(ctx, &splits, client.InNamespace(s.rev.Namespace), client.MatchingFields{indexTenant: s.rev.Spec.TenantRef.Name}); err != nil {
+		return ctrl.Result{}, fmt.Errorf("list splits: %w", err)
 	}
-	rev.Status.ObservedGeneration = g
+	s.routed = routesTo(splits.Items, s.rev.Name)
+	s.sessions = r.State.OpenSessions(s.rev.Namespace, s.rev.Name, s.now)
+	s.rev.Status.OpenSessions = int32(s.sessions)
+	var last *time.Time
+	if t := s.rev.Status.LastRoutedTime; t != nil {
+		last = &t.Time
+	}
+	if next := lastRouted(s.routed, last, s.now); next != last {
+		s.rev.Status.LastRoutedTime = &metav1.Time{Time: next.Truncate(time.Second)}
+	}
+	if s.routed {
+		return ctrl.Result{RequeueAfter: routedRefresh}, nil
+	}
 	return ctrl.Result{}, nil
 }
 
-// everRoutedReason is the Ready reason of a revision a split routes to; it remembers on
-// status that leaving the split must drain the revision.
-const everRoutedReason = "Routed"
-
-func everRouted(s *v1.RevisionStatus) bool {
-	for _, c := range s.Conditions {
-		if c.Type == v1.ConditionReady && c.Reason == everRoutedReason {
-			return true
-		}
+// phaseRetired keeps a retired revision unloaded until a split routes to it again.
+func (r *RevisionReconciler) phaseRetired(ctx context.Context, s *revisionScope) (ctrl.Result, error) {
+	if s.rev.Status.Phase == v1.RevisionRetired && !s.routed {
+		r.unload(ctx, s.key)
+		s.done = true
 	}
-	return s.Phase == v1.RevisionDraining
+	return ctrl.Result{}, nil
 }
 
-func markRouted(rev *v1.Revision) {
-	for i, c := range rev.Status.Conditions {
-		if c.Type == v1.ConditionReady && c.Status == "True" {
-			rev.Status.Conditions[i].Reason = everRoutedReason
-			rev.Status.Conditions[i].Message = "a TrafficSplit routes to it"
-		}
-	}
-}
-
-// routed reports whether a TrafficSplit of the revision's tenant names it, in its spec
-// or in the table it serves.
-func (r *RevisionReconciler) routed(ctx context.Context, rev *v1.Revision) (bool, error) {
-	var splits v1.TrafficSplitList
-	if err := r.List(ctx, &splits, client.InNamespace(rev.Namespace), client.MatchingFields{indexTenant: rev.Spec.TenantRef.Name}); err != nil {
-		return false, fmt.Errorf("list splits: %w", err)
-	}
-	for _, s := range splits.Items {
-		for _, rt := range s.Spec.Routes {
-			if rt.RevisionName == rev.Name {
-				return true, nil
-			}
-		}
-		for _, rt := range s.Status.Routes {
-			if rt.RevisionName == rev.Name {
-				return true, nil
-			}
-		}
-	}
-	return false, nil
-}
-
-// load fetches, verifies and compiles the revision's packs and starts its runtime.
-func (r *RevisionReconciler) load(ctx context.Context, rev *v1.Revision) (*Loaded, *failure) {
+// phaseTenant reads the revision's Tenant and the limits it allows.
+func (r *RevisionReconciler) phaseTenant(ctx context.Context, s *revisionScope) (ctrl.Result, error) {
 	tenant := &v1.Tenant{}
-	if err := r.Get(ctx, types.NamespacedName{Namespace: rev.Namespace, Name: rev.Spec.TenantRef.Name}, tenant); err != nil {
-		if apierrors.IsNotFound(err) {
-			return nil, &failure{v1.RevisionPacksFetched, v1.ReasonTenantNotFound, fmt.Sprintf("Tenant %q not found in namespace %s: create it or fix spec.tenantRef", rev.Spec.TenantRef.Name, rev.Namespace), true}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: s.rev.Namespace, Name: s.rev.Spec.TenantRef.Name}, tenant); err != nil {
+		f := tenantFailure(s.rev, err)
+		s.done = true
+		if f.reason == v1.ReasonTenantUnreadable {
+			// Transient: whatever is loaded keeps serving.
+			s.rev.Status.MarkWaiting(s.rev.Generation, f.reason, f.message)
+			return ctrl.Result{RequeueAfter: tenantRetry}, nil
 		}
-		return nil, &failure{v1.RevisionPacksFetched, v1.ReasonTenantNotFound, err.Error(), true}
+		return r.fail(ctx, s, f), nil
 	}
-	limits, f := effectiveLimits(tenant.Spec.Limits, rev.Spec.Limits)
+	limits, _, f := effectiveLimits(tenant.Spec.Limits, s.rev.Spec.Limits)
 	if f != nil {
-		return nil, f
+		s.done = true
+		return r.fail(ctx, s, f), nil
 	}
+	s.tenant, s.limits = tenant, limits
+	return ctrl.Result{}, nil
+}
 
-	l := &Loaded{UID: rev.UID, Tenant: tenant.Name, Shards: int(rev.Spec.State.Shards)}
-	var compiled []*runtime.Pack
-	release := func() {
-		for _, p := range compiled {
-			r.Engine.Release(ctx, p)
-		}
-	}
-	if f := r.pullSecretsOptIn(ctx, rev); f != nil {
-		return nil, f
-	}
-	for _, p := range rev.Spec.Packs {
-		p, resolved := pinned(p, rev.Status.Packs)
-		fetched, err := r.Fetcher.Fetch(ctx, rev.Namespace, p, rev.Spec.ImagePullSecrets, resolved)
-		if err != nil {
-			release()
-			return nil, fetchFailure(p.Name, err)
-		}
-		pack, err := r.Engine.Compile(ctx, fetched.Bytes)
-		if err != nil {
-			release()
-			return nil, compileFailure(p.Name, err)
-		}
-		compiled = append(compiled, pack)
-		l.Packs = append(l.Packs, v1.PackStatus{
-			Name: p.Name, Digest: fetched.Digest, Size: int64(len(fetched.Bytes)), ResolvedImage: fetched.ResolvedImage,
-			PackID: pack.Manifest.PackID, Version: pack.Manifest.Version,
+// phaseLoad has the background loader load the runtime the revision needs (again, when
+// its tenant's policy, limits, env or secrets changed) and takes it when it is done.
+// While it loads, status says Loading (or, while an older runtime keeps serving,
+// Reloading); the loader re-enqueues the revision when it is done.
+func (r *RevisionReconciler) phaseLoad(ctx context.Context, s *revisionScope) (ctrl.Result, error) {
+	key := loadKey(s.rev, s.tenant, s.limits)
+	s.loaded = r.Runtimes.Get(s.key)
+	if s.loaded == nil || s.loaded.Key != key {
+		in := loadInput{rev: s.rev.DeepCopy(), tenant: s.tenant.DeepCopy(), limits: s.limits, key: key, log: s.log}
+		done, l, f := r.loader.load(s.key, key, sourceOrigins(s.rev.Spec.Packs), func(ctx context.Context) (*Loaded, *failure) {
+			return r.load(ctx, in)
 		})
-	}
-
-	spec := state.Spec{Namespace: rev.Namespace, Revision: rev.Name, RevisionUID: rev.UID, Tenant: tenant.Name, Shards: int(rev.Spec.State.Shards)}
-	names, err := r.State.Ensure(ctx, spec)
-	if err != nil {
-		release()
-		return nil, &failure{v1.RevisionStateReady, v1.ReasonStateFailed, err.Error(), true}
-	}
-	l.StateConfigMaps = names
-
-	secrets := &tenantSecrets{reader: r.APIReader, namespace: rev.Namespace, tenant: tenant.Name, names: tenant.Spec.Secrets}
-	policy, err := r.policy(ctx, tenant, secrets)
-	if err != nil {
-		release()
-		if errors.Is(err, errSecretNotOptedIn) {
-			return nil, &failure{v1.RevisionLoaded, v1.ReasonSecretNotOptedIn, err.Error(), true}
-		}
-		return nil, &failure{v1.RevisionLoaded, v1.ReasonCapabilityNotAllowed, err.Error(), true}
-	}
-	rt, err := r.Engine.NewRevision(ctx, runtime.RevisionConfig{
-		Name: rev.Namespace + "/" + rev.Name, Env: tenant.Spec.Env, Tenant: rev.Namespace + "/" + tenant.Name,
-		Packs: compiled, Config: rev.Spec.Config, Policy: policy, Limits: limits,
-		Store: r.State.Namespace(spec), Secrets: secrets, Clock: r.Clock,
-		Logger: logr.FromContextOrDiscard(ctx),
-	})
-	if err != nil { // NewRevision released the packs
-		return nil, compileFailure("", err)
-	}
-	l.Runtime = rt
-	return l, nil
-}
-
-// pinned is what to fetch for pack p given the packs status records: the image a tag
-// resolved to, and for a ConfigMap source without sha256, the digest first loaded as
-// the sha256 to verify, so a ConfigMap that changed since is refused (DigestMismatch)
-// rather than run as other code under the same Revision.
-func pinned(p v1.Pack, status []v1.PackStatus) (v1.Pack, string) {
-	i := slices.IndexFunc(status, func(s v1.PackStatus) bool { return s.Name == p.Name })
-	if i < 0 {
-		return p, ""
-	}
-	if p.ConfigMapRef != nil && p.SHA256 == "" {
-		p.SHA256 = strings.TrimPrefix(status[i].Digest, "sha256:")
-	}
-	return p, status[i].ResolvedImage
-}
-
-// pullSecretsOptIn checks that every image pull Secret of a Revision with an image
-// source opts in to serving the Revision's tenant.
-func (r *RevisionReconciler) pullSecretsOptIn(ctx context.Context, rev *v1.Revision) *failure {
-	if !slices.ContainsFunc(rev.Spec.Packs, func(p v1.Pack) bool { return p.Image != "" }) {
-		return nil
-	}
-	for _, ref := range rev.Spec.ImagePullSecrets {
-		_, err := readOptedIn(ctx, r.APIReader, rev.Namespace, ref.Name, rev.Spec.TenantRef.Name, "image pull Secret")
 		switch {
-		case errors.Is(err, errSecretNotOptedIn):
-			return &failure{v1.RevisionPacksFetched, v1.ReasonSecretNotOptedIn, err.Error(), true}
-		case err != nil:
-			return &failure{v1.RevisionPacksFetched, v1.ReasonSourceUnreachable, err.Error(), true}
+		case !done && s.loaded != nil:
+			s.rev.Status.MarkReloading(s.rev.Generation, "the tenant's policy, limits, env or secrets changed: loading again; the runtime loaded before serves meanwhile")
+			s.done = true
+			return ctrl.Result{}, nil
+		case !done:
+			s.rev.Status.MarkLoading(s.rev.Generation, "fetching and compiling the packs")
+			s.done = true
+			return ctrl.Result{}, nil
+		case f != nil:
+			s.done = true
+			return r.fail(ctx, s, f), nil
 		}
+		r.Runtimes.put(s.key, l)
+		s.loaded = l
+		s.log.Info("Loaded revision", "packs", len(l.Packs), "digest", l.Packs[0].Digest)
 	}
-	return nil
+	g := s.rev.Generation
+	s.rev.Status.Packs = s.loaded.Packs
+	s.rev.Status.StateConfigMaps = s.loaded.StateConfigMaps
+	s.rev.Status.MarkTrue(g, v1.RevisionPacksFetched, v1.ReasonFetched, fmt.Sprintf("%d packs fetched and verified", len(s.loaded.Packs)))
+	s.rev.Status.MarkTrue(g, v1.RevisionStateReady, v1.ReasonStateReady, fmt.Sprintf("%d state ConfigMaps", len(s.loaded.StateConfigMaps)))
+	return ctrl.Result{}, nil
 }
 
-func (r *RevisionReconciler) policy(ctx context.Context, tenant *v1.Tenant, secrets *tenantSecrets) (runtime.Policy, error) {
-	p := tenant.Spec.Policy
-	on := func(b *bool) bool { return b == nil || *b }
-	pol := runtime.Policy{
-		StateRead: on(p.State.Read), StateWrite: on(p.State.Write),
-		Clocks: on(p.WASI.Clocks), Random: on(p.WASI.Random), Env: p.WASI.Env,
+// phaseState checks the revision's state ConfigMaps as the state informer sees them.
+func (r *RevisionReconciler) phaseState(ctx context.Context, s *revisionScope) (ctrl.Result, error) {
+	g := s.rev.Generation
+	if problems := r.State.Problems(s.rev.Namespace, s.rev.Name, s.loaded.Shards); len(problems) > 0 {
+		s.rev.Status.MarkFailed(g, v1.RevisionStateReady, v1.ReasonStateFailed, problems[0])
+		s.done = true
+		return ctrl.Result{RequeueAfter: retryFailedLoad}, nil
 	}
-	if p.Secrets {
-		names, err := secrets.keys(ctx)
-		if err != nil {
-			return pol, err
-		}
-		pol.Secrets = names
+	s.rev.Status.MarkTrue(g, v1.RevisionLoaded, v1.ReasonLoaded, "")
+	if s.leader {
+		r.reportClaims(s.rev)
 	}
-	return pol, nil
+	return ctrl.Result{}, nil
 }
 
-// effectiveLimits lowers the tenant's limits by the revision's; a revision limit above
-// the tenant's fails the revision.
-func effectiveLimits(t v1.TenantLimits, rl *v1.RevisionLimits) (runtime.Limits, *failure) {
-	l := runtime.Limits{MemoryPages: uint32(t.MemoryPages), MaxConcurrency: int(t.MaxConcurrentActivities)}
-	if t.ActivityTimeout != nil {
-		l.Timeout = t.ActivityTimeout.Duration
-	}
-	if rl == nil {
-		return l, nil
-	}
-	above := func(what string, rev, ten any) *failure {
-		return &failure{v1.RevisionLoaded, v1.ReasonLimitAboveTenant, fmt.Sprintf("spec.limits.%s %v is above the tenant's %v: a Revision may only lower its tenant's limits", what, rev, ten), false}
-	}
-	if rl.MemoryPages != nil {
-		if *rl.MemoryPages > t.MemoryPages {
-			return l, above("memoryPages", *rl.MemoryPages, t.MemoryPages)
+// phaseNext serves, drains, retires or finalizes the revision, as nextPhase decides.
+func (r *RevisionReconciler) phaseNext(ctx context.Context, s *revisionScope) (ctrl.Result, error) {
+	g, deleting := s.rev.Generation, !s.rev.DeletionTimestamp.IsZero()
+	switch nextPhase(s.routed, s.before.LastRoutedTime != nil || s.rev.Status.LastRoutedTime != nil, s.sessions, deleting) {
+	case nextServe:
+		if s.routed {
+			s.rev.Status.MarkRouted(g)
 		}
-		l.MemoryPages = uint32(*rl.MemoryPages)
-	}
-	if rl.ActivityTimeout != nil {
-		if t.ActivityTimeout != nil && rl.ActivityTimeout.Duration > t.ActivityTimeout.Duration {
-			return l, above("activityTimeout", rl.ActivityTimeout.Duration, t.ActivityTimeout.Duration)
+	case nextDrain:
+		reason, why := v1.ReasonDraining, "no split routes to it"
+		if deleting {
+			reason, why = v1.ReasonDeleted, "deleted"
+			if s.routed {
+				why += "; a TrafficSplit still routes to it, so it keeps serving until none does"
+			}
 		}
-		l.Timeout = rl.ActivityTimeout.Duration
+		s.rev.Status.MarkDraining(g, reason, fmt.Sprintf("%s; %d sessions still pinned", why, s.sessions))
+		return ctrl.Result{RequeueAfter: drainCheck}, nil
+	case nextRetire:
+		s.rev.Status.MarkRetired(g, "drained: no split routes to it and no session is pinned")
+		r.unload(ctx, s.key)
+	case nextFinalize:
+		return ctrl.Result{}, r.finalize(ctx, s)
 	}
-	if rl.MaxConcurrentActivities != nil {
-		if *rl.MaxConcurrentActivities > t.MaxConcurrentActivities {
-			return l, above("maxConcurrentActivities", *rl.MaxConcurrentActivities, t.MaxConcurrentActivities)
-		}
-		l.MaxConcurrency = int(*rl.MaxConcurrentActivities)
-	}
-	if rl.MaxRequestBodyBytes != nil && *rl.MaxRequestBodyBytes > t.MaxRequestBodyBytes {
-		return l, above("maxRequestBodyBytes", *rl.MaxRequestBodyBytes, t.MaxRequestBodyBytes)
-	}
-	return l, nil
+	return ctrl.Result{}, nil
 }
 
-func fetchFailure(pack string, err error) *failure {
-	msg := fmt.Sprintf("pack %s: %v", pack, err)
-	switch {
-	case errors.Is(err, source.ErrDigestMismatch):
-		return &failure{v1.RevisionPacksFetched, v1.ReasonDigestMismatch, msg + ": the source no longer holds the pack this Revision pins (spec.packs[].sha256, or for a ConfigMap without it the digest first loaded, in status.packs): restore the source, or create a new Revision", false}
-	case errors.Is(err, source.ErrInvalidSource):
-		return &failure{v1.RevisionPacksFetched, v1.ReasonInvalidSource, msg, false}
+// fail records f on the revision and unloads whatever runtime it had: a Failed
+// revision serves nothing, and its traffic gets 503.
+func (r *RevisionReconciler) fail(ctx context.Context, s *revisionScope, f *failure) ctrl.Result {
+	if s.before.Phase != v1.RevisionFailed {
+		s.log.V(1).Info("Revision cannot load", "reason", f.reason)
 	}
-	return &failure{v1.RevisionPacksFetched, v1.ReasonSourceUnreachable, msg, true}
-}
-
-func compileFailure(pack string, err error) *failure {
-	msg := err.Error()
-	if pack != "" {
-		msg = fmt.Sprintf("pack %s: %v", pack, err)
+	s.rev.Status.MarkFailed(s.rev.Generation, f.condition, f.reason, f.message)
+	r.Runtimes.Unload(ctx, s.key)
+	if f.retry {
+		return ctrl.Result{RequeueAfter: retryFailedLoad}
 	}
-	switch {
-	case errors.Is(err, runtime.ErrCapabilityDenied):
-		return &failure{v1.RevisionLoaded, v1.ReasonCapabilityNotAllowed, msg + ": allow it in the Tenant's spec.policy or drop it from the pack's manifest", true}
-	case errors.Is(err, runtime.ErrMemoryLimit):
-		return &failure{v1.RevisionLoaded, v1.ReasonMemoryLimitTooLow, msg, true}
-	case errors.Is(err, runtime.ErrInvalidManifest):
-		return &failure{v1.RevisionLoaded, v1.ReasonInvalidManifest, msg, false}
-	}
-	return &failure{v1.RevisionLoaded, v1.ReasonInvalidWasm, msg, false}
+	return ctrl.Result{}
 }
 
 // finalize unloads the runtime and, on the leader, applies the state retention and
 // releases the Revision.
-func (r *RevisionReconciler) finalize(ctx context.Context, rev *v1.Revision, leader bool) error {
-	key := types.NamespacedName{Namespace: rev.Namespace, Name: rev.Name}
-	r.Runtimes.Unload(ctx, key)
-	if !leader || !controllerutil.ContainsFinalizer(rev, RevisionFinalizer) {
+func (r *RevisionReconciler) finalize(ctx context.Context, s *revisionScope) error {
+	rev := s.rev
+	r.unload(ctx, s.key)
+	if !s.leader || !controllerutil.ContainsFinalizer(rev, RevisionFinalizer) {
 		return nil
 	}
 	retain := rev.Spec.State.Retention == v1.StateRetentionRetain
 	if err := r.State.Remove(ctx, state.Spec{Namespace: rev.Namespace, Revision: rev.Name, RevisionUID: rev.UID, Tenant: rev.Spec.TenantRef.Name, Shards: int(rev.Spec.State.Shards)}, retain); err != nil {
-		return err
+		return fmt.Errorf("apply state retention: %w", err)
 	}
 	controllerutil.RemoveFinalizer(rev, RevisionFinalizer)
-	return r.Update(ctx, rev)
+	if err := r.Update(ctx, rev); err != nil {
+		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+			s.gone = true // nothing to write; a conflict is reconciled again by its own event
+			return nil
+		}
+		return fmt.Errorf("release revision: %w", err)
+	}
+	s.gone = true
+	return nil
+}
+
+// unload stops any load of the revision and unloads its runtime.
+func (r *RevisionReconciler) unload(ctx context.Context, key types.NamespacedName) {
+	r.loader.forget(key)
+	r.Runtimes.Unload(ctx, key)
+}
+
+// forget drops everything this replica holds for a revision that no longer exists.
+func (r *RevisionReconciler) forget(ctx context.Context, key types.NamespacedName) {
+	r.unload(ctx, key)
+	r.State.Release(key.Namespace, key.Name)
+	r.forgetClaims(key)
+}
+
+// requeueOnConflict turns a conflict writing an object into a requeue: the reconcile
+// worked from an older copy, nothing failed, and the newer copy's event reconciles
+// again. Other errors stay errors.
+func requeueOnConflict(err error) (ctrl.Result, error) {
+	if apierrors.IsConflict(err) {
+		return ctrl.Result{RequeueAfter: conflictRetry}, nil
+	}
+	if err != nil {
+		return ctrl.Result{}, fmt.Errorf("update: %w", err)
+	}
+	return ctrl.Result{}, nil
 }
 
 func (r *RevisionReconciler) event(rev *v1.Revision, from v1.RevisionPhase) {

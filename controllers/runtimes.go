@@ -13,7 +13,10 @@ import (
 
 // Loaded is a revision runtime loaded on this replica.
 type Loaded struct {
-	UID             types.UID
+	UID types.UID
+	// Key is the loadKey the runtime was built for: a runtime whose key is not the one
+	// its revision and tenant now give is loaded again.
+	Key             string
 	Tenant          string
 	Runtime         *runtime.Revision
 	Packs           []packhostv1alpha1.PackStatus
@@ -56,7 +59,9 @@ func (r *Runtimes) put(key types.NamespacedName, l *Loaded) {
 	r.loaded[key] = l
 	r.mu.Unlock()
 	if old != nil && old.Runtime != l.Runtime {
-		old.Runtime.Close(context.Background())
+		// New activities go to l from now on; the old runtime finishes the ones it
+		// runs (Close waits its grace for them) without holding the caller.
+		go old.Runtime.Close(context.Background())
 	}
 }
 

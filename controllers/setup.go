@@ -60,14 +60,17 @@ func Setup(mgr manager.Manager, rev *RevisionReconciler, tenant *TenantReconcile
 	revisionsOfSplit := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 		s := o.(*v1.TrafficSplit)
 		var out []reconcile.Request
-		for _, rt := range s.Spec.Routes {
-			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: s.Namespace, Name: rt.RevisionName}})
-		}
-		for _, rt := range s.Status.Routes {
-			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: s.Namespace, Name: rt.RevisionName}})
+		for _, name := range routedNames(s) {
+			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: s.Namespace, Name: name}})
 		}
 		return out
 	})
+	if rev.loader == nil {
+		rev.loader = newLoader(retryFailedLoad, rev.Clock)
+		if err := mgr.Add(rev.loader); err != nil {
+			return fmt.Errorf("revision loader: %w", err)
+		}
+	}
 	claims := &claimEvents{events: make(chan event.GenericEvent)}
 	if rev.State != nil {
 		claims.claimed = rev.State.Claimed()
@@ -78,6 +81,7 @@ func Setup(mgr manager.Manager, rev *RevisionReconciler, tenant *TenantReconcile
 	if err := ctrl.NewControllerManagedBy(mgr).Named("revision").For(&v1.Revision{}).
 		WatchesRawSource(resync.source(&v1.RevisionList{})).
 		WatchesRawSource(source.Channel(claims.events, &handler.EnqueueRequestForObject{})).
+		WatchesRawSource(source.Channel(rev.loader.events, &handler.EnqueueRequestForObject{})).
 		Watches(&v1.Tenant{}, revisionsOfTenant).
 		Watches(&v1.TrafficSplit{}, revisionsOfSplit, builder.WithPredicates(notJustCounts)).
 		WithOptions(opts).Complete(rev); err != nil {

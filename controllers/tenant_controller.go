@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"sort"
 	"sync"
 	"time"
 
@@ -82,19 +81,19 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 			return ctrl.Result{}, nil
 		}
 		if n := len(revs.Items); n > 0 {
-			tenant.Status.MarkNotReady(tenant.Generation, v1.ReasonRevisionsRemain,
+			tenant.Status.ObservedGeneration = tenant.Generation
+			tenant.Status.MarkWaiting(tenant.Generation, v1.ReasonRevisionsRemain,
 				fmt.Sprintf("deletion waits for %d Revisions that reference this tenant (first: %s): delete them first", n, revs.Items[0].Name))
 			return ctrl.Result{RequeueAfter: 10 * time.Second}, nil
 		}
 		controllerutil.RemoveFinalizer(tenant, TenantFinalizer)
 		before = tenant.Status.DeepCopy() // nothing more to write to status
-		return ctrl.Result{}, r.Update(ctx, tenant)
+		return requeueOnConflict(r.Update(ctx, tenant))
 	}
 	if leader && !controllerutil.ContainsFinalizer(tenant, TenantFinalizer) {
 		controllerutil.AddFinalizer(tenant, TenantFinalizer)
-		if err := r.Update(ctx, tenant); err != nil {
-			return ctrl.Result{}, err
-		}
+		before = tenant.Status.DeepCopy() // the update returns the stored status
+		return requeueOnConflict(r.Update(ctx, tenant))
 	}
 
 	cfg := &dispatcher.TenantConfig{
@@ -118,14 +117,23 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	if active != nil {
 		tenant.Status.ActiveSplit = active.Name
 	}
-	if reason != "" {
-		tenant.Status.MarkNotReady(tenant.Generation, reason, message)
-	} else {
+	switch reason {
+	case "":
 		tenant.Status.MarkReady(tenant.Generation)
-		tenant.Status.ObservedGeneration = tenant.Generation
+	case v1.ReasonAuthSecretUnreadable:
+		tenant.Status.MarkWaiting(tenant.Generation, reason, message)
+	default:
+		tenant.Status.MarkNotReady(tenant.Generation, reason, message)
 	}
+	tenant.Status.ObservedGeneration = tenant.Generation
 	if leader {
-		if err := r.retain(ctx, tenant, revs.Items, active); err != nil {
+		// Every split of the tenant counts, not only the active one: a conflicting or
+		// deleted-and-recreated split may still name a revision someone relies on.
+		var splits v1.TrafficSplitList
+		if err := r.List(ctx, &splits, client.InNamespace(tenant.Namespace), client.MatchingFields{indexTenant: tenant.Name}); err != nil {
+			return ctrl.Result{}, fmt.Errorf("list splits: %w", err)
+		}
+		if err := r.retain(ctx, tenant, revs.Items, splits.Items); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
@@ -204,35 +212,15 @@ func (r *TenantReconciler) tokensOf(key types.NamespacedName, uid types.UID, sec
 	return t, ok && t.tenantUID == uid && t.secret == secret
 }
 
-// retain deletes the oldest Revisions no split routes to beyond the tenant's
-// revisionHistoryLimit. Routed, draining and loading revisions are never retired.
-func (r *TenantReconciler) retain(ctx context.Context, tenant *v1.Tenant, revs []v1.Revision, active *v1.TrafficSplit) error {
+// retain deletes the oldest Revisions beyond the tenant's revisionHistoryLimit that
+// retentionVictims allows: never one that a split routes to (spec or table in use),
+// that is Draining or loading, or that was routed within retentionGrace.
+func (r *TenantReconciler) retain(ctx context.Context, tenant *v1.Tenant, revs []v1.Revision, splits []v1.TrafficSplit) error {
 	if tenant.Spec.RevisionHistoryLimit == nil {
 		return nil
 	}
-	routed := map[string]bool{}
-	if active != nil {
-		for _, rt := range active.Spec.Routes {
-			routed[rt.RevisionName] = true
-		}
-		for _, rt := range active.Status.Routes {
-			routed[rt.RevisionName] = true
-		}
-	}
-	var unrouted []v1.Revision
-	for _, rev := range revs {
-		switch {
-		case routed[rev.Name], !rev.DeletionTimestamp.IsZero():
-		case rev.Status.Phase == "", rev.Status.Phase == v1.RevisionPending, rev.Status.Phase == v1.RevisionLoading, rev.Status.Phase == v1.RevisionDraining:
-		default:
-			unrouted = append(unrouted, rev)
-		}
-	}
-	sort.Slice(unrouted, func(i, j int) bool {
-		return unrouted[j].CreationTimestamp.Before(&unrouted[i].CreationTimestamp)
-	})
-	for i := int(*tenant.Spec.RevisionHistoryLimit); i < len(unrouted); i++ {
-		rev := &unrouted[i]
+	routed := func(name string) bool { return routesTo(splits, name) }
+	for _, rev := range retentionVictims(revs, routed, int(*tenant.Spec.RevisionHistoryLimit), time.Now()) {
 		if err := r.Delete(ctx, rev); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("retire revision %s: %w", rev.Name, err)
 		}

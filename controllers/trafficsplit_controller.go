@@ -11,6 +11,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -76,6 +77,7 @@ func (r *TrafficSplitReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if active != nil && active.Name != split.Name {
 		r.unpublish(req.NamespacedName)
 		split.Status.MarkConflict(g, active.Name)
+		split.Status.ObservedGeneration = g
 		split.Status.Routes, split.Status.Summary = nil, ""
 		return ctrl.Result{}, nil
 	}
@@ -84,7 +86,12 @@ func (r *TrafficSplitReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if current != nil && current.Split != split.Name {
 		current = nil // a table of a split that no longer routes this tenant
 	}
-	reason, message := r.check(ctx, split)
+	reason, message, stalled, err := r.check(ctx, split)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	// Whatever the outcome, the conditions below describe this generation.
+	split.Status.ObservedGeneration = g
 	switch {
 	case reason == "":
 		want, sticky := routes(split), split.Spec.Stickiness != v1.StickinessNone
@@ -98,9 +105,8 @@ func (r *TrafficSplitReconciler) Reconcile(ctx context.Context, req ctrl.Request
 			}
 		}
 		split.Status.MarkPublished(g)
-		split.Status.ObservedGeneration = g
 	default:
-		split.Status.MarkRoutesNotReady(g, reason, message, current != nil)
+		split.Status.MarkRoutesNotReady(g, reason, message, current != nil, stalled)
 		res = ctrl.Result{RequeueAfter: waitForRevision}
 	}
 	split.Status.Routes, split.Status.Summary = nil, ""
@@ -118,34 +124,43 @@ func (r *TrafficSplitReconciler) Reconcile(ctx context.Context, req ctrl.Request
 }
 
 // check says why the split's table cannot be used yet: a route's revision missing, of
-// another tenant, or not loaded on this replica.
-func (r *TrafficSplitReconciler) check(ctx context.Context, split *v1.TrafficSplit) (string, string) {
-	var waiting []string
+// another tenant, Failed, or not loaded on this replica. stalled says that it cannot
+// be used without someone's change (a Failed revision, one of another tenant); a
+// missing or loading revision may still come.
+func (r *TrafficSplitReconciler) check(ctx context.Context, split *v1.TrafficSplit) (reason, message string, stalled bool, err error) {
+	var waiting, failed []string
 	for _, rt := range split.Spec.Routes {
 		rev := &v1.Revision{}
 		if err := r.Get(ctx, types.NamespacedName{Namespace: split.Namespace, Name: rt.RevisionName}, rev); err != nil {
-			return v1.ReasonRevisionNotFound, fmt.Sprintf("Revision %q: %v", rt.RevisionName, err)
+			if apierrors.IsNotFound(err) {
+				return v1.ReasonRevisionNotFound, fmt.Sprintf("Revision %q not found", rt.RevisionName), false, nil
+			}
+			return "", "", false, fmt.Errorf("get revision %q: %w", rt.RevisionName, err)
 		}
 		if rev.Spec.TenantRef.Name != split.Spec.TenantRef.Name {
-			return v1.ReasonWrongTenant, fmt.Sprintf("Revision %q belongs to tenant %q, not %q", rt.RevisionName, rev.Spec.TenantRef.Name, split.Spec.TenantRef.Name)
+			return v1.ReasonWrongTenant, fmt.Sprintf("Revision %q belongs to tenant %q, not %q", rt.RevisionName, rev.Spec.TenantRef.Name, split.Spec.TenantRef.Name), true, nil
 		}
 		l := r.Runtimes.Get(types.NamespacedName{Namespace: split.Namespace, Name: rt.RevisionName})
-		if l == nil || l.UID != rev.UID {
-			why := string(rev.Status.Phase)
-			if rev.Status.Phase == v1.RevisionFailed {
-				for _, c := range rev.Status.Conditions {
-					if c.Type == v1.ConditionReady {
-						why += " (" + c.Reason + ": " + c.Message + ")"
-					}
-				}
-			}
-			waiting = append(waiting, fmt.Sprintf("%s is not Ready: %s", rt.RevisionName, strings.TrimSpace(why)))
+		if l != nil && l.UID == rev.UID {
+			continue
 		}
+		if rev.Status.Phase == v1.RevisionFailed {
+			why := rt.RevisionName + " is Failed"
+			if c := meta.FindStatusCondition(rev.Status.Conditions, v1.ConditionReady); c != nil {
+				why += " (" + c.Reason + ": " + c.Message + ")"
+			}
+			failed = append(failed, why)
+			continue
+		}
+		waiting = append(waiting, fmt.Sprintf("%s is not Ready: %s", rt.RevisionName, cmp.Or(string(rev.Status.Phase), "not reconciled yet")))
+	}
+	if len(failed) > 0 {
+		return v1.ReasonRevisionFailed, strings.Join(append(failed, waiting...), "; "), true, nil
 	}
 	if len(waiting) > 0 {
-		return v1.ReasonRevisionNotReady, strings.Join(waiting, "; ")
+		return v1.ReasonRevisionNotReady, strings.Join(waiting, "; "), false, nil
 	}
-	return "", ""
+	return "", "", false, nil
 }
 
 func routes(split *v1.TrafficSplit) []dispatcher.Route {

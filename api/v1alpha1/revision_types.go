@@ -207,7 +207,8 @@ type PackStatus struct {
 
 // RevisionStatus is what packhost observed of a Revision.
 type RevisionStatus struct {
-	// observedGeneration is the generation last reconciled successfully.
+	// observedGeneration is the generation the conditions describe: the one the
+	// controller last acted on.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
@@ -215,7 +216,8 @@ type RevisionStatus struct {
 	// +optional
 	Phase RevisionPhase `json:"phase,omitempty"`
 
-	// conditions are PacksFetched, Loaded, StateReady and Ready.
+	// conditions are PacksFetched, Loaded, StateReady and Ready, and the kstatus pair
+	// Reconciling (loading) and Stalled (failed: the reason says what to fix).
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -234,6 +236,13 @@ type RevisionStatus struct {
 	// openSessions is the number of sessions with a live wait on this Revision.
 	// +optional
 	OpenSessions int32 `json:"openSessions,omitempty"`
+
+	// lastRoutedTime is when packhost last saw a TrafficSplit route to this Revision
+	// (refreshed about once a minute while one does). A Revision that has it drains
+	// and retires when no split routes to it any more, and retention keeps it for some
+	// minutes after this time. Unset: never routed.
+	// +optional
+	LastRoutedTime *metav1.Time `json:"lastRoutedTime,omitempty"`
 }
 
 // Revision is one immutable, digest-pinned version of what a tenant runs: a main pack

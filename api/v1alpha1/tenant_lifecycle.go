@@ -42,10 +42,21 @@ func SecretServesTenant(annotations map[string]string, tenant string) bool {
 // MarkReady sets the Tenant's Ready condition to True.
 func (s *TenantStatus) MarkReady(generation int64) {
 	setCondition(&s.Conditions, generation, ConditionReady, metav1.ConditionTrue, ReasonTenantReady, "")
+	markSettled(&s.Conditions, generation)
 }
 
 // MarkNotReady sets the Tenant's Ready condition to False with a reason and a message
-// that says what to fix.
+// that says what to fix, and Stalled to True (kstatus Failed): a missing, empty or
+// not opted-in Secret needs someone's change.
 func (s *TenantStatus) MarkNotReady(generation int64, reason, message string) {
 	setCondition(&s.Conditions, generation, ConditionReady, metav1.ConditionFalse, reason, message)
+	markStalled(&s.Conditions, generation, reason, message)
+}
+
+// MarkWaiting sets Ready to False for a reason that passes by itself or by the
+// controller's own work (a Secret unreadable just now, deletion waiting for
+// Revisions): Reconciling=True, kstatus InProgress.
+func (s *TenantStatus) MarkWaiting(generation int64, reason, message string) {
+	setCondition(&s.Conditions, generation, ConditionReady, metav1.ConditionFalse, reason, message)
+	markProgress(&s.Conditions, generation, reason, message)
 }

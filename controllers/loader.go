@@ -1,0 +1,200 @@
+package controllers
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+
+	v1 "github.com/packhost/packhost/api/v1alpha1"
+)
+
+// Bounds of the background loader.
+const (
+	// loadWorkers is how many revisions are fetched and compiled at once on a replica.
+	// Compiling is CPU-bound and fetching waits on the network; a handful keeps both
+	// busy without starving the dispatcher of CPU.
+	loadWorkers = 4
+	// loadsPerOrigin is how many of those may wait on one remote origin (a url's
+	// host:port, a registry): a source that never answers holds at most this many
+	// workers for its bounded tries, never all of them, so it delays no other origin.
+	loadsPerOrigin = 2
+)
+
+// loadFunc loads a revision; it runs on a loader worker and must honour ctx.
+type loadFunc func(ctx context.Context) (*Loaded, *failure)
+
+// loader fetches and compiles revisions off the reconcile path, as Knative Serving's
+// revision background resolver does: Reconcile asks for a load keyed by the revision
+// and the runtime config it needs (loadKey), gets "not yet" while it runs, and is
+// re-enqueued when it is done to pick up the result, which is kept until then. A
+// worker pool bounds the work, and a per-origin bound keeps one black-hole source
+// from holding every worker.
+type loader struct {
+	// events re-enqueue a revision whose load finished; the revision controller
+	// watches them.
+	events chan event.GenericEvent
+	// retryAfter is how long a failure that may pass is kept before a new try.
+	retryAfter time.Duration
+	clock      func() time.Time
+
+	workers chan struct{}
+
+	mu      sync.Mutex
+	base    context.Context
+	stop    context.CancelFunc
+	origins map[string]chan struct{}
+	jobs    map[types.NamespacedName]*loadJob
+}
+
+// loadJob is one load of a revision for one key, running or done.
+type loadJob struct {
+	key    string
+	cancel context.CancelFunc
+	done   bool
+	at     time.Time // when it finished
+	loaded *Loaded
+	fail   *failure
+}
+
+func newLoader(retryAfter time.Duration, clock func() time.Time) *loader {
+	base, stop := context.WithCancel(context.Background())
+	return &loader{
+		events: make(chan event.GenericEvent), retryAfter: retryAfter, clock: clock,
+		workers: make(chan struct{}, loadWorkers), base: base, stop: stop,
+		origins: map[string]chan struct{}{}, jobs: map[types.NamespacedName]*loadJob{},
+	}
+}
+
+// NeedLeaderElection is false: every replica loads the revisions it may serve.
+func (l *loader) NeedLeaderElection() bool { return false }
+
+// Start implements manager.Runnable: it runs until ctx ends, then cancels every load.
+func (l *loader) Start(ctx context.Context) error {
+	<-ctx.Done()
+	l.stop()
+	return nil
+}
+
+// load returns the result of loading name for key. While the load runs, or when a new
+// one was started now, done is false and Reconcile hears again when it finishes. A
+// load for another key is cancelled and replaced. A failure that may pass is kept for
+// retryAfter, then tried again on the next call. A successful result is handed out
+// once: the caller owns the runtime.
+func (l *loader) load(name types.NamespacedName, key string, origins []string, fn loadFunc) (done bool, loaded *Loaded, fail *failure) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if j := l.jobs[name]; j != nil && j.key == key {
+		switch {
+		case !j.done:
+			return false, nil, nil
+		case j.loaded != nil:
+			delete(l.jobs, name)
+			return true, j.loaded, nil
+		case !j.fail.retry || l.clock().Sub(j.at) < l.retryAfter:
+			return true, nil, j.fail
+		}
+	}
+	l.forgetLocked(name)
+	ctx, cancel := context.WithCancel(l.base)
+	j := &loadJob{key: key, cancel: cancel}
+	l.jobs[name] = j
+	go l.run(ctx, name, j, origins, fn)
+	return false, nil, nil
+}
+
+// running reports whether a load of name is under way.
+func (l *loader) running(name types.NamespacedName) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	j := l.jobs[name]
+	return j != nil && !j.done
+}
+
+// forget cancels a running load of name and drops a result nobody took, closing its
+// runtime.
+func (l *loader) forget(name types.NamespacedName) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.forgetLocked(name)
+}
+
+func (l *loader) forgetLocked(name types.NamespacedName) {
+	j := l.jobs[name]
+	if j == nil {
+		return
+	}
+	delete(l.jobs, name)
+	j.cancel()
+	if j.loaded != nil {
+		go j.loaded.Runtime.Close(context.Background())
+	}
+}
+
+func (l *loader) run(ctx context.Context, name types.NamespacedName, j *loadJob, origins []string, fn loadFunc) {
+	defer j.cancel()
+	var loaded *Loaded
+	var fail *failure
+	release, ok := l.acquire(ctx, origins)
+	if ok {
+		loaded, fail = fn(ctx)
+		release()
+	}
+	l.mu.Lock()
+	if l.jobs[name] != j || ctx.Err() != nil { // replaced, forgotten or shutting down
+		l.mu.Unlock()
+		if loaded != nil {
+			loaded.Runtime.Close(context.Background())
+		}
+		return
+	}
+	j.done, j.at, j.loaded, j.fail = true, l.clock(), loaded, fail
+	l.mu.Unlock()
+	rev := &v1.Revision{ObjectMeta: metav1.ObjectMeta{Namespace: name.Namespace, Name: name.Name}}
+	select {
+	case l.events <- event.GenericEvent{Object: rev}:
+	case <-l.base.Done():
+	}
+}
+
+// acquire takes a slot of each origin (in a fixed order, so two loads never hold one
+// each of the other's) and then a worker. Waiting for an origin holds no worker.
+func (l *loader) acquire(ctx context.Context, origins []string) (release func(), ok bool) {
+	origins = slices.Clone(origins)
+	slices.Sort(origins)
+	origins = slices.Compact(origins)
+	var held []chan struct{}
+	release = func() {
+		for _, s := range held {
+			<-s
+		}
+	}
+	for _, o := range origins {
+		l.mu.Lock()
+		s := l.origins[o]
+		if s == nil {
+			s = make(chan struct{}, loadsPerOrigin)
+			l.origins[o] = s
+		}
+		l.mu.Unlock()
+		select {
+		case s <- struct{}{}:
+			held = append(held, s)
+		case <-ctx.Done():
+			release()
+			return nil, false
+		}
+	}
+	select {
+	case l.workers <- struct{}{}:
+	case <-ctx.Done():
+		release()
+		return nil, false
+	}
+	held = append(held, l.workers)
+	return release, true
+}
