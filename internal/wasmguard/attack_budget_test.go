@@ -239,3 +239,55 @@ func TestAttackWASIVectorCallsEscapeDeadline(t *testing.T) {
 		t.Errorf("an activity with a %v deadline ran %v in 20 fd_write calls of 1M iovecs each (~20K units: no tick)", timeout, took)
 	}
 }
+
+// TestAttackInstanceOverheadUndercounted: an instance is charged instanceOverhead
+// (512 KiB) plus its linear memory, but the guard lets it declare maxTables (4) tables
+// of maxTableElements (2^18) references, 8 MiB of host memory per instance (measured:
+// 8,199 KiB a wazero instance of a 31-byte module), and wazero allocates ~86 bytes per
+// global (a 1 MB pack of 200K globals: ~17 MiB an instance) and keeps a grown call stack
+// (tens of MiB after one deep call) in the pooled instance. A tenant's share of the
+// budget then stands for 16 or more times as much real memory: the budget no longer
+// protects the replica from OOM.
+func TestAttackInstanceOverheadUndercounted(t *testing.T) {
+	ctx := context.Background()
+	e, err := runtime.NewEngine(ctx, runtime.EngineConfig{MemoryBudget: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(ctx)
+	m := []byte{0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00}
+	m = append(m, secL(1, 2, 0x60, 1, 0x7f, 1, 0x7f, 0x60, 2, 0x7f, 0x7f, 1, 0x7f)...)
+	m = append(m, secL(3, 2, 0, 1)...)
+	tabs := []byte{4}
+	for range 4 {
+		tabs = append(tabs, 0x70, 0x00, 0x80, 0x80, 0x10) // funcref, min 2^18
+	}
+	m = append(m, secL(4, tabs...)...)
+	m = append(m, secL(5, 1, 0x00, 1)...)
+	var exp []byte
+	exp = append(exp, 3)
+	exp = append(append(exp, name("memory")...), 0x02, 0)
+	exp = append(append(exp, name("packhost_alloc")...), 0x00, 0)
+	exp = append(append(exp, name("packhost_handle")...), 0x00, 1)
+	m = append(m, secL(7, exp...)...)
+	m = append(m, secL(10, 2, 4, 0, 0x41, 0x10, 0x0b, 4, 0, 0x41, 0x00, 0x0b)...)
+	wasm, err := runtime.EmbedManifest(m, []byte(`{"abi":1,"pack_id":"tables","flows":[{"id":"f","entry":true}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := e.Compile(ctx, wasm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := e.NewRevision(ctx, runtime.RevisionConfig{Name: "evil/tables", Tenant: "evil", Packs: []*runtime.Pack{p}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(ctx)
+	const tables = 4 << 18 * 8 // what wazero allocates for them
+	s := e.MemoryStats()
+	t.Logf("one instance with 4 tables of 2^18: %d KiB charged, ≥ %d KiB held", s.Instances>>10, tables>>10)
+	if s.Instances < tables {
+		t.Errorf("an instance holding %d KiB of tables is charged %d KiB: instanceOverhead should be computed from the module (tables' maxima, globals, element segments), not fixed", tables>>10, s.Instances>>10)
+	}
+}
