@@ -32,6 +32,11 @@ var (
 	// ErrStateFull: a commit would take a state shard past its byte budget; nothing of
 	// the activity was kept.
 	ErrStateFull = errors.New("state full")
+	// ErrStateUnavailable: the state store (the API server) did not answer within the
+	// commit timeout, or recently did not and commits are held back until it does. The
+	// error says whether the activity's writes were not applied or whether that is
+	// unknown (see StateOutcomeUnknown); retry after a second.
+	ErrStateUnavailable = errors.New("state unavailable")
 	// ErrInvalidPack: the module or its manifest cannot be loaded.
 	ErrInvalidPack = errors.New("invalid pack")
 	// ErrInvalidManifest: the pack's manifest is missing or malformed; it also matches

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 )
@@ -228,3 +229,9 @@ type ConflictError struct{ Key string }
 
 func (e *ConflictError) Error() string { return "state key " + e.Key + " changed by another writer" }
 func (e *ConflictError) Unwrap() error { return ErrConflict }
+
+// ErrOutcomeUnknown marks a commit error after which the transaction's writes may or may
+// not have been applied, all of them or none: the store lost contact while the decisive
+// write was on its way. It always comes with ErrStateUnavailable. A commit error without
+// it means nothing of the transaction was applied.
+var ErrOutcomeUnknown = errors.New("commit outcome unknown")

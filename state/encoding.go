@@ -144,3 +144,162 @@ func splitWait(blob []byte) (waitFields, bool) {
 	f.data = rest[8:]
 	return f, true
 }
+
+// Cross-shard transactions (see Commits in the package doc) keep two more kinds of
+// entries: an intent ("x.<txn>") on every shard but the primary, and a record
+// ("t.<txn>") on the primary, which decides the transaction.
+const (
+	intentPrefix = "x."
+	recordPrefix = "t."
+
+	entryIntent byte = 3
+	entryRecord byte = 4
+)
+
+// txnStatus is what a cross-shard transaction's record says.
+type txnStatus byte
+
+const (
+	pending   txnStatus = 0 // no record: not decided yet
+	committed txnStatus = 1
+	aborted   txnStatus = 2
+)
+
+// intent is one cross-shard transaction's share of a secondary shard: the entries it
+// read there (locked against writers) and the writes it will apply there once its
+// record on the primary says committed. A nil write deletes the entry.
+type intent struct {
+	id      string
+	primary int
+	created time.Time
+	reads   map[string]bool
+	writes  map[string][]byte
+}
+
+func encodeIntent(in *intent) []byte {
+	b := []byte{entryIntent}
+	b = appendString(b, in.id)
+	b = binary.AppendUvarint(b, uint64(in.primary))
+	b = binary.BigEndian.AppendUint64(b, uint64(in.created.UnixNano()))
+	b = binary.AppendUvarint(b, uint64(len(in.reads)))
+	for k := range in.reads {
+		b = appendString(b, k)
+	}
+	b = binary.AppendUvarint(b, uint64(len(in.writes)))
+	for k, v := range in.writes {
+		b = appendString(b, k)
+		if v == nil {
+			b = append(b, 0)
+			continue
+		}
+		b = append(b, 1)
+		b = appendString(b, string(v))
+	}
+	return b
+}
+
+func decodeIntent(blob []byte) (*intent, error) {
+	bad := fmt.Errorf("%w: not an intent entry", errCorrupt)
+	if len(blob) == 0 || blob[0] != entryIntent {
+		return nil, bad
+	}
+	id, rest, ok := readField(blob[1:])
+	if !ok {
+		return nil, bad
+	}
+	primary, n := binary.Uvarint(rest)
+	if n <= 0 || len(rest[n:]) < 8 {
+		return nil, bad
+	}
+	rest = rest[n:]
+	in := &intent{id: string(id), primary: int(primary), created: time.Unix(0, int64(binary.BigEndian.Uint64(rest))),
+		reads: map[string]bool{}, writes: map[string][]byte{}}
+	rest = rest[8:]
+	count, n := binary.Uvarint(rest)
+	if n <= 0 || count > uint64(len(rest)) {
+		return nil, bad
+	}
+	rest = rest[n:]
+	for range count {
+		var k []byte
+		if k, rest, ok = readField(rest); !ok {
+			return nil, bad
+		}
+		in.reads[string(k)] = true
+	}
+	count, n = binary.Uvarint(rest)
+	if n <= 0 || count > uint64(len(rest)) {
+		return nil, bad
+	}
+	rest = rest[n:]
+	for range count {
+		var k, v []byte
+		if k, rest, ok = readField(rest); !ok || len(rest) == 0 {
+			return nil, bad
+		}
+		del := rest[0] == 0
+		rest = rest[1:]
+		if del {
+			in.writes[string(k)] = nil
+			continue
+		}
+		if v, rest, ok = readField(rest); !ok {
+			return nil, bad
+		}
+		in.writes[string(k)] = append([]byte{}, v...)
+	}
+	if len(rest) != 0 {
+		return nil, bad
+	}
+	return in, nil
+}
+
+// record is a cross-shard transaction's decision, kept on its primary shard.
+type record struct {
+	id          string
+	status      txnStatus
+	created     time.Time
+	secondaries []int
+}
+
+func encodeRecord(r record) []byte {
+	b := []byte{entryRecord}
+	b = appendString(b, r.id)
+	b = append(b, byte(r.status))
+	b = binary.BigEndian.AppendUint64(b, uint64(r.created.UnixNano()))
+	b = binary.AppendUvarint(b, uint64(len(r.secondaries)))
+	for _, s := range r.secondaries {
+		b = binary.AppendUvarint(b, uint64(s))
+	}
+	return b
+}
+
+func decodeRecord(blob []byte) (record, error) {
+	bad := fmt.Errorf("%w: not a transaction record", errCorrupt)
+	if len(blob) == 0 || blob[0] != entryRecord {
+		return record{}, bad
+	}
+	id, rest, ok := readField(blob[1:])
+	if !ok || len(rest) < 9 {
+		return record{}, bad
+	}
+	r := record{id: string(id), status: txnStatus(rest[0]), created: time.Unix(0, int64(binary.BigEndian.Uint64(rest[1:9])))}
+	if r.status != committed && r.status != aborted {
+		return record{}, bad
+	}
+	rest = rest[9:]
+	count, n := binary.Uvarint(rest)
+	if n <= 0 || count > uint64(len(rest)) {
+		return record{}, bad
+	}
+	rest = rest[n:]
+	for range count {
+		s, n := binary.Uvarint(rest)
+		if n <= 0 {
+			return record{}, bad
+		}
+		r.secondaries = append(r.secondaries, int(s))
+		rest = rest[n:]
+	}
+	return r, nil
+}

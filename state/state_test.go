@@ -349,9 +349,16 @@ func TestDurableBeforeAnswered(t *testing.T) {
 
 // Two replicas (independent stores and engines) each run 200 increments of one counter
 // through the runtime: the final value is exactly 400.
+// It runs with two and with four shards.
 func TestReplicasNeverLoseAWrite(t *testing.T) {
 	testenv.Require(t, env)
-	spec := state.Spec{Namespace: env.Namespace(t, "replicas"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 2}
+	for _, shards := range []int{2, 4} {
+		t.Run("shards="+strconv.Itoa(shards), func(t *testing.T) { replicasNeverLoseAWrite(t, shards) })
+	}
+}
+
+func replicasNeverLoseAWrite(t *testing.T, shards int) {
+	spec := state.Spec{Namespace: env.Namespace(t, "replicas"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: shards}
 	replicas := []*runtime.Revision{
 		runtimeOn(t, ensure(t, newStore(t, state.Options{}), spec), "counter"),
 		runtimeOn(t, ensure(t, newStore(t, state.Options{}), spec), "counter"),
@@ -382,10 +389,17 @@ func TestReplicasNeverLoseAWrite(t *testing.T) {
 	}
 }
 
-// Two replicas racing to resume one wait: exactly one resumes it.
+// Two replicas racing to resume one wait: exactly one resumes it, with one shard and
+// with four.
 func TestWaitResumedOnceAcrossReplicas(t *testing.T) {
 	testenv.Require(t, env)
-	spec := state.Spec{Namespace: env.Namespace(t, "race"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 1}
+	for _, shards := range []int{1, 4} {
+		t.Run("shards="+strconv.Itoa(shards), func(t *testing.T) { waitResumedOnce(t, shards) })
+	}
+}
+
+func waitResumedOnce(t *testing.T, shards int) {
+	spec := state.Spec{Namespace: env.Namespace(t, "race"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: shards}
 	s1, s2 := newStore(t, state.Options{}), newStore(t, state.Options{})
 	r1 := runtimeOn(t, ensure(t, s1, spec), "survey")
 	r2 := runtimeOn(t, s2.Namespace(spec), "survey")

@@ -25,12 +25,54 @@
 //
 // # Commits
 //
-// An activity's reads and writes form a transaction. Writes waiting for one shard are
-// group-committed: one Update carries every queued activity's writes, conditioned on the
-// resourceVersion they were merged onto. On a conflict the latest object is read and the
-// activities merged again key by key; an activity whose read keys changed meanwhile is
-// answered with runtime.ErrConflict, which the runtime turns into a re-run. Atomicity is
-// per shard: an activity whose writes span shards commits them shard by shard.
+// An activity's reads and writes form a transaction, serializable across every shard
+// of its namespace and applied all or nothing. Writes waiting for one shard are
+// group-committed: one Update carries every queued activity's share, conditioned on the
+// resourceVersion it was merged onto. On a conflict the latest object is read and the
+// shares merged again key by key; an activity whose read keys changed meanwhile is
+// answered with runtime.ErrConflict, which the runtime turns into a re-run. A
+// transaction whose reads and writes all lie in one shard (the common case with one
+// shard, or a counter without a session) takes exactly that: one share of one update.
+//
+// A transaction that spans shards commits Percolator-style, with resourceVersion
+// preconditions only. Its primary is the lowest shard it writes. On every other shard
+// it reads or writes (the secondaries, in parallel) a group commit validates its reads
+// there and writes an intent ("x.<txn>": the entries it read, which nobody may write,
+// and the writes it will apply, which nobody may read or write) until the transaction
+// is decided. Then the primary's group commit validates the reads there, applies the
+// writes there and adds the record "t.<txn>" = committed, all in one guarded update:
+// that update is the decision. The intents are then rolled forward (each secondary's
+// next update, in parallel) and the record dropped with the primary's next group
+// commit. Whoever meets an intent asks the primary: committed means its writes are
+// what is read, and any group commit on that shard applies them on the way; no record
+// means pending, and a reader waits briefly or re-runs. An intent older than LockTTL
+// (DefaultLockTTL, 10 s) whose primary has no record is decided aborted by writing
+// "t.<txn>" = aborted there, guarded by resourceVersion, so either that write or the
+// writer's deciding update wins, never both (an aborted record is kept an hour, past
+// any late prewrite). A replica that starts (Ensure) or a Recover pass settles what a
+// crashed writer left. The primary holds no intent of its own: its deciding update
+// both validates and applies, which saves one write per transaction over textbook
+// Percolator.
+//
+// Cost, in API writes per activity spanning N shards, before group commit shares them:
+// N-1 intents + 1 decision + N-1 roll-forwards + 1 record drop = 2N (the common case of
+// a session's wait on one shard and its keys on another: 4 instead of 2 before, which
+// were not atomic), in three sequential rounds before the answer (intents, decision,
+// roll-forward). A single-shard activity keeps its one write. The alternatives cost
+// more: one log ConfigMap per revision serialises every commit of the revision on one
+// object, and placing a session's keys with its wait cannot work for keys that
+// sessions share.
+//
+// A write whose answer is lost (timeout, connection reset) is looked for in the
+// shard's AnnotationCommits (ids of its last 64 group commits) before anything is
+// merged again, so nothing is applied twice and a commit that landed is answered as
+// landed. A commit bounded by CommitTimeout (DefaultCommitTimeout, 3 s) that cannot
+// learn its outcome answers runtime.ErrStateUnavailable with runtime.ErrOutcomeUnknown;
+// without ErrOutcomeUnknown, an error means nothing was applied. A commit still queued
+// when the activity's deadline passes is withdrawn (nothing applied, ErrTimeout); one
+// already sent is waited for, within the commit timeout. After a commit fails for want
+// of an answer, a breaker refuses new commits at once (ErrStateUnavailable) and lets one
+// through every 250 ms to find the API server back.
 //
 // # Reads
 //
@@ -98,8 +140,13 @@ const DefaultShardBudget = 256 << 10
 // maxFlushAttempts bounds how often one group commit is merged again after conflicts.
 const maxFlushAttempts = 16
 
-// flushTimeout bounds one group commit, whoever waits for it.
-const flushTimeout = 30 * time.Second
+// DefaultCommitTimeout bounds one group commit, whoever waits for it: past it, the API
+// server counts as not answering (runtime.ErrStateUnavailable).
+const DefaultCommitTimeout = 3 * time.Second
+
+// DefaultLockTTL is how long a cross-shard transaction's intents are left to their
+// writer before whoever meets them decides the transaction: several commit timeouts.
+const DefaultLockTTL = 10 * time.Second
 
 // Options configure a Store.
 type Options struct {
@@ -112,6 +159,14 @@ type Options struct {
 	// Namespaces, when not empty, are the only namespaces whose state is watched (the
 	// manager's --watch-namespaces).
 	Namespaces []string
+	// CommitTimeout bounds one group commit; 0 takes DefaultCommitTimeout.
+	CommitTimeout time.Duration
+	// LockTTL is how long a cross-shard transaction's intents belong to their writer;
+	// 0 takes DefaultLockTTL, a negative value means no time at all (for recovery tests).
+	LockTTL time.Duration
+	// WrapClient, when set, wraps the client every read and write of state goes
+	// through (fault-injection tests use it).
+	WrapClient func(client.Client) client.Client
 }
 
 // Store is the process's view of every revision's state namespace.
@@ -122,12 +177,19 @@ type Store struct {
 	log      logr.Logger
 	onCommit func(time.Duration)
 
+	commitTimeout time.Duration
+	lockTTL       time.Duration
+	breaker       breaker
+
 	mu   sync.RWMutex
 	view map[types.NamespacedName]*corev1.ConfigMap
 	// owners are the revisions whose state this process reads, by namespace/revision:
 	// only ConfigMaps they own are trusted (see Trust).
-	owners   map[types.NamespacedName]owner
-	shards   map[types.NamespacedName]*shard
+	owners map[types.NamespacedName]owner
+	shards map[types.NamespacedName]*shard
+	// intents are the cross-shard intents in each trusted shard's newest copy, by
+	// transaction id.
+	intents  map[types.NamespacedName]map[string]*intent
 	sessions map[pinKey]Pin
 	// problems are, per state ConfigMap, its entries that packhost did not write, by
 	// entry key (the empty key stands for the data field).
@@ -168,8 +230,21 @@ func New(cfg *rest.Config, scheme *runtime.Scheme, opts Options) (*Store, error)
 	if opts.ShardBudget == 0 {
 		opts.ShardBudget = DefaultShardBudget
 	}
+	if opts.CommitTimeout == 0 {
+		opts.CommitTimeout = DefaultCommitTimeout
+	}
+	switch {
+	case opts.LockTTL == 0:
+		opts.LockTTL = DefaultLockTTL
+	case opts.LockTTL < 0:
+		opts.LockTTL = 0
+	}
+	if opts.WrapClient != nil {
+		c = opts.WrapClient(c)
+	}
 	s := &Store{
 		client: c, budget: opts.ShardBudget, log: opts.Logger, onCommit: opts.OnCommit,
+		commitTimeout: opts.CommitTimeout, lockTTL: opts.LockTTL, intents: map[types.NamespacedName]map[string]*intent{},
 		view: map[types.NamespacedName]*corev1.ConfigMap{}, shards: map[types.NamespacedName]*shard{},
 		owners: map[types.NamespacedName]owner{}, sessions: map[pinKey]Pin{},
 		problems: map[types.NamespacedName]map[string]string{}, suspects: map[types.NamespacedName]*metav1.ObjectMeta{},
@@ -454,6 +529,14 @@ func (s *Store) observe(cm *corev1.ConfigMap) bool {
 			if len(v) == 0 || v[0] != entryValue {
 				bad[k] = errCorrupt.Error()
 			}
+		case strings.HasPrefix(k, intentPrefix):
+			if in, err := decodeIntent(v); err != nil || intentPrefix+in.id != k {
+				bad[k] = "malformed cross-shard intent"
+			}
+		case strings.HasPrefix(k, recordPrefix):
+			if r, err := decodeRecord(v); err != nil || recordPrefix+r.id != k {
+				bad[k] = "malformed cross-shard record"
+			}
 		default:
 			bad[k] = "foreign key in a state ConfigMap"
 		}
@@ -472,6 +555,7 @@ func (s *Store) observe(cm *corev1.ConfigMap) bool {
 			}
 		}
 	}
+	s.indexIntents(key, cm)
 	// The empty key stands for the data field, which packhost never writes.
 	delete(bad, "")
 	if len(cm.Data) > 0 {
@@ -518,6 +602,7 @@ func (s *Store) forgetLocked(key types.NamespacedName) {
 	cm := s.view[key]
 	delete(s.view, key)
 	delete(s.problems, key)
+	delete(s.intents, key)
 	if cm == nil {
 		return
 	}
@@ -560,6 +645,28 @@ func (s *Store) fetch(ctx context.Context, key types.NamespacedName) (*corev1.Co
 		return nil, fmt.Errorf("ConfigMap %s is not trusted as state: %s", key, why)
 	}
 	return cm, nil
+}
+
+// indexIntents records the cross-shard intents of cm, the newest copy of shard key. s.mu
+// is held.
+func (s *Store) indexIntents(key types.NamespacedName, cm *corev1.ConfigMap) {
+	var idx map[string]*intent
+	for k, v := range cm.BinaryData {
+		if !strings.HasPrefix(k, intentPrefix) {
+			continue
+		}
+		if in, err := decodeIntent(v); err == nil && intentPrefix+in.id == k {
+			if idx == nil {
+				idx = map[string]*intent{}
+			}
+			idx[in.id] = in
+		}
+	}
+	if idx == nil {
+		delete(s.intents, key)
+		return
+	}
+	s.intents[key] = idx
 }
 
 func (s *Store) shard(key types.NamespacedName) *shard {
@@ -623,7 +730,35 @@ func (s *Store) Ensure(ctx context.Context, spec Spec) ([]string, error) {
 			return nil, fmt.Errorf("ConfigMap %s/%s exists and is not revision %s's state: rename or delete it", spec.Namespace, names[i], spec.Revision)
 		}
 	}
+	if s.leftovers(spec) {
+		// A writer stopped in the middle of a cross-shard commit: settle what is old
+		// enough now rather than when an activity meets it.
+		if err := s.Recover(ctx, spec); err != nil {
+			s.log.Info("Cross-shard commits left in state could not all be settled yet", "revision", spec.Namespace+"/"+spec.Revision, "error", err.Error())
+		}
+	}
 	return names, nil
+}
+
+// leftovers reports whether the newest known copy of a shard of spec holds an intent or
+// the record of a committed cross-shard transaction.
+func (s *Store) leftovers(spec Spec) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for i := range spec.Shards {
+		key := types.NamespacedName{Namespace: spec.Namespace, Name: ShardName(spec.Revision, i)}
+		if len(s.intents[key]) > 0 {
+			return true
+		}
+		if cm := s.view[key]; cm != nil {
+			for k := range cm.BinaryData {
+				if strings.HasPrefix(k, recordPrefix) && recordStatus(cm, strings.TrimPrefix(k, recordPrefix)) == committed {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // adopt checks that an existing ConfigMap may serve as shard n of spec's namespace, and
