@@ -24,9 +24,11 @@ const (
 	// 4x the module and the process keeps 5.7x with wazero's decoded module
 	// (BenchmarkLoad, rss-growth/wasm-bytes).
 	compiledFactor = 6
-	// instanceOverhead is charged per instance besides its linear memory: the module
-	// instance, its globals and tables, and the call engine's stack.
+	// instanceOverhead is charged per instance besides its linear memory and tables: the
+	// module instance, its globals and the call engine's stack.
 	instanceOverhead = 512 << 10
+	// tableElementBytes is what one table element holds in the host.
+	tableElementBytes = 8
 )
 
 // memoryBudget accounts guest memory against the replica's budget. Reservations that
@@ -94,19 +96,50 @@ func (e *Engine) tenantMemory(key string) *tenantMemory {
 // revision first when they do not fit. False means they still do not fit, or that t
 // would hold more than its share.
 func (e *Engine) reserve(t *tenantMemory, kind int, n int64) bool {
+	if e.tryReserveFor(t, kind, n) {
+		return true
+	}
+	if t != nil && e.mem.limit > 0 && t.used.Load()+n > int64(float64(e.mem.limit)*tenantShare) {
+		return false // past the tenant's share: closing others' instances would not help
+	}
+	e.relieve()
+	return e.tryReserveFor(t, kind, n)
+}
+
+// tryReserveFor is reserve without closing idle instances first: for room taken ahead
+// of need, which is not worth closing anyone's instance for.
+func (e *Engine) tryReserveFor(t *tenantMemory, kind int, n int64) bool {
 	if t != nil && e.mem.limit > 0 && n > 0 && t.used.Load()+n > int64(float64(e.mem.limit)*tenantShare) {
 		return false
 	}
 	if !e.mem.tryReserve(kind, n) {
-		e.relieve()
-		if !e.mem.tryReserve(kind, n) {
-			return false
-		}
+		return false
 	}
 	if t != nil {
 		t.used.Add(n)
 	}
 	return true
+}
+
+// reserveUpTo reserves as much as it can between need and want bytes, and returns how
+// much (0: not even need fits). It does not close idle instances.
+func (e *Engine) reserveUpTo(t *tenantMemory, kind int, need, want int64) int64 {
+	for range 4 { // a race with another reservation only shrinks what is left
+		avail := want
+		if e.mem.limit > 0 {
+			avail = min(avail, e.mem.limit-e.mem.total.Load())
+			if t != nil {
+				avail = min(avail, int64(float64(e.mem.limit)*tenantShare)-t.used.Load())
+			}
+		}
+		if avail < need {
+			return 0
+		}
+		if e.tryReserveFor(t, kind, avail) {
+			return avail
+		}
+	}
+	return 0
 }
 
 // release gives back n bytes of kind that t held.

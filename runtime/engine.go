@@ -102,13 +102,13 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 		rc = rc.WithCompilationCache(c)
 	}
 	rt := wazero.NewRuntimeWithConfig(ctx, rc)
-	if _, err := wasi_snapshot_preview1.Instantiate(ctx, rt); err != nil {
-		_ = rt.Close(ctx)
-		return nil, fmt.Errorf("instantiate WASI: %w", err)
-	}
 	e := &Engine{rt: rt, cache: cache, log: cfg.Logger, unguarded: cfg.Unguarded, cacheDir: cfg.CacheDir,
 		packs: map[string]*Pack{}, inflight: map[string]*compileCall{}, revisions: map[*Revision]struct{}{}, tenants: map[string]*tenantMemory{}}
 	e.mem.limit = cfg.MemoryBudget
+	if err := e.instantiateWASI(ctx); err != nil {
+		_ = rt.Close(ctx)
+		return nil, err
+	}
 	if err := e.instantiateHost(ctx); err != nil {
 		_ = rt.Close(ctx)
 		return nil, err
@@ -149,6 +149,7 @@ type Pack struct {
 	refs        int
 	engine      *Engine
 	reserved    int64 // bytes of the memory budget the compiled code holds
+	overhead    int64 // bytes each instance holds besides its linear memory
 }
 
 // Packs reports how many compiled packs the engine holds.
@@ -250,6 +251,12 @@ func (e *Engine) compile(ctx context.Context, wasm []byte, digest string) (*Pack
 		_ = compiled.Close(ctx)
 		return nil, err
 	}
+	tables, err := wasmguard.TableElements(code)
+	if err != nil {
+		_ = compiled.Close(ctx)
+		return nil, invalidPack("%s: %v", m.PackID, err)
+	}
+	p.overhead = instanceOverhead + int64(tables)*tableElementBytes
 	p.reserved, ok = reserved, true
 	return p, nil
 }

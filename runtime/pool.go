@@ -31,13 +31,22 @@ func (m *limitedMemory) Reallocate(size uint64) []byte {
 		return m.buf
 	}
 	old := uint64(cap(m.buf))
-	newCap := min(max(size, 2*old), m.max)
-	if !m.e.reserve(m.t, memInstances, int64(newCap-old)) {
-		newCap = size // no room to double ahead: exactly what is asked, or nothing
-		if !m.e.reserve(m.t, memInstances, int64(newCap-old)) {
+	// Room ahead: double; when the budget cannot, all the room it has left up to the
+	// cap, in one reallocation. Growing page by page under a tight budget then copies the
+	// memory once more, not once a page (which was quadratic: seconds past a 20 ms
+	// deadline, since the guard charges memory.grow as one instruction).
+	newCap := uint64(0)
+	if c := min(max(size, 2*old), m.max); m.e.tryReserveFor(m.t, memInstances, int64(c-old)) {
+		newCap = c
+	} else if g := m.e.reserveUpTo(m.t, memInstances, int64(size-old), int64(m.max-old)); g > 0 {
+		newCap = old + uint64(g)
+	}
+	if newCap == 0 {
+		if !m.e.reserve(m.t, memInstances, int64(size-old)) {
 			m.denied = true
 			return nil
 		}
+		newCap = size
 	}
 	nb := make([]byte, size, newCap)
 	copy(nb, m.buf)
@@ -61,8 +70,8 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 		inst.memory = &limitedMemory{e: r.engine, t: r.memory, max: min(m, maxBytes)}
 		return inst.memory
 	}))
-	if !r.engine.reserve(r.memory, memInstances, instanceOverhead) {
-		return nil, fmt.Errorf("%w: %w", ErrOverloaded, r.engine.budgetError("an instance of "+p.id, instanceOverhead))
+	if !r.engine.reserve(r.memory, memInstances, p.pack.overhead) {
+		return nil, fmt.Errorf("%w: %w", ErrOverloaded, r.engine.budgetError("an instance of "+p.id, p.pack.overhead))
 	}
 	cfg := p.modConfig
 	if p.clocks {
@@ -72,7 +81,12 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 	mod, err := instantiate(ctx, r.engine.rt, p.pack.compiled, cfg)
 	inst.sleeping = nil
 	if err != nil {
-		r.engine.release(r.memory, memInstances, instanceOverhead)
+		r.engine.release(r.memory, memInstances, p.pack.overhead)
+		if inst.memory != nil {
+			// A start function that trapped leaves wazero's module half made, and its
+			// memory is never closed: give back what it held (Free is idempotent).
+			defer inst.memory.Free()
+		}
 		if inst.memory != nil && inst.memory.denied {
 			return nil, fmt.Errorf("%w: %w", ErrOverloaded, r.engine.budgetError("the memory of an instance of "+p.id, int64(p.pack.minPages)*65536))
 		}
@@ -139,7 +153,7 @@ func (p *packRuntime) put(inst *instance, now time.Time) {
 
 func (p *packRuntime) discard(inst *instance) {
 	_ = inst.mod.Close(context.Background())
-	p.pack.engine.release(p.memory, memInstances, instanceOverhead)
+	p.pack.engine.release(p.memory, memInstances, p.pack.overhead)
 	p.mu.Lock()
 	p.total--
 	p.mu.Unlock()

@@ -14,6 +14,8 @@ type funcInfo struct {
 	leaf       bool // a small leaf: no checkpoint, charged at its call sites
 	usesFill   bool
 	usesCopy   bool
+	outside    int64 // instructions outside every loop
+	bulk       bool  // memory.init or a table bulk operation: charged by its length
 }
 
 // Opcodes the rewrite looks at or emits.
@@ -47,6 +49,9 @@ const (
 
 var errNotSupported = errors.New("not supported")
 
+// noIndex is readInstr's index for an instruction that names none.
+const noIndex = ^uint32(0)
+
 // readInstr decodes one instruction: its opcode, the sub-opcode of a prefixed one, and an
 // immediate the rewrite needs (the function index of call and ref.func; for memory.copy
 // and memory.fill, the memory indices or'ed together).
@@ -57,13 +62,18 @@ func readInstr(r *reader) (op byte, sub uint32, idx uint32) {
 		op >= 0x45 && op <= 0xc4, op == 0xd1:
 	case op == opBlock, op == opLoop, op == opIf:
 		start := r.off
+		idx = noIndex
 		if v := r.signed(33); v < 0 && r.err == nil {
 			if r.off-start != 1 || (r.b[start] != blockEmpty && !validValType(r.b[start])) {
 				r.fail("bad block type")
 			}
+		} else if v < 1<<32 {
+			idx = uint32(v) // a type index
 		}
-	case op == opBr, op == opBrIf, op >= 0x20 && op <= 0x26:
+	case op == opBr, op == opBrIf:
 		r.u32()
+	case op >= 0x20 && op <= 0x26: // locals, globals, table.get and table.set
+		idx = r.u32()
 	case op == 0x0e: // br_table
 		n := r.count()
 		if uint64(n) > uint64(len(r.b)) {
@@ -75,7 +85,7 @@ func readInstr(r *reader) (op byte, sub uint32, idx uint32) {
 	case op == opCall, op == opRefFunc:
 		idx = r.u32()
 	case op == opCallIndirect:
-		r.u32()
+		idx = r.u32() // the type
 		r.u32()
 	case op == 0x1c: // select t*
 		n := r.count()
@@ -152,6 +162,20 @@ func readMemarg(r *reader) {
 	r.u32()
 }
 
+// bulkShift is, for a bulk operation whose length is on top of the stack, how far that
+// length is shifted right to give its cost (memory: 16 bytes a unit; tables: 2 elements
+// a unit), or -1 for other instructions. memory.fill and memory.copy have helpers of
+// their own (helpers.go).
+func bulkShift(sub uint32) int {
+	switch sub {
+	case 8: // memory.init
+		return chunkShift
+	case 12, 14, 15, 17: // table.init, table.copy, table.grow, table.fill
+		return 1
+	}
+	return -1
+}
+
 // codeEntries splits the code section into function bodies.
 func (m *moduleInfo) codeEntries() error {
 	body := m.known[secCode]
@@ -201,38 +225,70 @@ func (m *moduleInfo) scanCode() error {
 	}
 	m.funcs = make([]funcInfo, len(m.bodies))
 	var fill, cp bool
+	var moduleLocals uint64
+	maxModuleLocals := uint64(MaxLocals) + 8*uint64(m.size)
+	funcs := m.funcImports + uint32(len(m.funcTypes))
 	for i, body := range m.bodies {
-		_, _, start, err := readLocals(body)
+		_, locals, start, err := readLocals(body)
 		if err != nil {
 			return fmt.Errorf("function %d: %w", i, err)
 		}
+		if moduleLocals += locals; moduleLocals > maxModuleLocals {
+			return fmt.Errorf("the module declares more than %d locals in all (%d per byte of the module, beyond the first %d)", maxModuleLocals, 8, MaxLocals)
+		}
+		// Indices are checked here, not only by wazero: an index one past the module's
+		// own would name what the rewrite adds (its globals, imports, helpers, locals)
+		// and make an invalid module valid.
+		nlocals := uint64(len(m.types[m.funcTypes[i]].params)) + locals
 		fi := &m.funcs[i]
 		r := &reader{b: body, off: start}
-		depth := 0
+		depth, loops := 0, 0
+		// loopDepths records, for each open block, whether it is a loop.
+		var loopDepths []bool
 		for first := true; ; first = false {
 			op, sub, idx := readInstr(r)
 			if r.err != nil {
 				return fmt.Errorf("function %d: %w", i, r.err)
 			}
 			fi.instrs++
+			if loops == 0 {
+				fi.outside++
+			}
+			switch {
+			case op >= opLocalGet && op <= opLocalTee && uint64(idx) >= nlocals,
+				(op == opGlobalGet || op == opGlobalSet) && idx >= m.budgetGlobal,
+				(op == 0x25 || op == 0x26) && int(idx) >= m.tables,
+				(op == opCall || op == opRefFunc) && idx >= funcs,
+				op == opCallIndirect && int(idx) >= len(m.types),
+				(op == opBlock || op == opLoop || op == opIf) && idx != noIndex && int(idx) >= len(m.types):
+				return fmt.Errorf("function %d: instruction %#x names index %d, past the module's own", i, op, idx)
+			}
 			switch op {
 			case opLoop:
 				fi.hasLoop = true
 				fi.startsLoop = fi.startsLoop || first
 				depth++
+				loops++
+				loopDepths = append(loopDepths, true)
 			case opBlock, opIf:
 				depth++
+				loopDepths = append(loopDepths, false)
 			case opCall, opCallIndirect:
 				fi.hasCall = true
 			case opPrefixFC:
 				fi.usesFill = fi.usesFill || sub == subMemoryFill && idx == 0
 				fi.usesCopy = fi.usesCopy || sub == subMemoryCopy && idx == 0
+				fi.bulk = fi.bulk || bulkShift(sub) >= 0
 			}
 			if op == opEnd {
 				if depth == 0 {
 					break
 				}
 				depth--
+				if loopDepths[len(loopDepths)-1] {
+					loops--
+				}
+				loopDepths = loopDepths[:len(loopDepths)-1]
 			}
 		}
 		if !r.done() {
@@ -265,6 +321,11 @@ type region struct {
 }
 
 const maxRegionCost = 1 << 27
+
+// leadingLoopSlack is how many instructions outside its loops a body that starts with
+// a loop may have and still go without an entry check (Go-built functions have a few:
+// the loop's end, an unreachable).
+const leadingLoopSlack = 8
 
 func (m *moduleInfo) rewriteCode() ([]byte, error) {
 	if m.known[secCode] == nil && m.fillHelper < 0 && m.copyHelper < 0 {
@@ -325,8 +386,10 @@ func (m *moduleInfo) rewriteBody(i int, out []byte) ([]byte, error) {
 		return nil, err
 	}
 	depth := m.opts.MaxCallDepth > 0 && fi.hasCall
-	entryCheck := !fi.leaf && !fi.startsLoop
-	needTemp := entryCheck || fi.hasLoop || depth
+	// A body that starts with a loop is checked at that header, unless real work follows
+	// the loop outside any other loop: that work is region 0's and needs the entry check.
+	entryCheck := !fi.leaf && (!fi.startsLoop || fi.outside > leadingLoopSlack)
+	needTemp := entryCheck || fi.hasLoop || depth || fi.bulk
 	temp := uint64(len(ft.params)) + locals
 	if needTemp && temp >= 1<<32-1 {
 		return nil, errors.New("too many locals")
@@ -338,7 +401,10 @@ func (m *moduleInfo) rewriteBody(i int, out []byte) ([]byte, error) {
 	}
 	out = appendU32(out, groups)
 	out = append(out, body[r.off:codeStart]...)
-	if needTemp {
+	switch {
+	case fi.bulk:
+		out = append(out, 0x02, 0x7f) // the check's temporary and a bulk length
+	case needTemp:
 		out = append(out, 0x01, 0x7f)
 	}
 	t := uint32(temp)
@@ -423,6 +489,11 @@ func (m *moduleInfo) rewriteBody(i int, out []byte) ([]byte, error) {
 			case sub == subMemoryCopy && idx == 0 && m.copyHelper >= 0:
 				out = append(out, opCall)
 				out = appendU32(out, uint32(m.copyHelper))
+			case bulkShift(sub) >= 0:
+				// Charged by its length, read off the stack: a loop of memory.init or
+				// table.fill does real work per iteration that its header does not see.
+				out = m.appendBulkCharge(out, t, t+1, bulkShift(sub))
+				out = append(out, body[start:r.off]...)
 			default:
 				out = append(out, body[start:r.off]...)
 			}
@@ -478,6 +549,20 @@ func (m *moduleInfo) appendCheckTail(out []byte, temp uint32) []byte {
 	out = append(out, opGlobalSet)
 	out = appendU32(out, m.budgetGlobal)
 	return append(out, opEnd)
+}
+
+// appendBulkCharge appends "budget -= len>>shift + 1; check" for the length on top of
+// the stack, which it leaves there.
+func (m *moduleInfo) appendBulkCharge(out []byte, temp, length uint32, shift int) []byte {
+	const i32ShrU = 0x76
+	out = append(out, opLocalTee)
+	out = appendU32(out, length)
+	out = append(out, opGlobalGet)
+	out = appendU32(out, m.budgetGlobal)
+	out = append(out, opLocalGet)
+	out = appendU32(out, length)
+	out = append(out, opI32Const, byte(shift), i32ShrU, opI32Sub, opI32Const, 0x01)
+	return m.appendCheckTail(out, temp)
 }
 
 // appendDepthEnter appends "depth++; if depth > max { stack_exhausted() }".

@@ -147,7 +147,7 @@ func parse(module []byte) (*moduleInfo, error) {
 		return nil, errors.New("not a WebAssembly 1.0 binary module (bad magic or version)")
 	}
 	r := &reader{b: module, off: len(wasmHeader)}
-	m := &moduleInfo{known: map[byte][]byte{}}
+	m := &moduleInfo{known: map[byte][]byte{}, size: len(module)}
 	last, lastOrder := byte(0), 0
 	for !r.done() {
 		id := r.byte()
@@ -183,4 +183,29 @@ func parse(module []byte) (*moduleInfo, error) {
 		return nil, r.err
 	}
 	return m, nil
+}
+
+// TableElements is how many elements the tables a module declares may hold at most (a
+// table without a maximum counts its minimum): what its instances can make the host hold
+// in tables. Instrumented modules always declare maxima.
+func TableElements(module []byte) (uint64, error) {
+	m, err := parse(module)
+	if err != nil {
+		return 0, err
+	}
+	r := &reader{b: m.known[secTable]}
+	if r.b == nil {
+		return 0, nil
+	}
+	var total uint64
+	n := r.count()
+	for i := uint32(0); i < n && r.err == nil; i++ {
+		r.byte()
+		lo, hi, hasMax := r.limits()
+		if hasMax {
+			lo = hi
+		}
+		total += uint64(lo)
+	}
+	return total, r.err
 }

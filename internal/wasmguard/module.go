@@ -11,6 +11,7 @@ import (
 type moduleInfo struct {
 	sections []section
 	known    map[byte][]byte
+	size     int // the module's bytes
 
 	types        []funcType
 	funcImports  uint32
@@ -41,6 +42,10 @@ const shift = 2
 
 func (m *moduleInfo) tickFunc() uint32  { return m.funcImports }
 func (m *moduleInfo) stackFunc() uint32 { return m.funcImports + 1 }
+
+// ownFunc reports whether i names one of the module's own functions (imported or
+// defined), not one the rewrite adds.
+func (m *moduleInfo) ownFunc(i uint32) bool { return uint64(i) < uint64(m.funcImports)+uint64(len(m.funcTypes)) }
 
 // funcIndex maps an original function index to its index in the rewritten module.
 func (m *moduleInfo) funcIndex(i uint32) uint32 {
@@ -344,9 +349,13 @@ func (m *moduleInfo) rewriteTables() ([]byte, error) {
 			if lo > limit {
 				return nil, fmt.Errorf("table %d starts with %d elements, the limit is %d", i, lo, limit)
 			}
-			if !hasMax || hi > limit {
-				hi, hasMax = limit, true
+			if !hasMax {
+				// No maximum: room to double, within the limit. Compilers that declare
+				// none never grow the table (Go, Rust, C), and the host accounts each
+				// table at its maximum.
+				hi, hasMax = min(max(2*lo, 1024), limit), true
 			}
+			hi = min(hi, limit)
 		}
 		b = append(b, ref)
 		if hasMax {
@@ -445,6 +454,9 @@ func (m *moduleInfo) rewriteExports() ([]byte, error) {
 		b = appendName(b, r.name())
 		kind := r.byte()
 		idx := r.u32()
+		if r.err == nil && (kind == 0x00 && !m.ownFunc(idx) || kind == 0x03 && idx >= m.budgetGlobal || kind == 0x01 && int(idx) >= m.tables) {
+			return nil, fmt.Errorf("export %d names index %d of kind %d, past the module's own", i, idx, kind)
+		}
 		if kind == 0x00 {
 			idx = m.funcIndex(idx)
 		}
@@ -466,6 +478,9 @@ func (m *moduleInfo) rewriteStart() ([]byte, error) {
 	idx := r.u32()
 	if r.err == nil && !r.done() {
 		r.fail("trailing bytes")
+	}
+	if r.err == nil && !m.ownFunc(idx) {
+		return nil, fmt.Errorf("start function %d is past the module's own", idx)
 	}
 	return appendU32(nil, m.funcIndex(idx)), r.err
 }
@@ -500,7 +515,11 @@ func (m *moduleInfo) rewriteElements() ([]byte, error) {
 		b = appendU32(b, k)
 		for j := uint32(0); j < k && r.err == nil; j++ {
 			if flags&0x04 == 0 {
-				b = appendU32(b, m.funcIndex(r.u32()))
+				f := r.u32()
+				if r.err == nil && !m.ownFunc(f) {
+					return nil, fmt.Errorf("element segment %d names function %d, past the module's own", i, f)
+				}
+				b = appendU32(b, m.funcIndex(f))
 			} else if b, err = m.copyConstExpr(r, b); err != nil {
 				return nil, fmt.Errorf("element segment %d item %d: %w", i, j, err)
 			}
@@ -521,8 +540,12 @@ func (m *moduleInfo) copyConstExpr(r *reader, b []byte) ([]byte, error) {
 		case 0x0b:
 			return append(b, op), nil
 		case 0xd2:
+			f := r.u32()
+			if r.err == nil && !m.ownFunc(f) {
+				return nil, fmt.Errorf("ref.func %d is past the module's own functions", f)
+			}
 			b = append(b, op)
-			b = appendU32(b, m.funcIndex(r.u32()))
+			b = appendU32(b, m.funcIndex(f))
 			continue
 		case 0x41:
 			r.signed(32)
@@ -533,7 +556,10 @@ func (m *moduleInfo) copyConstExpr(r *reader, b []byte) ([]byte, error) {
 		case 0x44:
 			r.bytes(8)
 		case 0x23:
-			r.u32()
+			// Only imported globals are valid here; the rewrite's are never.
+			if g := r.u32(); r.err == nil && g >= m.globals {
+				return nil, fmt.Errorf("global.get %d in a constant expression names no imported global", g)
+			}
 		case 0xd0:
 			r.byte()
 		case 0xfd:

@@ -1,0 +1,86 @@
+package runtime
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+)
+
+// WASI errnos fd_write answers with.
+const (
+	errnoSuccess = 0
+	errnoBadf    = 8
+	errnoFault   = 21
+	errnoInval   = 28
+)
+
+// maxIovecs is the most buffers one fd_write may pass, as IOV_MAX on Linux: wazero's
+// own fd_write walks any number of them in one host call, which the deadline guard
+// charges as one call (1M iovecs a call ran 100 ms).
+const maxIovecs = 1024
+
+// instantiateWASI links WASI preview 1 as wazero provides it, except fd_write: a pack has
+// no files, only stdout and stderr, which go to the revision's rate-limited guest log.
+func (e *Engine) instantiateWASI(ctx context.Context) error {
+	b := e.rt.NewHostModuleBuilder(wasi_snapshot_preview1.ModuleName)
+	wasi_snapshot_preview1.NewFunctionExporter().ExportFunctions(b)
+	i32 := api.ValueTypeI32
+	b.NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(fdWrite), []api.ValueType{i32, i32, i32, i32}, []api.ValueType{i32}).
+		WithParameterNames("fd", "iovs", "iovs_len", "result.nwritten").Export("fd_write")
+	if _, err := b.Instantiate(ctx); err != nil {
+		return fmt.Errorf("instantiate WASI: %w", err)
+	}
+	return nil
+}
+
+// fdWrite writes a guest's stdout (fd 1) or stderr (fd 2) to its revision's log, one
+// line of at most maxLogLineBytes a call, and refuses other descriptors and more than
+// maxIovecs buffers.
+func fdWrite(ctx context.Context, mod api.Module, stack []uint64) {
+	checkDeadline(ctx)
+	fd, iovs, n, result := api.DecodeU32(stack[0]), api.DecodeU32(stack[1]), api.DecodeU32(stack[2]), api.DecodeU32(stack[3])
+	errno := func(e uint32) { stack[0] = uint64(e) }
+	if fd != 1 && fd != 2 {
+		errno(errnoBadf)
+		return
+	}
+	if n > maxIovecs {
+		errno(errnoInval)
+		return
+	}
+	mem := mod.Memory()
+	vecs, ok := mem.Read(iovs, n*8)
+	if !ok {
+		errno(errnoFault)
+		return
+	}
+	var line []byte
+	var written uint32
+	for i := range n {
+		ptr, size := binary.LittleEndian.Uint32(vecs[8*i:]), binary.LittleEndian.Uint32(vecs[8*i+4:])
+		buf, ok := mem.Read(ptr, size)
+		if !ok {
+			errno(errnoFault)
+			return
+		}
+		if room := maxLogLineBytes - len(line); room > 0 {
+			line = append(line, buf[:min(len(buf), room)]...)
+		}
+		written += size
+	}
+	if !mem.WriteUint32Le(result, written) {
+		errno(errnoFault)
+		return
+	}
+	if c, _ := ctx.Value(callKey{}).(*call); c != nil && len(line) > 0 {
+		level := 1
+		if fd == 2 {
+			level = 0
+		}
+		c.rev.guestLog(c.pack.id, level, line)
+	}
+	errno(errnoSuccess)
+}
