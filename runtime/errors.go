@@ -35,7 +35,7 @@ var (
 	// ErrStateUnavailable: the state store (the API server) did not answer within the
 	// commit timeout, or recently did not and commits are held back until it does. The
 	// error says whether the activity's writes were not applied or whether that is
-	// unknown (see StateOutcomeUnknown); retry after a second.
+	// unknown (see ErrOutcomeUnknown); retry after a second.
 	ErrStateUnavailable = errors.New("state unavailable")
 	// ErrInvalidPack: the module or its manifest cannot be loaded.
 	ErrInvalidPack = errors.New("invalid pack")

@@ -77,7 +77,12 @@ type Txn interface {
 }
 
 // MemStore is an in-memory Store with the same transaction semantics as the
-// ConfigMap-backed one: optimistic, per-key versions, conflict on a changed read.
+// ConfigMap-backed one, which the suite in runtime/storetest checks on both:
+// optimistic, per-key versions; a transaction's reads (values and waits, any key) are
+// validated at commit and a changed one fails it with ErrConflict, applying none of its
+// writes; a transaction reads its own writes; one that wrote nothing commits nothing;
+// commits apply in the order they are made. Every commit is atomic, as a cross-shard
+// commit of the ConfigMap-backed store is.
 type MemStore struct {
 	mu      sync.Mutex
 	values  map[StateKey]memValue
@@ -163,6 +168,13 @@ func (t *memTxn) Delete(key StateKey) error {
 }
 
 func (t *memTxn) Wait(session string) (*Wait, error) {
+	if w, ok := t.waitWrites[session]; ok {
+		if w == nil {
+			return nil, nil
+		}
+		cp := *w
+		return &cp, nil
+	}
 	t.store.mu.Lock()
 	w, ok := t.store.waits[session]
 	t.store.mu.Unlock()
@@ -187,6 +199,11 @@ func (t *memTxn) SetWait(session string, w *Wait) {
 }
 
 func (t *memTxn) Commit(context.Context) error {
+	// As in the ConfigMap-backed store, a transaction that wrote nothing commits
+	// nothing; one that did is validated against every read, whatever key or session.
+	if len(t.writes) == 0 && len(t.waitWrites) == 0 {
+		return nil
+	}
 	s := t.store
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -199,9 +216,6 @@ func (t *memTxn) Commit(context.Context) error {
 		if s.waits[k].version != ver {
 			return &ConflictError{Key: "session " + k}
 		}
-	}
-	if len(t.writes) == 0 && len(t.waitWrites) == 0 {
-		return nil
 	}
 	s.version++
 	for k, v := range t.writes {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/packhost/packhost/internal/testenv"
 	"github.com/packhost/packhost/runtime"
+	"github.com/packhost/packhost/runtime/storetest"
 	"github.com/packhost/packhost/state"
 )
 
@@ -409,5 +410,19 @@ func TestCrossShardResumeOnce(t *testing.T) {
 	}
 	if n, _ := get(t, newStore(t, state.Options{}).Namespace(spec), count); n != strconv.Itoa(waits) {
 		t.Fatalf("%d waits resumed %s times", waits, n)
+	}
+}
+
+// The ConfigMap-backed store keeps the transaction contract the in-memory store keeps,
+// with one shard and with four.
+func TestNamespaceTransactions(t *testing.T) {
+	testenv.Require(t, env)
+	s := newStore(t, state.Options{})
+	for _, shards := range []int{1, 4} {
+		t.Run("shards="+strconv.Itoa(shards), func(t *testing.T) {
+			storetest.Run(t, func(t *testing.T) runtime.Store {
+				return ensure(t, s, state.Spec{Namespace: env.Namespace(t, "txn"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: shards})
+			})
+		})
 	}
 }
