@@ -127,14 +127,15 @@ func secretFailure(err error) *failure {
 // tenant that the runtime is built from (env, policy, effective limits, allowlisted
 // Secrets). A loaded runtime with another key is loaded again, so a tenant change
 // reaches loaded revisions.
-func loadKey(rev *v1.Revision, tenant *v1.Tenant, limits runtime.Limits) string {
+func loadKey(rev *v1.Revision, tenant *v1.Tenant, limits runtime.Limits, maxBody int64) string {
 	b, _ := json.Marshal(struct {
 		UID     types.UID
 		Env     string
 		Policy  v1.TenantPolicy
 		Limits  runtime.Limits
+		MaxBody int64
 		Secrets []v1.LocalObjectReference
-	}{rev.UID, tenant.Spec.Env, tenant.Spec.Policy, limits, tenant.Spec.Secrets})
+	}{rev.UID, tenant.Spec.Env, tenant.Spec.Policy, limits, maxBody, tenant.Spec.Secrets})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
 }

@@ -143,6 +143,9 @@ func (l *loader) run(ctx context.Context, name types.NamespacedName, j *loadJob,
 	if ok {
 		loaded, fail = fn(ctx)
 		release()
+		if loaded == nil && fail == nil {
+			fail = &failure{v1.RevisionLoaded, v1.ReasonInvalidWasm, "load returned no runtime", true}
+		}
 	}
 	l.mu.Lock()
 	if l.jobs[name] != j || ctx.Err() != nil { // replaced, forgotten or shutting down

@@ -101,6 +101,7 @@ type revisionScope struct {
 
 	tenant   *v1.Tenant
 	limits   runtime.Limits
+	maxBody  int64
 	routed   bool
 	sessions int
 	loaded   *Loaded
@@ -224,12 +225,12 @@ func (r *RevisionReconciler) phaseTenant(ctx context.Context, s *revisionScope) 
 		}
 		return r.fail(ctx, s, f), nil
 	}
-	limits, _, f := effectiveLimits(tenant.Spec.Limits, s.rev.Spec.Limits)
+	limits, maxBody, f := effectiveLimits(tenant.Spec.Limits, s.rev.Spec.Limits)
 	if f != nil {
 		s.done = true
 		return r.fail(ctx, s, f), nil
 	}
-	s.tenant, s.limits = tenant, limits
+	s.tenant, s.limits, s.maxBody = tenant, limits, maxBody
 	return ctrl.Result{}, nil
 }
 
@@ -238,10 +239,10 @@ func (r *RevisionReconciler) phaseTenant(ctx context.Context, s *revisionScope) 
 // While it loads, status says Loading (or, while an older runtime keeps serving,
 // Reloading); the loader re-enqueues the revision when it is done.
 func (r *RevisionReconciler) phaseLoad(ctx context.Context, s *revisionScope) (ctrl.Result, error) {
-	key := loadKey(s.rev, s.tenant, s.limits)
+	key := loadKey(s.rev, s.tenant, s.limits, s.maxBody)
 	s.loaded = r.Runtimes.Get(s.key)
 	if s.loaded == nil || s.loaded.Key != key {
-		in := loadInput{rev: s.rev.DeepCopy(), tenant: s.tenant.DeepCopy(), limits: s.limits, key: key, log: s.log}
+		in := loadInput{rev: s.rev.DeepCopy(), tenant: s.tenant.DeepCopy(), limits: s.limits, maxBody: s.maxBody, key: key, log: s.log}
 		done, l, f := r.loader.load(s.key, key, sourceOrigins(s.rev.Spec.Packs), func(ctx context.Context) (*Loaded, *failure) {
 			return r.load(ctx, in)
 		})

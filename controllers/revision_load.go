@@ -19,8 +19,10 @@ type loadInput struct {
 	rev    *v1.Revision
 	tenant *v1.Tenant
 	limits runtime.Limits
-	key    string
-	log    logr.Logger
+	// maxBody is the largest activity the revision takes (its own limit or its tenant's).
+	maxBody int64
+	key     string
+	log     logr.Logger
 }
 
 // load fetches, verifies and compiles the revision's packs, ensures its state and
@@ -28,7 +30,7 @@ type loadInput struct {
 func (r *RevisionReconciler) load(ctx context.Context, in loadInput) (*Loaded, *failure) {
 	rev, tenant, limits := in.rev, in.tenant, in.limits
 	ctx = logr.NewContext(ctx, in.log)
-	l := &Loaded{UID: rev.UID, Key: in.key, Tenant: tenant.Name, Shards: int(rev.Spec.State.Shards)}
+	l := &Loaded{UID: rev.UID, Key: in.key, Tenant: tenant.Name, Shards: int(rev.Spec.State.Shards), MaxBodyBytes: in.maxBody}
 	var compiled []*runtime.Pack
 	release := func() {
 		for _, p := range compiled {

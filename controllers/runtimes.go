@@ -22,6 +22,9 @@ type Loaded struct {
 	Packs           []packhostv1alpha1.PackStatus
 	StateConfigMaps []string
 	Shards          int
+	// MaxBodyBytes is the largest activity the revision takes: its
+	// spec.limits.maxRequestBodyBytes, else its tenant's.
+	MaxBodyBytes int64
 }
 
 // Runtimes is this replica's registry of loaded revision runtimes. Every replica loads
@@ -78,6 +81,16 @@ func (r *Runtimes) Unload(ctx context.Context, key types.NamespacedName) bool {
 		}
 	}
 	return l != nil
+}
+
+// MaxBodyBytes returns the largest activity a loaded revision of tenant takes, for the
+// dispatcher to answer 413 past it once it has picked the revision; false when the
+// revision is not loaded.
+func (r *Runtimes) MaxBodyBytes(namespace, tenant, name string) (int64, bool) {
+	if l := r.Get(types.NamespacedName{Namespace: namespace, Name: name}); l != nil && l.Tenant == tenant {
+		return l.MaxBodyBytes, true
+	}
+	return 0, false
 }
 
 // UsesDigest reports whether a loaded revision runs the pack with digest (sha256:<hex>).
