@@ -3,10 +3,9 @@ package wasmguard
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
-
-	"github.com/tetratelabs/wazero"
 )
 
 // gen builds a valid, terminating module from fuzz bytes: functions of (i32, i32) -> i32
@@ -238,7 +237,9 @@ func FuzzInstrument(f *testing.F) {
 }
 
 // FuzzInstrumentBytes mutates whole binaries: Instrument never panics, refuses only with
-// ErrUnsupported, and whatever it returns for a module wazero accepts is accepted too.
+// ErrUnsupported, whatever it returns for a module wazero accepts is accepted too, and
+// what it returns for a module wazero refuses is refused too (a rewrite that made an
+// invalid module valid would let it name what the rewrite adds).
 func FuzzInstrumentBytes(f *testing.F) {
 	for _, m := range [][]byte{fibModule().bytes(), loopSumModule(), copyModule(), tableModule(), multiValueModule(), callChainModule(), genModule([]byte("\x03\x0b\x05\x03\x02\x01"))} {
 		f.Add(m)
@@ -252,13 +253,21 @@ func FuzzInstrumentBytes(f *testing.F) {
 			return
 		}
 		ctx := context.Background()
-		rt := wazero.NewRuntime(ctx)
-		defer rt.Close(ctx)
-		if _, err := rt.CompileModule(ctx, mod); err != nil {
-			return
+		rt, err := newGuardRuntime(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if _, err := rt.CompileModule(ctx, out); err != nil {
-			t.Fatalf("the original validates, the instrumented does not: %v", err)
+		defer rt.Close(ctx)
+		_, origErr := rt.CompileModule(ctx, mod)
+		_, outErr := rt.CompileModule(ctx, out)
+		switch {
+		case origErr == nil && outErr != nil:
+			t.Fatalf("the original validates, the instrumented does not: %v", outErr)
+		case origErr != nil && outErr == nil && !strings.Contains(origErr.Error(), "failed to read custom section name"):
+			// (wazero v1.12 refuses a custom section with an empty payload when it is the
+			// module's last section, which the rewritten module's never is: a quirk of
+			// its reader, nothing the module can name.)
+			t.Fatalf("the original is invalid (%v), the instrumented validates", origErr)
 		}
 	})
 }

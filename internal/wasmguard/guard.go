@@ -32,8 +32,12 @@
 //     maximum lowered to that, so table.grow fails inside the guest (it returns -1, as the
 //     specification allows) instead of taking the host's memory.
 //   - Custom sections are kept, except the name section, which is rewritten (function and
-//     local names renumbered; label names dropped, since the added blocks move labels), and
-//     .debug_* and sourceMappingURL, whose code offsets no longer hold.
+//     local names renumbered; label names dropped, since the added blocks move labels; a
+//     malformed one refuses the module, as wazero does), and .debug_* and
+//     sourceMappingURL, whose code offsets no longer hold.
+//   - Every index the module's code and sections use is checked against the module's
+//     own counts: one past them would name what the rewrite adds (the budget global,
+//     the helpers) and make an invalid module valid.
 //
 // What the rewriter does not know (tail calls, exceptions, threads, GC types, memory64,
 // multiple memories, relaxed SIMD) it refuses with an error, never a broken module.

@@ -45,7 +45,9 @@ func (m *moduleInfo) stackFunc() uint32 { return m.funcImports + 1 }
 
 // ownFunc reports whether i names one of the module's own functions (imported or
 // defined), not one the rewrite adds.
-func (m *moduleInfo) ownFunc(i uint32) bool { return uint64(i) < uint64(m.funcImports)+uint64(len(m.funcTypes)) }
+func (m *moduleInfo) ownFunc(i uint32) bool {
+	return uint64(i) < uint64(m.funcImports)+uint64(len(m.funcTypes))
+}
 
 // funcIndex maps an original function index to its index in the rewritten module.
 func (m *moduleInfo) funcIndex(i uint32) uint32 {
@@ -102,6 +104,18 @@ func (m *moduleInfo) rewrite(opts Options) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("element section: %w", err)
 	}
+	names := map[int][]byte{}
+	for i, s := range m.sections {
+		if s.id == secCustom && s.name == "name" {
+			body, ok := m.rewriteNames(s.body)
+			if !ok {
+				// wazero refuses a malformed name section; so does the rewrite, rather
+				// than drop it and make an invalid module valid.
+				return nil, errors.New("malformed name section")
+			}
+			names[i] = body
+		}
+	}
 	// Functions are added last: helpers were decided while rewriting the code.
 	funcOut := m.rewriteFunctions()
 	typeOut := m.rewriteTypes()
@@ -120,15 +134,13 @@ func (m *moduleInfo) rewrite(opts Options) ([]byte, error) {
 		b = append(b, body...)
 	}
 	customsAfter := func(id byte) {
-		for _, s := range m.sections {
+		for i, s := range m.sections {
 			if s.id != secCustom || s.after != id {
 				continue
 			}
 			switch {
 			case s.name == "name":
-				if body, ok := m.rewriteNames(s.body); ok {
-					emit(secCustom, body)
-				}
+				emit(secCustom, names[i])
 			case strings.HasPrefix(s.name, ".debug_"), s.name == "sourceMappingURL":
 				// Offsets into the code no longer hold.
 			default:

@@ -9,8 +9,7 @@ const (
 )
 
 // rewriteNames renumbers the name section's functions, names the added imports and
-// helpers, and drops label names. ok is false when the section cannot be read: it is
-// then dropped, as a runtime ignores a name section it cannot read.
+// helpers, and drops label names. ok is false when the section cannot be read.
 func (m *moduleInfo) rewriteNames(body []byte) (out []byte, ok bool) {
 	r := &reader{b: body}
 	out = appendName(nil, r.name())
