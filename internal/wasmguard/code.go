@@ -275,6 +275,8 @@ func (m *moduleInfo) scanCode() error {
 				loopDepths = append(loopDepths, false)
 			case opCall, opCallIndirect:
 				fi.hasCall = true
+			case opRefFunc:
+				m.importRefs = m.importRefs || idx < m.funcImports
 			case opPrefixFC:
 				fi.usesFill = fi.usesFill || sub == subMemoryFill && idx == 0
 				fi.usesCopy = fi.usesCopy || sub == subMemoryCopy && idx == 0
@@ -477,7 +479,11 @@ func (m *moduleInfo) rewriteBody(i int, out []byte) ([]byte, error) {
 			}
 		case opCallIndirect:
 			out = append(out, body[start:r.off]...)
-			regions[cur].cost += LeafMax
+			if m.importRefs {
+				regions[cur].cost += ImportCallCost // it may reach the host
+			} else {
+				regions[cur].cost += LeafMax
+			}
 		case opRefFunc:
 			out = append(out, opRefFunc)
 			out = appendU32(out, m.funcIndex(idx))

@@ -29,6 +29,9 @@ type moduleInfo struct {
 	helperType   uint32
 	budgetGlobal uint32
 	depthGlobal  uint32
+	// importRefs is set when a table may hold an imported function (an element or a
+	// ref.func names one): an indirect call may then reach the host.
+	importRefs   bool
 	fillHelper   int64 // function index, or -1 when not needed
 	copyHelper   int64
 }
@@ -85,6 +88,10 @@ func (m *moduleInfo) rewrite(opts Options) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("global section: %w", err)
 	}
+	elemOut, err := m.rewriteElements()
+	if err != nil {
+		return nil, fmt.Errorf("element section: %w", err)
+	}
 	if err := m.scanCode(); err != nil {
 		return nil, fmt.Errorf("code section: %w", err)
 	}
@@ -99,10 +106,6 @@ func (m *moduleInfo) rewrite(opts Options) ([]byte, error) {
 	startOut, err := m.rewriteStart()
 	if err != nil {
 		return nil, fmt.Errorf("start section: %w", err)
-	}
-	elemOut, err := m.rewriteElements()
-	if err != nil {
-		return nil, fmt.Errorf("element section: %w", err)
 	}
 	names := map[int][]byte{}
 	for i, s := range m.sections {
@@ -531,6 +534,7 @@ func (m *moduleInfo) rewriteElements() ([]byte, error) {
 				if r.err == nil && !m.ownFunc(f) {
 					return nil, fmt.Errorf("element segment %d names function %d, past the module's own", i, f)
 				}
+				m.importRefs = m.importRefs || f < m.funcImports
 				b = appendU32(b, m.funcIndex(f))
 			} else if b, err = m.copyConstExpr(r, b); err != nil {
 				return nil, fmt.Errorf("element segment %d item %d: %w", i, j, err)
@@ -556,6 +560,7 @@ func (m *moduleInfo) copyConstExpr(r *reader, b []byte) ([]byte, error) {
 			if r.err == nil && !m.ownFunc(f) {
 				return nil, fmt.Errorf("ref.func %d is past the module's own functions", f)
 			}
+			m.importRefs = m.importRefs || f < m.funcImports
 			b = append(b, op)
 			b = appendU32(b, m.funcIndex(f))
 			continue
