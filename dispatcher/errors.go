@@ -28,7 +28,11 @@ const (
 	CodeNoSuchFlow      = "no_such_flow"
 	CodeUnknownTag      = "unknown_tag"
 	CodeStateFull       = "state_full"
-	CodeUnsupported     = "unsupported"
+	// CodeStateUnavailable answers a stateful activity whose commit the API server did
+	// not answer in time, or held back by the breaker while it does not (503, with
+	// Retry-After); the message says when the outcome is unknown.
+	CodeStateUnavailable = "state_unavailable"
+	CodeUnsupported      = "unsupported"
 	// The ways a provider invoke fails closed (see invokeStatusOf).
 	CodeNoBinding        = "no_binding"
 	CodeAmbiguousBinding = "ambiguous_binding"
@@ -76,6 +80,8 @@ func statusOf(err error) (int, string) {
 		return http.StatusNotFound, CodeNoSuchFlow
 	case errors.Is(err, runtime.ErrOverloaded):
 		return http.StatusTooManyRequests, CodeOverloaded
+	case errors.Is(err, runtime.ErrStateUnavailable):
+		return http.StatusServiceUnavailable, CodeStateUnavailable
 	case errors.Is(err, runtime.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout, CodeTimeout
 	case errors.Is(err, runtime.ErrResourceLimit):

@@ -301,6 +301,12 @@ func TestRevisionsAreIsolated(t *testing.T) {
 // runtimeOn loads the counter pack into a fresh engine (one per replica) on ns.
 func runtimeOn(t testing.TB, ns runtime.Store, pack string) *runtime.Revision {
 	t.Helper()
+	return runtimeOnWith(t, ns, pack, 30*time.Second)
+}
+
+// runtimeOnWith is runtimeOn with an activity deadline.
+func runtimeOnWith(t testing.TB, ns runtime.Store, pack string, timeout time.Duration) *runtime.Revision {
+	t.Helper()
 	ctx := context.Background()
 	e, err := runtime.NewEngine(ctx, runtime.EngineConfig{CacheDir: packCache})
 	if err != nil {
@@ -310,7 +316,7 @@ func runtimeOn(t testing.TB, ns runtime.Store, pack string) *runtime.Revision {
 	rev, err := packs.Revision(ctx, e, runtime.RevisionConfig{
 		Name: "r", Env: "prod", Tenant: "acme", Store: ns, Logger: logr.Discard(),
 		Policy: runtime.Policy{StateRead: true, StateWrite: true},
-		Limits: runtime.Limits{MaxConcurrency: 64, Timeout: 30 * time.Second, MaxReruns: 1000},
+		Limits: runtime.Limits{MaxConcurrency: 64, Timeout: timeout, MaxReruns: 1000},
 	}, pack)
 	if err != nil {
 		t.Fatal(err)
