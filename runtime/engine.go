@@ -64,7 +64,8 @@ type Engine struct {
 	unguarded bool
 	cacheDir  string
 
-	mem memoryBudget
+	mem         memoryBudget
+	lastRelieve atomic.Int64 // when idle instances were last closed for room (unix ns)
 	// lastReturn is when memory was last handed back to the OS (unix nanoseconds).
 	lastReturn atomic.Int64
 
@@ -251,12 +252,12 @@ func (e *Engine) compile(ctx context.Context, wasm []byte, digest string) (*Pack
 		_ = compiled.Close(ctx)
 		return nil, err
 	}
-	tables, err := wasmguard.TableElements(code)
+	tables, globals, err := wasmguard.Footprint(code)
 	if err != nil {
 		_ = compiled.Close(ctx)
 		return nil, invalidPack("%s: %v", m.PackID, err)
 	}
-	p.overhead = instanceOverhead + int64(tables)*tableElementBytes
+	p.overhead = instanceOverhead + int64(tables)*tableElementBytes + int64(globals)*globalBytes
 	p.reserved, ok = reserved, true
 	return p, nil
 }

@@ -2,7 +2,10 @@ package runtime
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
+	"io"
+	mrand "math/rand/v2"
 	"time"
 
 	"github.com/tetratelabs/wazero"
@@ -77,6 +80,11 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 	if p.clocks {
 		cfg = cfg.WithNanosleep(inst.sleep)
 	}
+	var src io.Reader = rand.Reader
+	if !p.random {
+		src = mrand.NewChaCha8([32]byte{}) // deterministic, as wazero's default source
+	}
+	cfg = cfg.WithRandSource(&guardedRandom{src: src, s: &inst.sleeper})
 	inst.sleeping = ctx
 	mod, err := instantiate(ctx, r.engine.rt, p.pack.compiled, cfg)
 	inst.sleeping = nil

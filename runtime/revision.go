@@ -2,7 +2,6 @@ package runtime
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,6 +51,7 @@ type packRuntime struct {
 	secrets    map[string]bool
 	modConfig  wazero.ModuleConfig
 	clocks     bool          // the pack may sleep
+	random     bool          // the pack reads crypto/rand (else a fixed-seed source)
 	memory     *tenantMemory // the tenant's account in the memory budget
 
 	mu    sync.Mutex
@@ -174,9 +174,7 @@ func (r *Revision) grant(p *Pack, cfg RevisionConfig) (*packRuntime, error) {
 		mc = mc.WithSysWalltime().WithSysNanotime()
 		pr.clocks = true
 	}
-	if caps.WASI.Random {
-		mc = mc.WithRandSource(rand.Reader)
-	}
+	pr.random = caps.WASI.Random
 	pr.modConfig = mc
 	pr.memory = r.memory
 	return pr, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
@@ -83,4 +84,23 @@ func fdWrite(ctx context.Context, mod api.Module, stack []uint64) {
 		c.rev.guestLog(c.pack.id, level, line)
 	}
 	errno(errnoSuccess)
+}
+
+// randomChunk is the most random bytes one read of an instance's random source gives:
+// wazero's random_get reads until the guest's whole buffer is full, and the source
+// checks the deadline between reads, so a gigabyte of random_get ends at the deadline.
+const randomChunk = 64 << 10
+
+// guardedRandom is an instance's random source (crypto/rand with the WASI random
+// capability, a fixed-seed generator without it, as wazero's default is).
+type guardedRandom struct {
+	src io.Reader
+	s   *sleeper // the instance's: where the running call's context is
+}
+
+func (g *guardedRandom) Read(p []byte) (int, error) {
+	if ctx := g.s.sleeping; ctx != nil {
+		checkDeadline(ctx) // panics: the call ends with the deadline's error
+	}
+	return g.src.Read(p[:min(len(p), randomChunk)])
 }

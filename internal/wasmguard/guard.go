@@ -189,27 +189,35 @@ func parse(module []byte) (*moduleInfo, error) {
 	return m, nil
 }
 
-// TableElements is how many elements the tables a module declares may hold at most (a
-// table without a maximum counts its minimum): what its instances can make the host hold
-// in tables. Instrumented modules always declare maxima.
-func TableElements(module []byte) (uint64, error) {
+// Footprint is what each instance of a module makes the host hold besides its memory:
+// the elements its tables may hold at most (a table without a maximum counts its
+// minimum; instrumented modules always declare maxima) and its globals.
+func Footprint(module []byte) (tableElements, globals uint64, err error) {
 	m, err := parse(module)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	r := &reader{b: m.known[secTable]}
-	if r.b == nil {
-		return 0, nil
-	}
-	var total uint64
-	n := r.count()
-	for i := uint32(0); i < n && r.err == nil; i++ {
-		r.byte()
-		lo, hi, hasMax := r.limits()
-		if hasMax {
-			lo = hi
+	if b := m.known[secTable]; b != nil {
+		r := &reader{b: b}
+		n := r.count()
+		for i := uint32(0); i < n && r.err == nil; i++ {
+			r.byte()
+			lo, hi, hasMax := r.limits()
+			if hasMax {
+				lo = hi
+			}
+			tableElements += uint64(lo)
 		}
-		total += uint64(lo)
+		if r.err != nil {
+			return 0, 0, r.err
+		}
 	}
-	return total, r.err
+	if b := m.known[secGlobal]; b != nil {
+		r := &reader{b: b}
+		globals = uint64(r.count())
+		if r.err != nil {
+			return 0, 0, r.err
+		}
+	}
+	return tableElements, globals, nil
 }
