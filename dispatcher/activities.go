@@ -68,6 +68,13 @@ func (s *Server) serveActivity(rw http.ResponseWriter, r *http.Request, ns, tena
 		return
 	}
 	rt := s.Revisions.Revision(ns, tenant, revision)
+	if bl, ok := s.Revisions.(BodyLimits); ok && rt != nil {
+		// The body was read under the tenant's limit; the revision's may be lower.
+		if limit, ok := bl.MaxBodyBytes(ns, tenant, revision); ok && limit > 0 && int64(len(body)) > limit {
+			writeError(w, http.StatusRequestEntityTooLarge, CodeTooLarge, fmt.Sprintf("the body is larger than revision %s's %d-byte limit", revision, limit))
+			return
+		}
+	}
 	if rt == nil {
 		writeError(w, http.StatusServiceUnavailable, CodeNoReadyRevision, fmt.Sprintf("revision %s is not loaded on this replica", revision))
 		// Only loaded revisions get series: a name a routing caller made up, or one

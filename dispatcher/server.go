@@ -27,6 +27,13 @@ type Revisions interface {
 	Revision(namespace, tenant, name string) *runtime.Revision
 }
 
+// BodyLimits, when the Revisions also implement it, gives a loaded revision's own body
+// limit (its spec.limits.maxRequestBodyBytes, at most the tenant's); ok is false when
+// it has none of its own.
+type BodyLimits interface {
+	MaxBodyBytes(namespace, tenant, name string) (limit int64, ok bool)
+}
+
 // Pins says which revision holds a live wait for a session key.
 type Pins interface {
 	PinnedRevision(session string, now time.Time) (string, bool)
