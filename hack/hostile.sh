@@ -61,6 +61,7 @@ attack() {
   done
 }
 calm() {
+  [ ${#attackers[@]} -gt 0 ] || return 0 # a bare wait would wait for the control plane
   for pid in "${attackers[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait "${attackers[@]}" 2>/dev/null || true
   attackers=()
