@@ -37,6 +37,9 @@ var (
 	// error says whether the activity's writes were not applied or whether that is
 	// unknown (see ErrOutcomeUnknown); retry after a second.
 	ErrStateUnavailable = errors.New("state unavailable")
+	// ErrInProgress: a provider invoke with this correlation id is running in another
+	// call, which did not finish before this call's deadline; try again for its answer.
+	ErrInProgress = errors.New("invoke in progress")
 	// ErrInvalidPack: the module or its manifest cannot be loaded.
 	ErrInvalidPack = errors.New("invalid pack")
 	// ErrInvalidManifest: the pack's manifest is missing or malformed; it also matches

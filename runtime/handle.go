@@ -78,17 +78,34 @@ func (r *Revision) Handle(ctx context.Context, a *Activity) ([]Activity, error) 
 	}
 	defer r.release()
 	session := SessionKey(r.env, r.tenant, a)
+	var out []Activity
+	err := r.runWithRetry(ctx, func(ctx context.Context) error {
+		var err error
+		out, err = r.handleOnce(ctx, a, session)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// runWithRetry runs once, a guest run and its state commit, again while it fails with
+// ErrConflict, at most MaxReruns more times, under ctx's deadline. Each run is marked
+// with its attempt (WithAttempt), so the store lets runs that already lost commit
+// first; runs after a conflict wait a jittered, growing moment, so activities that
+// conflicted on a hot key do not collide again in lockstep. It is the one retry path
+// of activities and provider invokes.
+func (r *Revision) runWithRetry(ctx context.Context, once func(ctx context.Context) error) error {
 	for attempt := 0; ; attempt++ {
-		out, err := r.handleOnce(WithAttempt(ctx, attempt), a, session)
+		err := once(WithAttempt(ctx, attempt))
 		if !errors.Is(err, ErrConflict) || attempt >= r.limits.MaxReruns {
-			return out, err
+			return err
 		}
-		// Activities that conflicted on a hot key retry at jittered times, so they do not
-		// collide again in lockstep.
 		select {
 		case <-time.After(time.Duration(mrand.Int64N(int64(time.Millisecond) << min(attempt, 5)))):
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: %s: re-running after conflicts until the deadline", ErrTimeout, r.name)
+			return fmt.Errorf("%w: %s: re-running after conflicts until the deadline", ErrTimeout, r.name)
 		}
 	}
 }

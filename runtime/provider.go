@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/tetratelabs/wazero/api"
 )
@@ -164,7 +166,9 @@ type InvokeRequest struct {
 
 // Invoke runs a provider op on the one pack that binds the provider type. It fails
 // closed: no pack, several packs, an op outside the pack's allowlist, or an unloaded
-// revision are refused with typed errors.
+// revision are refused with typed errors. With a correlation id, the op runs at most
+// once per (revision, correlation id) within IdempotencyWindow (see invokeOnceFor);
+// the id alone is the key, whatever the op and payload of a repeat.
 func (r *Revision) Invoke(ctx context.Context, req InvokeRequest) (json.RawMessage, error) {
 	if r.closed.Load() {
 		return nil, fmt.Errorf("%w: %s", ErrNotLoaded, r.name)
@@ -203,28 +207,163 @@ func (r *Revision) Invoke(ctx context.Context, req InvokeRequest) (json.RawMessa
 	// As for activities, the deadline covers every run and the state commit.
 	ctx, cancel := context.WithTimeout(ctx, r.limits.Timeout)
 	defer cancel()
-	for attempt := 0; ; attempt++ {
-		txn, err := r.store.Begin(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("begin state transaction: %w", err)
-		}
-		outs, err := r.callExport(ctx, p, ExportInvoke, payload, txn)
-		if err == nil {
-			err = txn.Commit(ctx)
-		} else {
-			txn.Discard()
-		}
-		if errors.Is(err, ErrConflict) && attempt < r.limits.MaxReruns {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if len(outs) == 0 {
-			return nil, nil
-		}
-		return outs[0].Payload, nil
+	if req.CorrelationID == "" {
+		var out json.RawMessage
+		err := r.runWithRetry(ctx, func(ctx context.Context) error {
+			var err error
+			out, err = r.invokeOnce(ctx, p, payload, "", "")
+			return err
+		})
+		return out, err
 	}
+	return r.invokeOnceFor(ctx, p, payload, req.CorrelationID)
+}
+
+// IdempotencyWindow is how long Invoke remembers a correlation id's answer: a repeat
+// within it gets that answer and the op does not run again.
+const IdempotencyWindow = 24 * time.Hour
+
+// invokeSessionPrefix starts the session keys under which Invoke keeps its records in
+// the revision's state, as waits (so the store sweeps them once they expire). No
+// SessionKey starts with it (they are path-escaped), and a Store does not count them
+// as sessions (see IsInvokeSession).
+const invokeSessionPrefix = "\x00invoke/"
+
+// IsInvokeSession reports whether a session key in a Store is Invoke's record of a
+// correlation id rather than a session: a Store must not pin sessions by it.
+func IsInvokeSession(session string) bool { return strings.HasPrefix(session, invokeSessionPrefix) }
+
+// An invoke record's Flow says what it is; its Data is the claim's id, or the answer.
+const (
+	invokeRunning = "running"
+	invokeDone    = "done"
+	// invokePack is the record's Pack: not a pack id a manifest can declare.
+	invokePack = "\x00invoke"
+)
+
+// invokeOnceFor runs a provider op at most once per correlation id within
+// IdempotencyWindow, across replicas: a committed record in the revision's state holds
+// the first call's answer, which a repeat gets without running the op. A call first
+// claims the id with a short-lived record (the revision's deadline plus a grace, so a
+// crashed caller's claim lapses); a concurrent call with the same id waits for the
+// answer until its deadline, then gets ErrInProgress. The op's state writes and its
+// answer commit in one transaction with the record, so they apply once, however often
+// the claiming call re-runs the op after conflicts; an op that fails drops the claim,
+// and nothing of it is kept, so a retry runs it again.
+func (r *Revision) invokeOnceFor(ctx context.Context, p *packRuntime, payload []byte, corrID string) (json.RawMessage, error) {
+	session := invokeSessionPrefix + corrID
+	claim := fmt.Sprintf("%x", mrand.Uint64())
+	if answer, done, err := r.claimInvoke(ctx, session, claim); err != nil || done {
+		return answer, err
+	}
+	var out json.RawMessage
+	err := r.runWithRetry(ctx, func(ctx context.Context) error {
+		var err error
+		out, err = r.invokeOnce(ctx, p, payload, session, claim)
+		return err
+	})
+	if err != nil && !errors.Is(err, ErrOutcomeUnknown) {
+		r.releaseInvoke(session, claim)
+	}
+	return out, err
+}
+
+// claimInvoke claims a correlation id for this call (nil, false, nil), or returns the
+// answer a call already recorded (answer, true, nil), waiting while another call holds
+// the claim.
+func (r *Revision) claimInvoke(ctx context.Context, session, claim string) (json.RawMessage, bool, error) {
+	var answer json.RawMessage
+	done := false
+	err := r.runWithRetry(ctx, func(ctx context.Context) error {
+		for {
+			txn, err := r.store.Begin(ctx)
+			if err != nil {
+				return fmt.Errorf("begin state transaction: %w", err)
+			}
+			w, err := txn.Wait(session)
+			if err != nil {
+				txn.Discard()
+				return fmt.Errorf("read invoke record: %w", err)
+			}
+			now := r.now()
+			if w != nil && now.Before(w.Expires) {
+				txn.Discard()
+				if w.Flow == invokeDone {
+					answer, done = w.Data, true
+					if len(answer) == 0 {
+						answer = nil
+					}
+					return nil
+				}
+				select {
+				case <-time.After(20 * time.Millisecond):
+					continue
+				case <-ctx.Done():
+					return fmt.Errorf("%w: %s: correlation id is being invoked by another call", ErrInProgress, r.name)
+				}
+			}
+			txn.SetWait(session, &Wait{Pack: invokePack, Flow: invokeRunning, Data: []byte(claim), Expires: now.Add(r.limits.Timeout + invokeClaimGrace)})
+			return txn.Commit(ctx)
+		}
+	})
+	return answer, done, err
+}
+
+// invokeClaimGrace is how long past the revision's deadline a claim lasts: past the
+// longest a claiming call can still commit.
+const invokeClaimGrace = 10 * time.Second
+
+// invokeOnce runs the op once in a state transaction and commits it; with a session,
+// the transaction also checks the call still holds its claim and records the answer.
+func (r *Revision) invokeOnce(ctx context.Context, p *packRuntime, payload []byte, session, claim string) (json.RawMessage, error) {
+	txn, err := r.store.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("begin state transaction: %w", err)
+	}
+	if session != "" {
+		w, err := txn.Wait(session)
+		if err != nil {
+			txn.Discard()
+			return nil, fmt.Errorf("read invoke record: %w", err)
+		}
+		if w == nil || w.Flow != invokeRunning || string(w.Data) != claim {
+			txn.Discard()
+			return nil, fmt.Errorf("%w: %s: the claim on the correlation id lapsed before the op committed", ErrInProgress, r.name)
+		}
+	}
+	outs, err := r.callExport(ctx, p, ExportInvoke, payload, txn)
+	if err != nil {
+		txn.Discard()
+		return nil, err
+	}
+	var answer json.RawMessage
+	if len(outs) > 0 {
+		answer = outs[0].Payload
+	}
+	if session != "" {
+		txn.SetWait(session, &Wait{Pack: invokePack, Flow: invokeDone, Data: append([]byte{}, answer...), Expires: r.now().Add(IdempotencyWindow)})
+	}
+	if err := txn.Commit(ctx); err != nil {
+		return nil, err
+	}
+	return answer, nil
+}
+
+// releaseInvoke drops this call's claim after the op failed, so a retry may run it.
+// It is best effort: a claim left behind lapses after the deadline and its grace.
+func (r *Revision) releaseInvoke(session, claim string) {
+	ctx, cancel := context.WithTimeout(context.Background(), invokeClaimGrace)
+	defer cancel()
+	txn, err := r.store.Begin(ctx)
+	if err != nil {
+		return
+	}
+	if w, err := txn.Wait(session); err != nil || w == nil || string(w.Data) != claim || w.Flow != invokeRunning {
+		txn.Discard()
+		return
+	}
+	txn.SetWait(session, nil)
+	_ = txn.Commit(ctx)
 }
 
 // scopeHeaders keeps the headers the pack's identify hints name: the hint of

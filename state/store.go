@@ -112,12 +112,14 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
+	kruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/packhost/packhost/runtime"
 )
 
 // Labels on every state ConfigMap.
@@ -222,7 +224,7 @@ type Pin struct {
 
 // New creates a Store that watches the state ConfigMaps through cfg. Start it (it is a
 // manager Runnable) before use.
-func New(cfg *rest.Config, scheme *runtime.Scheme, opts Options) (*Store, error) {
+func New(cfg *rest.Config, scheme *kruntime.Scheme, opts Options) (*Store, error) {
 	c, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
 		return nil, fmt.Errorf("create client: %w", err)
@@ -524,7 +526,9 @@ func (s *Store) observe(cm *corev1.ConfigMap) bool {
 				bad[k] = "wait entry does not match its key"
 				continue
 			}
-			s.sessions[pinKey{cm.Namespace, tenant, w.session}] = Pin{Revision: revision, Expires: w.expires}
+			if !runtime.IsInvokeSession(w.session) {
+				s.sessions[pinKey{cm.Namespace, tenant, w.session}] = Pin{Revision: revision, Expires: w.expires}
+			}
 		case strings.HasPrefix(k, valuePrefix):
 			if len(v) == 0 || v[0] != entryValue {
 				bad[k] = errCorrupt.Error()
