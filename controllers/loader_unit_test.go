@@ -42,6 +42,12 @@ func TestLoaderBoundsEachOrigin(t *testing.T) {
 	if done, _, f := l.load(fast, "k", nil, nil); !done || f != fail {
 		t.Fatalf("the result is not kept until taken: done %v, %v", done, f)
 	}
+	// The black-hole loads start on goroutines of their own; wait for them, then check
+	// that no more than the origin's bound ever started.
+	for deadline := time.Now().Add(5 * time.Second); started.Load() < loadsPerOrigin && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond)
 	if n := started.Load(); n != loadsPerOrigin {
 		t.Fatalf("%d loads run against one origin, want %d", n, loadsPerOrigin)
 	}

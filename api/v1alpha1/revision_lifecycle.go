@@ -35,6 +35,10 @@ const (
 	ReasonStateFailed          = "StateFailed"
 	ReasonDraining             = "Draining"
 	ReasonRetired              = "Retired"
+	// ReasonMemoryBudget: the revision does not fit in this replica's memory budget
+	// (--memory-budget) now; the message has the figures. It is tried again, and other
+	// replicas may load it.
+	ReasonMemoryBudget = "MemoryBudgetExceeded"
 	// ReasonLoading: the packs are being fetched and compiled off the reconcile path.
 	ReasonLoading = "Loading"
 	// ReasonReloading: a loaded revision is loaded again because its tenant's policy,
