@@ -31,9 +31,9 @@ type moduleInfo struct {
 	depthGlobal  uint32
 	// importRefs is set when a table may hold an imported function (an element or a
 	// ref.func names one): an indirect call may then reach the host.
-	importRefs   bool
-	fillHelper   int64 // function index, or -1 when not needed
-	copyHelper   int64
+	importRefs bool
+	fillHelper int64 // function index, or -1 when not needed
+	copyHelper int64
 }
 
 type funcType struct {
