@@ -1,8 +1,10 @@
 package runtime
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	goruntime "runtime"
 	"sync/atomic"
 	"time"
 )
@@ -80,8 +82,36 @@ func (e *Engine) MemoryStats() MemoryStats {
 // so that one tenant filling its share leaves room for everyone else's.
 const tenantShare = 0.5
 
-// tenantMemory is what one tenant's instances and activities hold.
-type tenantMemory struct{ used atomic.Int64 }
+// tenantMemory is what one tenant's instances and activities hold, and its share of the
+// replica's processors.
+type tenantMemory struct {
+	used atomic.Int64
+	// cpu holds a token for each of the tenant's guests running guest code: at most
+	// cap(cpu) at once, half the processors (at least one), so a tenant's busy guests
+	// always leave the other half to everyone else. Guests give their token back at every
+	// budget check (about every millisecond of guest code) and while they sleep.
+	cpu chan struct{}
+}
+
+// acquireCPU waits for one of the tenant's processor tokens, or for ctx to end.
+func (t *tenantMemory) acquireCPU(ctx context.Context) error {
+	select {
+	case t.cpu <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case t.cpu <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("%w: waited for the tenant's share of the processors until the deadline", ErrTimeout)
+		}
+		return ctx.Err()
+	}
+}
+
+func (t *tenantMemory) releaseCPU() { <-t.cpu }
 
 // tenantMemory returns the account of a tenant (namespace/name).
 func (e *Engine) tenantMemory(key string) *tenantMemory {
@@ -89,7 +119,7 @@ func (e *Engine) tenantMemory(key string) *tenantMemory {
 	defer e.mu.Unlock()
 	t, ok := e.tenants[key]
 	if !ok {
-		t = &tenantMemory{}
+		t = &tenantMemory{cpu: make(chan struct{}, max(1, goruntime.GOMAXPROCS(0)/2))}
 		e.tenants[key] = t
 	}
 	return t

@@ -63,7 +63,14 @@ func (e *Engine) instantiateGuard(ctx context.Context) error {
 // while other tenants' activities wait.
 func guardTick(ctx context.Context, _ api.Module, stack []uint64) {
 	checkDeadline(ctx)
-	goruntime.Gosched()
+	if c, _ := ctx.Value(callKey{}).(*call); c != nil {
+		// Give the tenant's processor token to its next waiting guest, if any.
+		if !c.yieldCPU(ctx) {
+			checkDeadline(ctx) // ctx ended while waiting: panics
+		}
+	} else {
+		goruntime.Gosched()
+	}
 	stack[0] = wasmguard.Refill
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	goruntime "runtime"
 	"time"
 
 	"github.com/tetratelabs/wazero/api"
@@ -40,6 +41,25 @@ type call struct {
 	// hostBytes is what the activity's host calls hold on the host (see charge).
 	hostBytes    int
 	hostReserved int64
+	// cpu is set while the call holds one of its tenant's processor tokens.
+	cpu bool
+}
+
+// yieldCPU gives the call's processor token to the tenant's next waiting guest and waits
+// for one again; false when ctx ended first (the call then holds none).
+func (c *call) yieldCPU(ctx context.Context) bool {
+	if !c.cpu {
+		return true
+	}
+	t := c.rev.memory
+	t.releaseCPU()
+	c.cpu = false
+	goruntime.Gosched()
+	if t.acquireCPU(ctx) != nil {
+		return false
+	}
+	c.cpu = true
+	return true
 }
 
 // charge counts n bytes the activity makes the host hold; past the revision's
@@ -186,8 +206,18 @@ func (r *Revision) handleOnce(ctx context.Context, a *Activity, session string) 
 // invoke copies in into the instance's input buffer and calls fn with it. Any error
 // means the instance must be discarded.
 func (r *Revision) invoke(ctx context.Context, inst *instance, c *call, fn api.Function, in []byte) (int32, error) {
-	inst.sleeping = ctx
-	defer func() { inst.sleeping = nil }()
+	if err := r.memory.acquireCPU(ctx); err != nil {
+		return 0, err
+	}
+	c.cpu = true
+	inst.sleeping, inst.call = ctx, c
+	defer func() {
+		inst.sleeping, inst.call = nil, nil
+		if c.cpu {
+			r.memory.releaseCPU()
+			c.cpu = false
+		}
+	}()
 	if uint32(len(in)) > inst.inCap || inst.inCap == 0 {
 		res, err := inst.alloc.Call(ctx, uint64(len(in)))
 		if err != nil {

@@ -225,6 +225,7 @@ func (r *Revision) shrink(now time.Time) {
 // the deadline. Calls on one instance never overlap, so one field holds the context.
 type sleeper struct {
 	sleeping context.Context // the running call's context; nil between calls
+	call     *call           // the running activity's call, which may hold a processor token
 }
 
 func (s *sleeper) sleep(ns int64) {
@@ -234,9 +235,17 @@ func (s *sleeper) sleep(ns int64) {
 	}
 	t := time.NewTimer(time.Duration(ns))
 	defer t.Stop()
+	held := s.call != nil && s.call.cpu
+	if held {
+		s.call.rev.memory.releaseCPU() // a sleeping guest runs nothing: let another run
+		s.call.cpu = false
+	}
 	select {
 	case <-t.C:
 	case <-ctx.Done():
-		checkDeadline(ctx) // panics: the call ends with the deadline's error
 	}
+	if held && s.call.rev.memory.acquireCPU(ctx) == nil {
+		s.call.cpu = true
+	}
+	checkDeadline(ctx) // past the deadline: panics, and the call ends with its error
 }
