@@ -141,7 +141,7 @@ func leftovers(t *testing.T, spec state.Spec) []string {
 		if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: spec.Namespace, Name: state.ShardName(spec.Revision, i)}, &cm); err != nil {
 			t.Fatal(err)
 		}
-		for k, v := range cm.BinaryData {
+		for k, v := range state.Entries(&cm) {
 			// A record's status byte follows its id; 1 is committed.
 			if strings.HasPrefix(k, "x.") || (strings.HasPrefix(k, "t.") && len(v) > 2 && v[2+int(v[1])] == 1) {
 				out = append(out, cm.Name+"/"+k)

@@ -2,7 +2,10 @@ package state_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -97,4 +100,119 @@ func BenchmarkRawUpdate(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "updates/s")
+}
+
+// BenchmarkCommitFilled measures what a commit costs as its shard fills: one shard
+// pre-filled with 0, 1,000 or 10,000 entries of about 100 bytes (key, pack, name and
+// value), then activities at concurrency 1 and 16 each reading and writing a key of
+// their own. It reports activities/s and the API server's CPU time per activity (read
+// from /proc for the kube-apiserver this test process started; envtest runs it as a
+// child), all cases in one run:
+//
+//	go test ./state -run '^$' -bench CommitFilled -benchtime 200x
+func BenchmarkCommitFilled(b *testing.B) {
+	testenv.Require(b, env)
+	pid := apiServerPIDOf(b)
+	for _, entries := range []int{0, 1000, 10000} {
+		for _, c := range []int{1, 16} {
+			b.Run(fmt.Sprintf("entries=%d/c%d", entries, c), func(b *testing.B) {
+				s := newStore(b, state.Options{ShardBudget: 1 << 20})
+				ns := ensure(b, s, state.Spec{Namespace: env.Namespace(b, "filled"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 1})
+				fill(b, ns, entries)
+				var next atomic.Int64
+				cpu0 := cpuTime(b, pid)
+				b.ResetTimer()
+				start := time.Now()
+				var wg sync.WaitGroup
+				for w := range c {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						key := runtime.StateKey{Pack: "p", Name: "worker-" + strconv.Itoa(w)}
+						for next.Add(1) <= int64(b.N) {
+							for attempt := 0; ; attempt++ {
+								ctx := runtime.WithAttempt(context.Background(), attempt)
+								txn, _ := ns.Begin(ctx)
+								v, _, err := txn.Get(key)
+								if err != nil {
+									b.Error(err)
+									return
+								}
+								n, _ := strconv.Atoi(string(v))
+								_ = txn.Put(key, []byte(strconv.Itoa(n+1)))
+								err = txn.Commit(ctx)
+								if err == nil {
+									break
+								}
+								if !errors.Is(err, runtime.ErrConflict) || attempt > 100 {
+									b.Error(err)
+									return
+								}
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				elapsed := time.Since(start)
+				b.StopTimer()
+				cpu := cpuTime(b, pid) - cpu0
+				b.ReportMetric(float64(b.N)/elapsed.Seconds(), "activities/s")
+				b.ReportMetric(float64(cpu.Microseconds())/1e3/float64(b.N), "apiserver-cpu-ms/activity")
+			})
+		}
+	}
+}
+
+// fill writes n entries of about 100 bytes into ns, 500 per commit.
+func fill(b *testing.B, ns runtime.Store, n int) {
+	b.Helper()
+	value := []byte(strings.Repeat("x", 40))
+	ctx := context.Background()
+	for i := 0; i < n; {
+		txn, _ := ns.Begin(ctx)
+		for j := 0; j < 500 && i < n; j, i = j+1, i+1 {
+			_ = txn.Put(runtime.StateKey{Pack: "p", Name: fmt.Sprintf("k%05d", i)}, value)
+		}
+		if err := txn.Commit(ctx); err != nil {
+			b.Fatalf("fill to %d entries: %v", n, err)
+		}
+	}
+}
+
+// apiServerPIDOf finds the kube-apiserver this test process started.
+func apiServerPIDOf(tb testing.TB) int {
+	self := strconv.Itoa(os.Getpid())
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, path := range stats {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || end < open || s[open+1:end] != "kube-apiserver" {
+			continue
+		}
+		if fields := strings.Fields(s[end+1:]); len(fields) > 1 && fields[1] == self {
+			pid, _ := strconv.Atoi(strings.Fields(s)[0])
+			return pid
+		}
+	}
+	tb.Skip("no kube-apiserver started by this process")
+	return 0
+}
+
+// cpuTime is the user and system CPU time process pid has used.
+func cpuTime(tb testing.TB, pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	// After the command: state(0) ppid(1) ... utime(11) stime(12), in clock ticks.
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	const ticksPerSecond = 100 // USER_HZ on Linux
+	return time.Duration(utime+stime) * time.Second / ticksPerSecond
 }

@@ -198,6 +198,11 @@ func (s *Store) read(ctx context.Context, key types.NamespacedName, entry string
 			return nil, false, err
 		}
 		blob, ok := cm.BinaryData[entry]
+		if !ok {
+			if _, bad := cm.BinaryData[pageOf(entry)]; bad {
+				return nil, false, fmt.Errorf("%s in %s: %w: its page does not decode", entry, key, errCorrupt)
+			}
+		}
 		in := s.writerOf(key, entry)
 		if in == nil {
 			return blob, ok, nil

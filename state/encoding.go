@@ -6,7 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
 // Entry keys in a shard's binaryData are derived from a hash of what they name, so any
@@ -302,4 +307,125 @@ func decodeRecord(blob []byte) (record, error) {
 		rest = rest[n:]
 	}
 	return r, nil
+}
+
+// A shard's entries travel packed into pages: binaryData key "p.<nn>" holds every entry
+// whose hash starts in page nn, as (key, entry) pairs. The API server then tracks a
+// few fields per ConfigMap whatever the number of entries (its managed-fields work grew
+// with every binaryData key), and a commit re-encodes only the pages it changed. In
+// memory, a shard is kept unpacked (binaryData holding the entries by key), so only
+// reading from and writing to the API server deal with pages. Entries kept one per key,
+// as packhost wrote them before, are read as well, and packed by the next commit.
+const (
+	pagePrefix       = "p."
+	pages            = 16
+	pageVersion byte = 1
+)
+
+// pageOf is the page key an entry key is packed into, or "" for a key that is not an
+// entry's (kept as it is).
+func pageOf(key string) string {
+	var rest string
+	switch {
+	case strings.HasPrefix(key, valuePrefix), strings.HasPrefix(key, waitPrefix),
+		strings.HasPrefix(key, intentPrefix), strings.HasPrefix(key, recordPrefix):
+		rest = key[2:]
+	default:
+		return ""
+	}
+	if len(rest) < 2 {
+		return ""
+	}
+	n, err := strconv.ParseUint(rest[:2], 16, 8)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%s%02d", pagePrefix, int(n)%pages)
+}
+
+func encodePage(keys []string, entries map[string][]byte) []byte {
+	n := 1
+	for _, k := range keys {
+		n += len(k) + len(entries[k]) + 6
+	}
+	b := make([]byte, 0, n)
+	b = append(b, pageVersion)
+	for _, k := range keys {
+		b = appendString(b, k)
+		b = appendString(b, string(entries[k]))
+	}
+	return b
+}
+
+// decodePage adds a page's entries to into, or reports that it is not a page.
+func decodePage(page string, blob []byte, into map[string][]byte) bool {
+	if len(blob) == 0 || blob[0] != pageVersion {
+		return false
+	}
+	got := map[string][]byte{}
+	for rest := blob[1:]; len(rest) > 0; {
+		k, r, ok := readField(rest)
+		if !ok {
+			return false
+		}
+		v, r, ok := readField(r)
+		if !ok || pageOf(string(k)) != page {
+			return false
+		}
+		got[string(k)] = v
+		rest = r
+	}
+	for k, v := range got {
+		into[k] = v
+	}
+	return true
+}
+
+// unpack turns a shard as stored (pages) into the form kept in memory (entries by
+// key). A page that does not decode is kept under its own key, so it is reported and
+// its entries read as corrupt rather than missing.
+func unpack(cm *corev1.ConfigMap) {
+	if cm == nil {
+		return
+	}
+	packed := false
+	for k := range cm.BinaryData {
+		if strings.HasPrefix(k, pagePrefix) {
+			packed = true
+			break
+		}
+	}
+	if !packed {
+		return
+	}
+	out := make(map[string][]byte, len(cm.BinaryData))
+	for k, v := range cm.BinaryData {
+		if !strings.HasPrefix(k, pagePrefix) || !decodePage(k, v, out) {
+			out[k] = v
+		}
+	}
+	cm.BinaryData = out
+}
+
+// pack returns a copy of cm, kept unpacked, as it is stored: entries in pages, other
+// keys (foreign ones, pages that did not decode) as they are.
+func pack(cm *corev1.ConfigMap) *corev1.ConfigMap {
+	out := &corev1.ConfigMap{TypeMeta: cm.TypeMeta, Immutable: cm.Immutable}
+	cm.ObjectMeta.DeepCopyInto(&out.ObjectMeta)
+	byPage := map[string][]string{}
+	bin := make(map[string][]byte, pages)
+	for k, v := range cm.BinaryData {
+		page := pageOf(k)
+		if page == "" {
+			bin[k] = v
+			continue
+		}
+		byPage[page] = append(byPage[page], k)
+	}
+	for page, keys := range byPage {
+		slices.Sort(keys)
+		bin[page] = encodePage(keys, cm.BinaryData)
+	}
+	out.BinaryData = bin
+	return out
 }

@@ -2,7 +2,6 @@ package state
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
 	"slices"
 	"strings"
@@ -195,10 +194,12 @@ func (sh *shard) flush(batch []*part) {
 			s.breaker.succeed()
 			return
 		}
-		err = s.client.Update(ctx, m.obj)
+		wire := pack(m.obj)
+		err = s.client.Update(ctx, wire)
 		if err == nil {
 			s.updates.Add(1)
-			s.bytesSent.Add(int64(objectBytes(m.obj)))
+			s.bytesSent.Add(int64(objectBytes(wire)))
+			m.obj.ResourceVersion = wire.ResourceVersion
 			s.observe(m.obj)
 			s.breaker.succeed()
 			m.finish()
@@ -327,6 +328,10 @@ func (sh *shard) merge(base *corev1.ConfigMap, batch []*part) *merged {
 		}
 		if k, ok := conflict(p, obj); !ok {
 			refuse(p, &runtime.ConflictError{Key: k})
+			continue
+		}
+		if page := corruptPage(p, obj); page != "" {
+			refuse(p, fmt.Errorf("write to %s: page %s: %w (see the revision's state problems)", sh.key, page, errCorrupt))
 			continue
 		}
 		if err := lockedBy(p, locks); err != nil {
@@ -535,14 +540,27 @@ func entryDelta(old, new []byte, key string) int {
 	return len(new) - len(old)
 }
 
-// objectBytes estimates the bytes of the object sent to the API server: binaryData is
-// base64 in JSON.
+// objectBytes estimates the bytes of the object sent to the API server: binaryData
+// travels as bytes in protobuf.
 func objectBytes(cm *corev1.ConfigMap) int {
 	n := 512 // metadata
 	for k, v := range cm.BinaryData {
-		n += len(k) + base64.StdEncoding.EncodedLen(len(v)) + 6
+		n += len(k) + len(v) + 6
 	}
 	return n
+}
+
+// corruptPage returns the page, kept as it was because it does not decode, that one of
+// p's writes would go to: writing there would drop what it held.
+func corruptPage(p *part, obj *corev1.ConfigMap) string {
+	for k := range p.writes {
+		if page := pageOf(k); page != "" {
+			if _, ok := obj.BinaryData[page]; ok {
+				return page
+			}
+		}
+	}
+	return ""
 }
 
 // breaker holds new commits back while the API server does not answer, so they fail

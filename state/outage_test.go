@@ -3,10 +3,7 @@ package state_test
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -21,30 +18,7 @@ import (
 
 // apiServerPID finds the kube-apiserver this test process started (envtest runs it as
 // a child), so only that one is paused.
-func apiServerPID(t *testing.T) int {
-	t.Helper()
-	self := os.Getpid()
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, path := range stats {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...
-		s := string(b)
-		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		if open < 0 || end < open || s[open+1:end] != "kube-apiserver" {
-			continue
-		}
-		fields := strings.Fields(s[end+1:])
-		if len(fields) > 1 && fields[1] == strconv.Itoa(self) {
-			pid, _ := strconv.Atoi(strings.Fields(s)[0])
-			return pid
-		}
-	}
-	t.Skip("no kube-apiserver started by this process")
-	return 0
-}
+func apiServerPID(t *testing.T) int { return apiServerPIDOf(t) }
 
 // outcome is one activity's answer.
 type outcome struct {

@@ -195,8 +195,16 @@ func TestForeignAndCorruptContent(t *testing.T) {
 		t.Fatalf("reading a corrupted entry: %v", err)
 	}
 
-	// A later, healthy write elsewhere in the shard does not hide the corruption.
-	if err := put(t, ns, map[runtime.StateKey]string{{Pack: "p", Name: "other"}: "fine"}); err != nil {
+	// A write to the corrupted page is refused, so nothing it held is dropped; a later,
+	// healthy write elsewhere in the shard does not hide the corruption.
+	if err := put(t, ns, map[runtime.StateKey]string{key: "overwrite"}); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("a write to a corrupted page: %v", err)
+	}
+	other := "other"
+	for i := 0; state.PageOfValue("p", other) == state.PageOfValue("p", "k"); i++ {
+		other = "other-" + strconv.Itoa(i)
+	}
+	if err := put(t, ns, map[runtime.StateKey]string{{Pack: "p", Name: other}: "fine"}); err != nil {
 		t.Fatal(err)
 	}
 	if problems := strings.Join(s.Problems(nsName, "q", 1), "\n"); !strings.Contains(problems, "foreign key") || !strings.Contains(problems, "corrupt") {
@@ -344,7 +352,7 @@ func TestDurableBeforeAnswered(t *testing.T) {
 			t.Fatal(err)
 		}
 		found := false
-		for _, v := range cm.BinaryData {
+		for _, v := range state.Entries(cm) {
 			found = found || bytes.HasSuffix(v, []byte("count"+strconv.Itoa(i)))
 		}
 		if !found {
@@ -549,7 +557,7 @@ func TestAbandonedWaitsAreSwept(t *testing.T) {
 		t.Fatal(err)
 	}
 	waits := 0
-	for k := range cm.BinaryData {
+	for k := range state.Entries(&cm) {
 		if strings.HasPrefix(k, "w.") {
 			waits++
 		}

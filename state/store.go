@@ -23,6 +23,24 @@
 // commit that would pass the budget fails with runtime.ErrStateFull and nothing already
 // stored is lost.
 //
+// # Commit cost
+//
+// A shard's entries are packed into 16 binaryData pages (see pagePrefix), so the API
+// server's managed-fields work no longer grows with the number of entries, and
+// ConfigMaps travel as protobuf (binaryData as bytes, not base64 in JSON).
+// BenchmarkCommitFilled (go test ./state -run '^$' -bench CommitFilled -benchtime
+// 200x; one shard, entries of about 100 bytes, envtest on 2 shared cores) measured
+// before → after packing, activities/s and API-server CPU ms per activity:
+//
+//	entries=0/c1       473 → 352      1.5 → 2.2
+//	entries=1000/c1     41 → 70      18.9 → 10.0
+//	entries=10000/c1   5.2 → 12.6     143 → 47
+//	entries=1000/c16   323 → 574      2.1 → 1.3
+//
+// Every commit still sends the whole shard, so the cost still grows with its size
+// (the goal, 0.6x the empty shard's rate at 1,000 entries, is not met); a
+// shard's budget stays 256 KiB and more state takes more shards.
+//
 // # Commits
 //
 // An activity's reads and writes form a transaction, serializable across every shard
@@ -225,6 +243,11 @@ type Pin struct {
 // New creates a Store that watches the state ConfigMaps through cfg. Start it (it is a
 // manager Runnable) before use.
 func New(cfg *rest.Config, scheme *kruntime.Scheme, opts Options) (*Store, error) {
+	// ConfigMaps travel as protobuf: binaryData is sent as bytes, not base64 in JSON,
+	// and the API server decodes and encodes it several times faster (see Commit cost).
+	cfg = rest.CopyConfig(cfg)
+	cfg.ContentType = kruntime.ContentTypeProtobuf
+	cfg.AcceptContentTypes = kruntime.ContentTypeProtobuf + "," + kruntime.ContentTypeJSON
 	c, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
 		return nil, fmt.Errorf("create client: %w", err)
@@ -401,7 +424,9 @@ func (s *Store) transform(obj any) (any, error) {
 	s.mu.RUnlock()
 	if why != "" {
 		cm.Data, cm.BinaryData, cm.Annotations = nil, nil, nil
+		return cm, nil
 	}
+	unpack(cm)
 	return cm, nil
 }
 
@@ -541,6 +566,8 @@ func (s *Store) observe(cm *corev1.ConfigMap) bool {
 			if r, err := decodeRecord(v); err != nil || recordPrefix+r.id != k {
 				bad[k] = "malformed cross-shard record"
 			}
+		case strings.HasPrefix(k, pagePrefix):
+			bad[k] = "corrupt page of entries: " + errCorrupt.Error()
 		default:
 			bad[k] = "foreign key in a state ConfigMap"
 		}
@@ -639,6 +666,7 @@ func (s *Store) fetch(ctx context.Context, key types.NamespacedName) (*corev1.Co
 	if err := s.client.Get(ctx, key, cm); err != nil {
 		return nil, fmt.Errorf("read state ConfigMap %s: %w", key, err)
 	}
+	unpack(cm)
 	if cm.Labels[LabelComponent] != ComponentState {
 		return nil, fmt.Errorf("ConfigMap %s is not a packhost state ConfigMap (label %s=%s missing)", key, LabelComponent, ComponentState)
 	}
@@ -730,6 +758,7 @@ func (s *Store) Ensure(ctx context.Context, spec Spec) ([]string, error) {
 		if err := s.adopt(ctx, spec, i, existing); err != nil {
 			return nil, err
 		}
+		unpack(existing)
 		if !s.observe(existing) {
 			return nil, fmt.Errorf("ConfigMap %s/%s exists and is not revision %s's state: rename or delete it", spec.Namespace, names[i], spec.Revision)
 		}
