@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # hostile.sh measures what an attacking tenant does to a victim tenant on one replica:
 # for each attack it drives the victim (the echo pack) with cmd/loadgen while the attacker
-# runs the attack from two clients, and prints the victim's answers, errors and p50/p99,
+# runs the attack from two clients (cmd/loadgen, keep-alive connections), and prints the victim's answers, errors and p50/p99,
 # with no attack before and after in the same run. Goal: victim success 100%, victim p99
 # at most 2x its unattacked p99 (or +2 ms, whichever is larger).
 #   DURATION=10s hack/hostile.sh
@@ -44,21 +44,19 @@ done
 go build -o bin/loadgen ./cmd/loadgen
 base=http://127.0.0.1:8090/v1/namespaces/default/tenants
 
-# attack NAME starts the attacker's two clients in the background and sets attackers.
+# attack NAME starts the attacker: a load generator with two clients, in the background.
 attackers=()
 attack() {
   local what=$1
-  for _ in 1 2; do
-    case $what in
-      unauthenticated)
-        (i=0; while :; do i=$((i + 1)); curl -s -o /dev/null -H "Authorization: Bearer guess-$i" -d '{"kind":"message"}' "$base/made-up-$i/activities"; done) &
-        ;;
-      *)
-        (while :; do curl -s -o /dev/null -H "Authorization: Bearer attacker-token" -H "Packhost-Revision: att-$what" -d '{"kind":"message"}' "$base/attacker/activities"; done) &
-        ;;
-    esac
-    attackers+=($!)
-  done
+  case $what in
+    unauthenticated)
+      bin/loadgen -url "$base/made-up/activities" -token guess -c 2 -d 1h -body '{"kind":"message"}' >/dev/null 2>&1 &
+      ;;
+    *)
+      bin/loadgen -url "$base/attacker/activities" -token attacker-token -header "Packhost-Revision: att-$what" -c 2 -d 1h -body '{"kind":"message"}' >/dev/null 2>&1 &
+      ;;
+  esac
+  attackers+=($!)
 }
 calm() {
   [ ${#attackers[@]} -gt 0 ] || return 0 # a bare wait would wait for the control plane

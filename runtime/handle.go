@@ -43,7 +43,16 @@ type call struct {
 	hostReserved int64
 	// cpu is set while the call holds one of its tenant's processor tokens.
 	cpu bool
+	// started is when the guest call began, for longRunning.
+	started  time.Time
+	lastTick time.Time // when the call last rested
 }
+
+// longRunning is how long a guest call runs at full speed: past it, the call rests for
+// as long as it ran at each budget check, so it gets at most half a processor. An
+// activity of a few milliseconds never notices; a guest spinning until its deadline
+// leaves most of its processor to the other tenants.
+const longRunning = 10 * time.Millisecond
 
 // yieldCPU gives the call's processor token to the tenant's next waiting guest and waits
 // for one again; false when ctx ended first (the call then holds none).
@@ -54,7 +63,19 @@ func (c *call) yieldCPU(ctx context.Context) bool {
 	t := c.rev.memory
 	t.releaseCPU()
 	c.cpu = false
-	goruntime.Gosched()
+	if now := time.Now(); now.Sub(c.started) > longRunning {
+		if c.lastTick.IsZero() {
+			c.lastTick = now
+		}
+		rest := min(now.Sub(c.lastTick), time.Millisecond)
+		select {
+		case <-time.After(rest):
+		case <-ctx.Done():
+		}
+		c.lastTick = time.Now()
+	} else {
+		goruntime.Gosched()
+	}
 	if t.acquireCPU(ctx) != nil {
 		return false
 	}
@@ -209,7 +230,7 @@ func (r *Revision) invoke(ctx context.Context, inst *instance, c *call, fn api.F
 	if err := r.memory.acquireCPU(ctx); err != nil {
 		return 0, err
 	}
-	c.cpu = true
+	c.cpu, c.started, c.lastTick = true, time.Now(), time.Time{}
 	inst.sleeping, inst.call = ctx, c
 	defer func() {
 		inst.sleeping, inst.call = nil, nil

@@ -32,6 +32,14 @@ import (
 func main() {
 	url := flag.String("url", "", "the endpoint to drive (POST)")
 	token := flag.String("token", "", "bearer token")
+	flag.Func("header", "an extra request header, \"Name: value\"; repeatable (e.g. Packhost-Revision: rev)", func(v string) error {
+		name, value, ok := strings.Cut(v, ":")
+		if !ok {
+			return fmt.Errorf("header %q: want Name: value", v)
+		}
+		headers = append(headers, [2]string{strings.TrimSpace(name), strings.TrimSpace(value)})
+		return nil
+	})
 	body := flag.String("body", `{"kind":"message","user_id":"{{user}}","payload":{"text":"hello"}}`, "request body; {{user}} becomes one of -users user ids")
 	users := flag.Int("users", 1000, "distinct user ids to spread requests over")
 	conc := flag.String("c", "1,8,32", "comma-separated concurrencies")
@@ -230,6 +238,9 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// headers are the -header flags, sent with every request.
+var headers [][2]string
+
 func do(client *http.Client, url, token, body string) ([]byte, error) {
 	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
 	if err != nil {
@@ -237,6 +248,9 @@ func do(client *http.Client, url, token, body string) ([]byte, error) {
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for _, h := range headers {
+		req.Header.Set(h[0], h[1])
 	}
 	resp, err := client.Do(req)
 	if err != nil {
