@@ -26,20 +26,29 @@
 // # Commit cost
 //
 // A shard's entries are packed into 16 binaryData pages (see pagePrefix), so the API
-// server's managed-fields work no longer grows with the number of entries, and
-// ConfigMaps travel as protobuf (binaryData as bytes, not base64 in JSON).
-// BenchmarkCommitFilled (go test ./state -run '^$' -bench CommitFilled -benchtime
-// 200x; one shard, entries of about 100 bytes, envtest on 2 shared cores) measured
-// before → after packing, activities/s and API-server CPU ms per activity:
+// server's managed-fields work no longer grows with the number of keys, ConfigMaps
+// travel as protobuf (binaryData as bytes, not base64 in JSON), and without gzip: a
+// profile of the API server under a commit loop on a shard of 1,000 entries
+// (kubectl get --raw '/debug/pprof/profile?seconds=8') showed compressing each watch
+// event of the shard as its largest single cost. BenchmarkCommitFilled
+// (go test ./state -run '^$' -bench CommitFilled -benchtime 200x; one shard, entries
+// of about 100 bytes, envtest on 2 shared cores, so ±20%) measured, before → after,
+// activities/s and API-server CPU ms per activity:
 //
-//	entries=0/c1       473 → 352      1.5 → 2.2
-//	entries=1000/c1     41 → 70      18.9 → 10.0
-//	entries=10000/c1   5.2 → 12.6     143 → 47
-//	entries=1000/c16   323 → 574      2.1 → 1.3
+//	entries=0/c1        473 → 328     1.5 → 2.0
+//	entries=1000/c1      41 → 82     18.9 → 7.8
+//	entries=10000/c1    5.2 → 16.4    143 → 29
+//	entries=0/c16      2107 → 2651    0.3 → 0.3
+//	entries=1000/c16    323 → 522     2.1 → 1.05
+//	entries=10000/c16    60 → 83     17.1 → 4.0
 //
-// Every commit still sends the whole shard, so the cost still grows with its size
-// (the goal, 0.6x the empty shard's rate at 1,000 entries, is not met); a
-// shard's budget stays 256 KiB and more state takes more shards.
+// What is left grows with the shard's bytes, not its keys: every update sends and
+// stores the whole shard, and the API server's managed-fields bookkeeping compares the
+// old and new binaryData values byte for byte (the next largest cost in the profile).
+// The goal (0.6x the empty shard's rate at 1,000 entries, CPU within 3x) is not
+// met: 0.25x and 4x. Meeting it takes commits that do not rewrite the shard, such as
+// a small journal ConfigMap per shard holding recent changes, folded into the shard
+// now and then. A shard's budget stays 256 KiB; more state takes more shards.
 //
 // # Commits
 //
@@ -248,6 +257,9 @@ func New(cfg *rest.Config, scheme *kruntime.Scheme, opts Options) (*Store, error
 	cfg = rest.CopyConfig(cfg)
 	cfg.ContentType = kruntime.ContentTypeProtobuf
 	cfg.AcceptContentTypes = kruntime.ContentTypeProtobuf + "," + kruntime.ContentTypeJSON
+	// Nor gzip: compressing every watch event and answer of a shard cost the API
+	// server more CPU than anything else in a commit (its profile, see Commit cost).
+	cfg.DisableCompression = true
 	c, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
 		return nil, fmt.Errorf("create client: %w", err)
