@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -138,15 +139,11 @@ func TestSecretsOptIn(t *testing.T) {
 // touchTenant changes a label of the tenant, so it is reconciled now.
 func touchTenant(t *testing.T, ns, name string) {
 	t.Helper()
-	tn := &v1.Tenant{}
-	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, tn); err != nil {
-		t.Fatal(err)
-	}
-	if tn.Labels == nil {
-		tn.Labels = map[string]string{}
-	}
-	tn.Labels["touched"] = time.Now().Format("150405.000000")
-	if err := env.Client.Update(ctx, tn); err != nil {
+	// A merge patch, not an update: the controller writes the Tenant's status and
+	// finalizer meanwhile, and an update would conflict with them.
+	tn := &v1.Tenant{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	patch := fmt.Sprintf(`{"metadata":{"labels":{"touched":%q}}}`, time.Now().Format("150405.000000"))
+	if err := env.Client.Patch(ctx, tn, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
 		t.Fatal(err)
 	}
 }

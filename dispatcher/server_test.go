@@ -245,7 +245,7 @@ func TestProviderEndpoints(t *testing.T) {
 		{"no match", "POST", "hooks/identify", `{"headers":{}}`, 200, `"outcome":"NoMatch"`},
 		{"describe", "GET", "hooks/identify", ``, 200, `"headers":["X-Webhook-Id"]`},
 		{"invoke", "POST", "hooks/invoke", `{"provider_type":"webhook","op":"send","correlation_id":"c-9","payload":{}}`, 200, `"idempotency_key":"c-9"`},
-		{"invoke hands the trace id to the pack", "POST", "hooks/invoke", `{"provider_type":"webhook","op":"send","correlation_id":"c-9","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","payload":{}}`, 200, `"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"`},
+		{"invoke hands the trace id to the pack", "POST", "hooks/invoke", `{"provider_type":"webhook","op":"send","correlation_id":"c-10","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","payload":{}}`, 200, `"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"`},
 		{"invoke outside the allowlist", "POST", "hooks/invoke", `{"provider_type":"webhook","op":"drop"}`, 422, CodeOpNotAllowed},
 		{"invoke of a provider type no pack binds", "POST", "hooks/invoke", `{"provider_type":"sms","op":"send"}`, 422, CodeNoBinding},
 		{"invoke on a revision not loaded", "POST", "ghost/invoke", `{"provider_type":"webhook","op":"send"}`, 503, CodeNotLoaded},
