@@ -426,3 +426,51 @@ func TestNamespaceTransactions(t *testing.T) {
 		})
 	}
 }
+
+// A transaction within one shard costs one update, as before cross-shard commits; one
+// spanning two shards costs 2N = 4 (intent, decision, roll-forward, record dropped), as
+// the package doc says.
+func TestCommitCost(t *testing.T) {
+	testenv.Require(t, env)
+	const shards = 4
+	s := newStore(t, state.Options{})
+	ns := ensure(t, s, state.Spec{Namespace: env.Namespace(t, "cost"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: shards})
+	keys := keysOn(shards, 2)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		keys []runtime.StateKey
+		want int64
+	}{
+		{"one shard", keys[:1], 1},
+		{"two shards", keys, 4},
+	} {
+		before, _ := s.Updates()
+		txn, _ := ns.Begin(ctx)
+		for _, k := range tc.keys {
+			if _, _, err := txn.Get(k); err != nil {
+				t.Fatal(err)
+			}
+			_ = txn.Put(k, []byte(tc.name))
+		}
+		if err := txn.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// The record is dropped after the answer.
+		deadline := time.Now().Add(5 * time.Second)
+		var n int64
+		for {
+			after, _ := s.Updates()
+			n = after - before
+			if n >= tc.want || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(100 * time.Millisecond)
+		after, _ := s.Updates()
+		if n = after - before; n != tc.want {
+			t.Errorf("%s: %d updates, want %d", tc.name, n, tc.want)
+		}
+	}
+}

@@ -106,7 +106,15 @@
 // Reads come from a watch of the ConfigMaps carrying the state label only (never every
 // ConfigMap in the cluster; with Options.Namespaces, only in those namespaces), with
 // the process's own commits applied as soon as they are acknowledged, so a writer
-// reads its writes.
+// reads its writes. An entry that a cross-shard intent writes is read as its
+// transaction decided: the intent's value once the primary records it committed, the
+// stored one once aborted; while undecided, the read waits up to 50 ms and then
+// answers ErrConflict (the activity runs again). A transaction that writes has every
+// read validated at commit, so its outcome is serializable even when the shards it
+// read were seen at different moments. One that writes nothing commits nothing and is
+// not validated: its answer comes from each shard's newest known copy, which on
+// another replica may show a cross-shard commit rolled forward on one shard before
+// the watch delivers its record on another.
 //
 // # Trust
 //
