@@ -17,9 +17,11 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/packhost/packhost/api/v1alpha1"
+	"github.com/packhost/packhost/dispatcher"
 	"github.com/packhost/packhost/runtime"
 	"github.com/packhost/packhost/source"
 )
@@ -262,4 +264,161 @@ func retentionVictims(revs []v1.Revision, routed func(name string) bool, limit i
 		return nil
 	}
 	return candidates[limit:]
+}
+
+// oldestSplit is the split that routes a tenant: the oldest of its splits (by
+// creation, then name) that is not being deleted; any other is in conflict with it.
+// nil when there is none.
+func oldestSplit(splits []v1.TrafficSplit) *v1.TrafficSplit {
+	var active *v1.TrafficSplit
+	for i := range splits {
+		s := &splits[i]
+		if !s.DeletionTimestamp.IsZero() {
+			continue
+		}
+		if active == nil || s.CreationTimestamp.Before(&active.CreationTimestamp) ||
+			(s.CreationTimestamp.Equal(&active.CreationTimestamp) && s.Name < active.Name) {
+			active = s
+		}
+	}
+	return active
+}
+
+// routeTarget is what a split's reconcile found for one of its routes, in the order
+// of spec.routes.
+type routeTarget struct {
+	// name is the route's revisionName.
+	name string
+	// rev is the Revision it names; nil when there is none.
+	rev *v1.Revision
+	// loaded: this replica has loaded this incarnation (UID) of rev.
+	loaded bool
+}
+
+// routesBlocked says why a split's table cannot be used yet, from what was found for
+// each route: a route's revision missing or of another tenant (the first such route in
+// spec order decides), else every Failed revision and every one not loaded on this
+// replica. "" when every route's revision is loaded here. stalled says that the table
+// cannot be used without someone's change (a Failed revision, one of another tenant);
+// a missing or loading revision may still come.
+func routesBlocked(tenant string, targets []routeTarget) (reason, message string, stalled bool) {
+	var waiting, failed []string
+	for _, t := range targets {
+		switch {
+		case t.rev == nil:
+			return v1.ReasonRevisionNotFound, fmt.Sprintf("Revision %q not found", t.name), false
+		case t.rev.Spec.TenantRef.Name != tenant:
+			return v1.ReasonWrongTenant, fmt.Sprintf("Revision %q belongs to tenant %q, not %q", t.name, t.rev.Spec.TenantRef.Name, tenant), true
+		case t.loaded:
+		case t.rev.Status.Phase == v1.RevisionFailed:
+			why := t.name + " is Failed"
+			if c := meta.FindStatusCondition(t.rev.Status.Conditions, v1.ConditionReady); c != nil {
+				why += " (" + c.Reason + ": " + c.Message + ")"
+			}
+			failed = append(failed, why)
+		default:
+			waiting = append(waiting, fmt.Sprintf("%s is not Ready: %s", t.name, cmp.Or(string(t.rev.Status.Phase), "not reconciled yet")))
+		}
+	}
+	if len(failed) > 0 {
+		return v1.ReasonRevisionFailed, strings.Join(append(failed, waiting...), "; "), true
+	}
+	if len(waiting) > 0 {
+		return v1.ReasonRevisionNotReady, strings.Join(waiting, "; "), false
+	}
+	return "", "", false
+}
+
+// splitTable is the table a split whose routes are ready serves: current when it
+// already is that table (building one hashes every bucket, so a refresh keeps the one
+// in use), else a new one, which publish says to publish.
+func splitTable(current *dispatcher.Table, split *v1.TrafficSplit) (t *dispatcher.Table, publish bool) {
+	routes := make([]dispatcher.Route, len(split.Spec.Routes))
+	for i, rt := range split.Spec.Routes {
+		routes[i] = dispatcher.Route{Revision: rt.RevisionName, Percent: int(rt.Percent), Tag: rt.Tag}
+	}
+	sticky := split.Spec.Stickiness != v1.StickinessNone
+	if current != nil && current.Split == split.Name && current.Sticky == sticky && slices.Equal(current.Routes, routes) {
+		return current, false
+	}
+	return dispatcher.NewTable(split.Name, routes, sticky), true
+}
+
+// routeStatuses are a split's status.routes and status.summary for the table in use
+// (nil: none), with the activities dispatched to each revision.
+func routeStatuses(t *dispatcher.Table, dispatched map[string]int64) ([]v1.RouteStatus, string) {
+	if t == nil {
+		return nil, ""
+	}
+	var out []v1.RouteStatus
+	for _, rt := range t.Routes {
+		out = append(out, v1.RouteStatus{RevisionName: rt.Revision, Percent: int32(rt.Percent), Tag: rt.Tag, Dispatched: dispatched[rt.Revision]})
+	}
+	return out, t.Summary()
+}
+
+// tenantConfig is what this replica's dispatcher needs of a tenant, its tokens aside.
+func tenantConfig(t *v1.Tenant) *dispatcher.TenantConfig {
+	cfg := &dispatcher.TenantConfig{
+		Namespace: t.Namespace, Name: t.Name, Env: t.Spec.Env,
+		MaxBodyBytes: t.Spec.Limits.MaxRequestBodyBytes, Tokens: map[string]string{},
+		// The dispatcher's share for this tenant's requests derives from it.
+		MaxConcurrentActivities: int(t.Spec.Limits.MaxConcurrentActivities),
+	}
+	if t.Spec.Auth != nil {
+		cfg.RoutingCallers = t.Spec.Auth.RoutingCallers
+	}
+	return cfg
+}
+
+// bearerTokens maps each token an auth Secret holds to its caller (the key); an empty
+// value is no token.
+func bearerTokens(data map[string][]byte) map[string]string {
+	out := map[string]string{}
+	for caller, token := range data {
+		if len(token) > 0 {
+			out[string(token)] = caller
+		}
+	}
+	return out
+}
+
+// authFailure classifies an error reading a tenant's auth Secret name. One that does
+// not opt in or does not exist ends the tokens last read from it (forget). Any other
+// error may pass: the tokens last read from it (last, nil when there are none) stay
+// accepted, and the reason says so.
+func authFailure(name string, err error, last *goodTokens) (reason, message string, forget bool) {
+	switch {
+	case errors.Is(err, errSecretNotOptedIn):
+		return v1.ReasonSecretNotOptedIn, err.Error(), true
+	case apierrors.IsNotFound(err):
+		return v1.ReasonAuthSecretMissing, fmt.Sprintf("auth Secret %q not found: create it, or fix spec.auth.secretRef", name), true
+	case last == nil:
+		return v1.ReasonAuthSecretMissing, err.Error(), false
+	}
+	return v1.ReasonAuthSecretUnreadable, fmt.Sprintf("%v; the %d tokens last read from it at %s are still accepted",
+		err, len(last.tokens), last.read.UTC().Format(time.RFC3339)), false
+}
+
+// markTenant records a tenant's readiness from the reason auth gave: ready when there
+// is none; waiting (kstatus InProgress) while its auth Secret is unreadable, which may
+// pass; otherwise not ready until someone's change (Stalled).
+func markTenant(s *v1.TenantStatus, generation int64, reason, message string) {
+	switch reason {
+	case "":
+		s.MarkReady(generation)
+	case v1.ReasonAuthSecretUnreadable:
+		s.MarkWaiting(generation, reason, message)
+	default:
+		s.MarkNotReady(generation, reason, message)
+	}
+}
+
+// deletionWait says why a deleted tenant is not released yet: the Revisions that still
+// reference it (revs). "" when none does.
+func deletionWait(revs []v1.Revision) string {
+	if len(revs) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("deletion waits for %d Revisions that reference this tenant (first: %s): delete them first", len(revs), revs[0].Name)
 }

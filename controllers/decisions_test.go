@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -8,11 +9,13 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/utils/ptr"
 
 	v1 "github.com/packhost/packhost/api/v1alpha1"
+	"github.com/packhost/packhost/dispatcher"
 	"github.com/packhost/packhost/runtime"
 	"github.com/packhost/packhost/source"
 )
@@ -231,5 +234,210 @@ func TestSourceOrigins(t *testing.T) {
 	})
 	if !slices.Equal(got, []string{"packs.example.com:8443", "ghcr.io"}) {
 		t.Fatalf("origins %v", got)
+	}
+}
+
+func TestOldestSplit(t *testing.T) {
+	at := func(name string, minute int) v1.TrafficSplit {
+		return v1.TrafficSplit{ObjectMeta: metav1.ObjectMeta{Name: name, CreationTimestamp: metav1.NewTime(time.Date(2026, 1, 1, 12, minute, 0, 0, time.UTC))}}
+	}
+	deleted := at("deleted", 0)
+	deleted.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	for _, tc := range []struct {
+		name   string
+		splits []v1.TrafficSplit
+		want   string
+	}{
+		{"none", nil, ""},
+		{"oldest", []v1.TrafficSplit{at("b", 2), at("a", 3), at("c", 1)}, "c"},
+		{"same time: by name", []v1.TrafficSplit{at("b", 1), at("a", 1)}, "a"},
+		{"a deleted one does not route", []v1.TrafficSplit{deleted, at("b", 5)}, "b"},
+		{"only deleted", []v1.TrafficSplit{deleted}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := ""
+			if s := oldestSplit(tc.splits); s != nil {
+				got = s.Name
+			}
+			if got != tc.want {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRoutesBlocked(t *testing.T) {
+	rev := func(tenant string, phase v1.RevisionPhase) *v1.Revision {
+		r := &v1.Revision{Spec: v1.RevisionSpec{TenantRef: v1.LocalObjectReference{Name: tenant}}, Status: v1.RevisionStatus{Phase: phase}}
+		if phase == v1.RevisionFailed {
+			r.Status.Conditions = []metav1.Condition{{Type: v1.ConditionReady, Status: metav1.ConditionFalse, Reason: v1.ReasonInvalidWasm, Message: "bad magic"}}
+		}
+		return r
+	}
+	loaded := func(name string) routeTarget {
+		return routeTarget{name: name, rev: rev("acme", v1.RevisionReady), loaded: true}
+	}
+	for _, tc := range []struct {
+		name    string
+		targets []routeTarget
+		reason  string
+		message string
+		stalled bool
+	}{
+		{"no routes", nil, "", "", false},
+		{"all loaded", []routeTarget{loaded("a"), loaded("b")}, "", "", false},
+		{"missing", []routeTarget{loaded("a"), {name: "b"}}, v1.ReasonRevisionNotFound, `Revision "b" not found`, false},
+		{"another tenant's", []routeTarget{{name: "a", rev: rev("evil", v1.RevisionReady), loaded: true}}, v1.ReasonWrongTenant,
+			`Revision "a" belongs to tenant "evil", not "acme"`, true},
+		{"the first missing or foreign route decides", []routeTarget{{name: "a", rev: rev("acme", v1.RevisionFailed)}, {name: "b"}, {name: "c", rev: rev("evil", v1.RevisionReady)}},
+			v1.ReasonRevisionNotFound, `Revision "b" not found`, false},
+		{"loading", []routeTarget{loaded("a"), {name: "b", rev: rev("acme", v1.RevisionLoading)}, {name: "c", rev: rev("acme", "")}},
+			v1.ReasonRevisionNotReady, "b is not Ready: Loading; c is not Ready: not reconciled yet", false},
+		{"ready elsewhere, not loaded here", []routeTarget{{name: "a", rev: rev("acme", v1.RevisionReady)}}, v1.ReasonRevisionNotReady, "a is not Ready: Ready", false},
+		{"failed comes first and stalls", []routeTarget{{name: "a", rev: rev("acme", v1.RevisionLoading)}, {name: "b", rev: rev("acme", v1.RevisionFailed)}},
+			v1.ReasonRevisionFailed, "b is Failed (InvalidWasm: bad magic); a is not Ready: Loading", true},
+		{"a failed revision loaded here still serves", []routeTarget{{name: "a", rev: rev("acme", v1.RevisionFailed), loaded: true}}, "", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reason, message, stalled := routesBlocked("acme", tc.targets)
+			if reason != tc.reason || message != tc.message || stalled != tc.stalled {
+				t.Fatalf("got %q %q stalled=%v, want %q %q stalled=%v", reason, message, stalled, tc.reason, tc.message, tc.stalled)
+			}
+		})
+	}
+}
+
+func TestSplitTable(t *testing.T) {
+	split := &v1.TrafficSplit{ObjectMeta: metav1.ObjectMeta{Name: "main"}, Spec: v1.TrafficSplitSpec{
+		Routes: []v1.Route{{RevisionName: "a", Percent: 90}, {RevisionName: "b", Percent: 10, Tag: "canary"}}}}
+	want := []dispatcher.Route{{Revision: "a", Percent: 90}, {Revision: "b", Percent: 10, Tag: "canary"}}
+	first, publish := splitTable(nil, split)
+	if !publish || first.Split != "main" || !first.Sticky || !slices.Equal(first.Routes, want) {
+		t.Fatalf("from nothing: %+v publish=%v", first, publish)
+	}
+	other := split.DeepCopy()
+	other.Name = "other"
+	lighter := split.DeepCopy()
+	lighter.Spec.Routes[0].Percent, lighter.Spec.Routes[1].Percent = 50, 50
+	random := split.DeepCopy()
+	random.Spec.Stickiness = v1.StickinessNone
+	for _, tc := range []struct {
+		name    string
+		split   *v1.TrafficSplit
+		publish bool
+	}{
+		{"same spec keeps the table in use", split, false},
+		{"another split", other, true},
+		{"other weights", lighter, true},
+		{"no stickiness", random, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, publish := splitTable(first, tc.split)
+			if publish != tc.publish || (got == first) == tc.publish {
+				t.Fatalf("publish=%v, same table %v; want publish=%v", publish, got == first, tc.publish)
+			}
+			if got.Split != tc.split.Name || got.Sticky != (tc.split.Spec.Stickiness != v1.StickinessNone) {
+				t.Fatalf("table %+v for %+v", got, tc.split.Spec)
+			}
+		})
+	}
+}
+
+func TestRouteStatuses(t *testing.T) {
+	if routes, summary := routeStatuses(nil, map[string]int64{"a": 1}); routes != nil || summary != "" {
+		t.Fatalf("no table: %v %q", routes, summary)
+	}
+	table := dispatcher.NewTable("main", []dispatcher.Route{{Revision: "a", Percent: 90}, {Revision: "b", Percent: 10, Tag: "canary"}}, true)
+	routes, summary := routeStatuses(table, map[string]int64{"a": 7, "gone": 3})
+	want := []v1.RouteStatus{{RevisionName: "a", Percent: 90, Dispatched: 7}, {RevisionName: "b", Percent: 10, Tag: "canary"}}
+	if !slices.Equal(routes, want) || summary != table.Summary() {
+		t.Fatalf("got %+v %q, want %+v %q", routes, summary, want, table.Summary())
+	}
+}
+
+func TestTenantConfig(t *testing.T) {
+	ten := &v1.Tenant{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "acme"}, Spec: v1.TenantSpec{Env: "prod",
+		Limits: v1.TenantLimits{MaxRequestBodyBytes: 4096, MaxConcurrentActivities: 8}}}
+	cfg := tenantConfig(ten)
+	if cfg.Namespace != "ns" || cfg.Name != "acme" || cfg.Env != "prod" || cfg.MaxBodyBytes != 4096 || cfg.MaxConcurrentActivities != 8 ||
+		cfg.Tokens == nil || len(cfg.Tokens) != 0 || cfg.RoutingCallers != nil {
+		t.Fatalf("without auth: %+v", cfg)
+	}
+	ten.Spec.Auth = &v1.TenantAuth{RoutingCallers: []string{"gateway"}}
+	if cfg := tenantConfig(ten); !slices.Equal(cfg.RoutingCallers, []string{"gateway"}) {
+		t.Fatalf("routing callers: %v", cfg.RoutingCallers)
+	}
+}
+
+func TestBearerTokens(t *testing.T) {
+	got := bearerTokens(map[string][]byte{"ci": []byte("t1"), "bot": []byte("t2"), "revoked": nil, "blank": {}})
+	if len(got) != 2 || got["t1"] != "ci" || got["t2"] != "bot" {
+		t.Fatalf("tokens %v", got)
+	}
+	if got := bearerTokens(nil); got == nil || len(got) != 0 {
+		t.Fatalf("no data: %v", got)
+	}
+}
+
+func TestAuthFailure(t *testing.T) {
+	read := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	last := &goodTokens{tokens: map[string]string{"t1": "ci", "t2": "bot"}, read: read}
+	notFound := apierrors.NewNotFound(schema.GroupResource{Resource: "secrets"}, "auth")
+	down := apierrors.NewServiceUnavailable("etcd")
+	for _, tc := range []struct {
+		name    string
+		err     error
+		last    *goodTokens
+		reason  string
+		message string
+		forget  bool
+	}{
+		{"not opted in", fmt.Errorf("auth Secret %q: %w", "auth", errSecretNotOptedIn), last, v1.ReasonSecretNotOptedIn, "", true},
+		{"not found", notFound, last, v1.ReasonAuthSecretMissing, `auth Secret "auth" not found: create it, or fix spec.auth.secretRef`, true},
+		{"unreadable, never read", down, nil, v1.ReasonAuthSecretMissing, down.Error(), false},
+		{"unreadable, tokens kept", down, last, v1.ReasonAuthSecretUnreadable,
+			down.Error() + "; the 2 tokens last read from it at 2026-01-01T12:00:00Z are still accepted", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reason, message, forget := authFailure("auth", tc.err, tc.last)
+			if reason != tc.reason || forget != tc.forget || (tc.message != "" && message != tc.message) {
+				t.Fatalf("got %s %q forget=%v, want %s %q forget=%v", reason, message, forget, tc.reason, tc.message, tc.forget)
+			}
+		})
+	}
+}
+
+func TestMarkTenant(t *testing.T) {
+	for _, tc := range []struct {
+		reason  string
+		ready   metav1.ConditionStatus
+		stalled bool
+	}{
+		{"", metav1.ConditionTrue, false},
+		{v1.ReasonAuthSecretUnreadable, metav1.ConditionFalse, false},
+		{v1.ReasonAuthSecretMissing, metav1.ConditionFalse, true},
+		{v1.ReasonSecretNotOptedIn, metav1.ConditionFalse, true},
+	} {
+		t.Run(cmp.Or(tc.reason, "ready"), func(t *testing.T) {
+			var s v1.TenantStatus
+			markTenant(&s, 3, tc.reason, "why")
+			ready := meta.FindStatusCondition(s.Conditions, v1.ConditionReady)
+			if ready == nil || ready.Status != tc.ready || ready.ObservedGeneration != 3 || (tc.reason != "" && ready.Reason != tc.reason) {
+				t.Fatalf("Ready %+v", ready)
+			}
+			if stalled := meta.IsStatusConditionTrue(s.Conditions, v1.ConditionStalled); stalled != tc.stalled {
+				t.Fatalf("Stalled=%v, want %v: %+v", stalled, tc.stalled, s.Conditions)
+			}
+		})
+	}
+}
+
+func TestDeletionWait(t *testing.T) {
+	if got := deletionWait(nil); got != "" {
+		t.Fatalf("no revisions: %q", got)
+	}
+	revs := []v1.Revision{{ObjectMeta: metav1.ObjectMeta{Name: "bot-v1"}}, {ObjectMeta: metav1.ObjectMeta{Name: "bot-v2"}}}
+	if got, want := deletionWait(revs), "deletion waits for 2 Revisions that reference this tenant (first: bot-v1): delete them first"; got != want {
+		t.Fatalf("got %q, want %q", got, want)
 	}
 }

@@ -111,8 +111,8 @@ type revisionScope struct {
 	gone bool
 }
 
-// revisionPhaseFunc is one step of a reconcile. It sets s.done to end the list.
-type revisionPhaseFunc func(ctx context.Context, s *revisionScope) (ctrl.Result, error)
+func (s *revisionScope) observe()       { s.rev.Status.ObservedGeneration = s.rev.Generation }
+func (s *revisionScope) finished() bool { return s.done }
 
 // Reconcile implements reconcile.Reconciler: fetch, ensure the finalizer, run the
 // phases of a live or a deleted Revision, and write status once if it changed.
@@ -149,35 +149,14 @@ func (r *RevisionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (r
 
 // reconcileNormal brings a live Revision to Ready, Draining or Retired.
 func (r *RevisionReconciler) reconcileNormal(ctx context.Context, s *revisionScope) (ctrl.Result, error) {
-	return r.runPhases(ctx, s, r.phaseRouting, r.phaseRetired, r.phaseTenant, r.phaseLoad, r.phaseState, r.phaseNext)
+	return runPhases(ctx, s, r.phaseRouting, r.phaseRetired, r.phaseTenant, r.phaseLoad, r.phaseState, r.phaseNext)
 }
 
 // reconcileDelete keeps a deleted Revision serving while a split routes to it or a
 // session is pinned to it, then unloads it, applies its state retention and releases
 // it.
 func (r *RevisionReconciler) reconcileDelete(ctx context.Context, s *revisionScope) (ctrl.Result, error) {
-	return r.runPhases(ctx, s, r.phaseRouting, r.phaseNext)
-}
-
-// runPhases runs phases in order until one ends the list or fails, and returns the
-// soonest requeue any asked for.
-func (r *RevisionReconciler) runPhases(ctx context.Context, s *revisionScope, phases ...revisionPhaseFunc) (ctrl.Result, error) {
-	var res ctrl.Result
-	for _, phase := range phases {
-		pr, err := phase(ctx, s)
-		if err != nil {
-			return res, err
-		}
-		if pr.RequeueAfter > 0 && (res.RequeueAfter == 0 || pr.RequeueAfter < res.RequeueAfter) {
-			res.RequeueAfter = pr.RequeueAfter
-		}
-		// Every phase that ran acted on this generation, and its conditions say so.
-		s.rev.Status.ObservedGeneration = s.rev.Generation
-		if s.done {
-			break
-		}
-	}
-	return res, nil
+	return runPhases(ctx, s, r.phaseRouting, r.phaseNext)
 }
 
 // phaseRouting finds whether a split routes to the revision and how many sessions are

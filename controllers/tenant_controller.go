@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"sync"
@@ -24,9 +23,15 @@ import (
 // TenantFinalizer blocks a Tenant's deletion while Revisions still reference it.
 const TenantFinalizer = "packhost.io/tenant"
 
-// tenantResync is how often a tenant's auth Secret is read again, so a rotated token
-// takes effect without a change to the Tenant.
-const tenantResync = time.Minute
+// Intervals of the tenant controller.
+const (
+	// tenantResync is how often a tenant's auth Secret is read again, so a rotated
+	// token takes effect without a change to the Tenant.
+	tenantResync = time.Minute
+	// tenantDeletionCheck is how often a deleted tenant checks whether the Revisions
+	// that reference it are gone.
+	tenantDeletionCheck = 10 * time.Second
+)
 
 // TenantReconciler publishes each Tenant's auth and limits to this replica's dispatcher
 // and, on the leader, validates the Tenant, reports its status and applies revision
@@ -37,6 +42,8 @@ type TenantReconciler struct {
 	Recorder  recorder.EventRecorder
 	Router    *dispatcher.Router
 	IsLeader  func() bool
+	// Clock is the time of token reads and retention; nil means time.Now.
+	Clock func() time.Time
 
 	mu sync.Mutex
 	// lastTokens are the tokens each tenant's auth Secret last gave, kept through a
@@ -52,7 +59,30 @@ type goodTokens struct {
 	read      time.Time
 }
 
-// Reconcile implements reconcile.Reconciler.
+// tenantScope is what one reconcile of a Tenant gathers and decides; the phase
+// functions read and fill it in turn.
+type tenantScope struct {
+	tenant *v1.Tenant
+	key    types.NamespacedName
+	leader bool
+	now    time.Time
+
+	// revs are the Revisions that reference the tenant.
+	revs []v1.Revision
+	// active is the split that routes the tenant; nil when none does.
+	active *v1.TrafficSplit
+	// done ends the list of phases.
+	done bool
+	// gone: status is not written, since the finalizer was removed (the object may no
+	// longer exist) or is not packhost's to remove.
+	gone bool
+}
+
+func (s *tenantScope) observe()       { s.tenant.Status.ObservedGeneration = s.tenant.Generation }
+func (s *tenantScope) finished() bool { return s.done }
+
+// Reconcile implements reconcile.Reconciler: fetch, ensure the finalizer, run the
+// phases of a live or a deleted Tenant, and write status once if it changed.
 func (r *TenantReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
 	tenant := &v1.Tenant{}
 	if err := r.Get(ctx, req.NamespacedName, tenant); err != nil {
@@ -63,89 +93,122 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 		}
 		return ctrl.Result{}, err
 	}
-	leader := r.IsLeader()
-	var revs v1.RevisionList
-	if err := r.List(ctx, &revs, client.InNamespace(tenant.Namespace), client.MatchingFields{indexTenant: tenant.Name}); err != nil {
-		return ctrl.Result{}, err
+	s := &tenantScope{tenant: tenant, key: req.NamespacedName, leader: r.IsLeader(), now: r.now()}
+	if tenant.DeletionTimestamp.IsZero() && s.leader && !controllerutil.ContainsFinalizer(tenant, TenantFinalizer) {
+		controllerutil.AddFinalizer(tenant, TenantFinalizer)
+		return requeueOnConflict(r.Update(ctx, tenant))
 	}
 	before := tenant.Status.DeepCopy()
 	defer func() {
-		if leader && !equality.Semantic.DeepEqual(before, &tenant.Status) {
+		if s.leader && !s.gone && !equality.Semantic.DeepEqual(before, &tenant.Status) {
 			res, _, err = writeStatus(ctx, r.Client, tenant, res, err)
 		}
 	}()
+	if tenant.DeletionTimestamp.IsZero() {
+		return r.reconcileNormal(ctx, s)
+	}
+	return r.reconcileDelete(ctx, s)
+}
 
-	if !tenant.DeletionTimestamp.IsZero() {
-		r.Router.PublishTenant(tenant.Namespace, tenant.Name, nil)
-		if !leader || !controllerutil.ContainsFinalizer(tenant, TenantFinalizer) {
-			return ctrl.Result{}, nil
-		}
-		if n := len(revs.Items); n > 0 {
-			tenant.Status.ObservedGeneration = tenant.Generation
-			tenant.Status.MarkWaiting(tenant.Generation, v1.ReasonRevisionsRemain,
-				fmt.Sprintf("deletion waits for %d Revisions that reference this tenant (first: %s): delete them first", n, revs.Items[0].Name))
-			return ctrl.Result{RequeueAfter: 10 * time.Second}, nil
-		}
-		controllerutil.RemoveFinalizer(tenant, TenantFinalizer)
-		before = tenant.Status.DeepCopy() // nothing more to write to status
-		return requeueOnConflict(r.Update(ctx, tenant))
-	}
-	if leader && !controllerutil.ContainsFinalizer(tenant, TenantFinalizer) {
-		controllerutil.AddFinalizer(tenant, TenantFinalizer)
-		before = tenant.Status.DeepCopy() // the update returns the stored status
-		return requeueOnConflict(r.Update(ctx, tenant))
-	}
+// reconcileNormal publishes the tenant's auth and limits, reports where it stands and,
+// on the leader, applies revision retention.
+func (r *TenantReconciler) reconcileNormal(ctx context.Context, s *tenantScope) (ctrl.Result, error) {
+	return runPhases(ctx, s, r.phaseGather, r.phasePublish, r.phaseRetention)
+}
 
-	cfg := &dispatcher.TenantConfig{
-		Namespace: tenant.Namespace, Name: tenant.Name, Env: tenant.Spec.Env,
-		MaxBodyBytes: tenant.Spec.Limits.MaxRequestBodyBytes, Tokens: map[string]string{},
-		// The dispatcher's share for this tenant's requests derives from it.
-		MaxConcurrentActivities: int(tenant.Spec.Limits.MaxConcurrentActivities),
-	}
-	if tenant.Spec.Auth != nil {
-		cfg.RoutingCallers = tenant.Spec.Auth.RoutingCallers
-	}
-	reason, message := r.auth(ctx, tenant, cfg)
-	r.Router.PublishTenant(tenant.Namespace, tenant.Name, cfg)
+// reconcileDelete withdraws a deleted tenant from the dispatcher and, on the leader,
+// releases it once no Revision references it.
+func (r *TenantReconciler) reconcileDelete(ctx context.Context, s *tenantScope) (ctrl.Result, error) {
+	return runPhases(ctx, s, r.phaseRevisions, r.phaseRelease)
+}
 
-	active, err := activeSplit(ctx, r.Client, tenant.Namespace, tenant.Name)
+// phaseRevisions reads the Revisions that reference the tenant.
+func (r *TenantReconciler) phaseRevisions(ctx context.Context, s *tenantScope) (ctrl.Result, error) {
+	var revs v1.RevisionList
+	if err := r.List(ctx, &revs, client.InNamespace(s.tenant.Namespace), client.MatchingFields{indexTenant: s.tenant.Name}); err != nil {
+		return ctrl.Result{}, err
+	}
+	s.revs = revs.Items
+	return ctrl.Result{}, nil
+}
+
+// phaseGather reads the Revisions that reference the tenant and the split that routes
+// it. It changes nothing: a failed read leaves status and the dispatcher as they were.
+func (r *TenantReconciler) phaseGather(ctx context.Context, s *tenantScope) (ctrl.Result, error) {
+	if _, err := r.phaseRevisions(ctx, s); err != nil {
+		return ctrl.Result{}, err
+	}
+	active, err := activeSplit(ctx, r.Client, s.tenant.Namespace, s.tenant.Name)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	tenant.Status.Revisions = int32(len(revs.Items))
+	s.active = active
+	return ctrl.Result{}, nil
+}
+
+// phasePublish reads the tenant's tokens, publishes its auth and limits to this
+// replica's dispatcher and reports whether it is ready; it is read again every
+// tenantResync so a rotated token takes effect.
+func (r *TenantReconciler) phasePublish(ctx context.Context, s *tenantScope) (ctrl.Result, error) {
+	tenant := s.tenant
+	cfg := tenantConfig(tenant)
+	reason, message := r.auth(ctx, tenant, cfg, s.now)
+	r.Router.PublishTenant(tenant.Namespace, tenant.Name, cfg)
+	tenant.Status.Revisions = int32(len(s.revs))
 	tenant.Status.ActiveSplit = ""
-	if active != nil {
-		tenant.Status.ActiveSplit = active.Name
+	if s.active != nil {
+		tenant.Status.ActiveSplit = s.active.Name
 	}
-	switch reason {
-	case "":
-		tenant.Status.MarkReady(tenant.Generation)
-	case v1.ReasonAuthSecretUnreadable:
-		tenant.Status.MarkWaiting(tenant.Generation, reason, message)
-	default:
-		tenant.Status.MarkNotReady(tenant.Generation, reason, message)
-	}
-	tenant.Status.ObservedGeneration = tenant.Generation
-	if leader {
-		// Every split of the tenant counts, not only the active one: a conflicting or
-		// deleted-and-recreated split may still name a revision someone relies on.
-		var splits v1.TrafficSplitList
-		if err := r.List(ctx, &splits, client.InNamespace(tenant.Namespace), client.MatchingFields{indexTenant: tenant.Name}); err != nil {
-			return ctrl.Result{}, fmt.Errorf("list splits: %w", err)
-		}
-		if err := r.retain(ctx, tenant, revs.Items, splits.Items); err != nil {
-			return ctrl.Result{}, err
-		}
-	}
+	markTenant(&tenant.Status, tenant.Generation, reason, message)
 	return ctrl.Result{RequeueAfter: tenantResync}, nil
+}
+
+// phaseRetention deletes, on the leader, the Revisions beyond the tenant's
+// revisionHistoryLimit that retentionVictims allows. Every split of the tenant counts,
+// not only the active one: a conflicting or deleted-and-recreated split may still name
+// a revision someone relies on.
+func (r *TenantReconciler) phaseRetention(ctx context.Context, s *tenantScope) (ctrl.Result, error) {
+	if !s.leader {
+		return ctrl.Result{}, nil
+	}
+	var splits v1.TrafficSplitList
+	if err := r.List(ctx, &splits, client.InNamespace(s.tenant.Namespace), client.MatchingFields{indexTenant: s.tenant.Name}); err != nil {
+		return ctrl.Result{}, fmt.Errorf("list splits: %w", err)
+	}
+	return ctrl.Result{}, r.retain(ctx, s.tenant, s.revs, splits.Items, s.now)
+}
+
+// phaseRelease withdraws the tenant from the dispatcher and, on the leader, removes
+// the finalizer once no Revision references the tenant.
+func (r *TenantReconciler) phaseRelease(ctx context.Context, s *tenantScope) (ctrl.Result, error) {
+	tenant := s.tenant
+	r.Router.PublishTenant(tenant.Namespace, tenant.Name, nil)
+	if !s.leader || !controllerutil.ContainsFinalizer(tenant, TenantFinalizer) {
+		s.gone = true
+		return ctrl.Result{}, nil
+	}
+	if why := deletionWait(s.revs); why != "" {
+		tenant.Status.MarkWaiting(tenant.Generation, v1.ReasonRevisionsRemain, why)
+		return ctrl.Result{RequeueAfter: tenantDeletionCheck}, nil
+	}
+	controllerutil.RemoveFinalizer(tenant, TenantFinalizer)
+	s.gone = true
+	return requeueOnConflict(r.Update(ctx, tenant))
+}
+
+func (r *TenantReconciler) now() time.Time {
+	if r.Clock == nil {
+		return time.Now()
+	}
+	return r.Clock()
 }
 
 // auth reads the tenant's tokens into cfg and checks its allowlisted Secrets; it returns
 // a not-ready reason and message when something is missing. A Secret serves the tenant
 // only when it opts in (v1.AnnotationTenants). When the auth Secret cannot be read for
 // a reason that may pass, the tokens last read from it stay in cfg, and the reason says
-// so.
-func (r *TenantReconciler) auth(ctx context.Context, tenant *v1.Tenant, cfg *dispatcher.TenantConfig) (string, string) {
+// so (authFailure).
+func (r *TenantReconciler) auth(ctx context.Context, tenant *v1.Tenant, cfg *dispatcher.TenantConfig, now time.Time) (string, string) {
 	key := types.NamespacedName{Namespace: tenant.Namespace, Name: tenant.Name}
 	if tenant.Spec.Auth == nil {
 		r.forgetTokens(key)
@@ -153,37 +216,29 @@ func (r *TenantReconciler) auth(ctx context.Context, tenant *v1.Tenant, cfg *dis
 	}
 	name := tenant.Spec.Auth.SecretRef.Name
 	sec, err := readOptedIn(ctx, r.APIReader, tenant.Namespace, name, tenant.Name, "auth Secret")
-	switch {
-	case errors.Is(err, errSecretNotOptedIn):
-		r.forgetTokens(key)
-		return v1.ReasonSecretNotOptedIn, err.Error()
-	case apierrors.IsNotFound(err):
-		r.forgetTokens(key)
-		return v1.ReasonAuthSecretMissing, fmt.Sprintf("auth Secret %q not found: create it, or fix spec.auth.secretRef", name)
-	case err != nil:
-		last, ok := r.tokensOf(key, tenant.UID, name)
-		if !ok {
-			return v1.ReasonAuthSecretMissing, err.Error()
+	if err != nil {
+		var last *goodTokens
+		if t, ok := r.tokensOf(key, tenant.UID, name); ok {
+			last = &t
 		}
-		maps.Copy(cfg.Tokens, last.tokens)
-		return v1.ReasonAuthSecretUnreadable, fmt.Sprintf("%v; the %d tokens last read from it at %s are still accepted",
-			err, len(last.tokens), last.read.UTC().Format(time.RFC3339))
-	}
-	for caller, token := range sec.Data {
-		if len(token) > 0 {
-			cfg.Tokens[string(token)] = caller
+		reason, message, forget := authFailure(name, err, last)
+		if forget {
+			r.forgetTokens(key)
 		}
+		if last != nil && reason == v1.ReasonAuthSecretUnreadable {
+			maps.Copy(cfg.Tokens, last.tokens)
+		}
+		return reason, message
 	}
-	r.keepTokens(key, goodTokens{tenantUID: tenant.UID, secret: name, tokens: maps.Clone(cfg.Tokens), read: time.Now()})
+	maps.Copy(cfg.Tokens, bearerTokens(sec.Data))
+	r.keepTokens(key, goodTokens{tenantUID: tenant.UID, secret: name, tokens: maps.Clone(cfg.Tokens), read: now})
 	if len(cfg.Tokens) == 0 {
 		return v1.ReasonAuthSecretEmpty, fmt.Sprintf("auth Secret %q holds no token: add a key whose value is a bearer token", name)
 	}
 	for _, s := range tenant.Spec.Secrets {
 		if _, err := readOptedIn(ctx, r.APIReader, tenant.Namespace, s.Name, tenant.Name, "allowlisted Secret"); err != nil {
-			if errors.Is(err, errSecretNotOptedIn) {
-				return v1.ReasonSecretNotOptedIn, err.Error()
-			}
-			return v1.ReasonSecretMissing, err.Error()
+			f := secretFailure(err)
+			return f.reason, f.message
 		}
 	}
 	return "", ""
@@ -215,12 +270,12 @@ func (r *TenantReconciler) tokensOf(key types.NamespacedName, uid types.UID, sec
 // retain deletes the oldest Revisions beyond the tenant's revisionHistoryLimit that
 // retentionVictims allows: never one that a split routes to (spec or table in use),
 // that is Draining or loading, or that was routed within retentionGrace.
-func (r *TenantReconciler) retain(ctx context.Context, tenant *v1.Tenant, revs []v1.Revision, splits []v1.TrafficSplit) error {
+func (r *TenantReconciler) retain(ctx context.Context, tenant *v1.Tenant, revs []v1.Revision, splits []v1.TrafficSplit, now time.Time) error {
 	if tenant.Spec.RevisionHistoryLimit == nil {
 		return nil
 	}
 	routed := func(name string) bool { return routesTo(splits, name) }
-	for _, rev := range retentionVictims(revs, routed, int(*tenant.Spec.RevisionHistoryLimit), time.Now()) {
+	for _, rev := range retentionVictims(revs, routed, int(*tenant.Spec.RevisionHistoryLimit), now) {
 		if err := r.Delete(ctx, rev); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("retire revision %s: %w", rev.Name, err)
 		}
@@ -239,16 +294,5 @@ func activeSplit(ctx context.Context, c client.Reader, namespace, tenant string)
 	if err := c.List(ctx, &splits, client.InNamespace(namespace), client.MatchingFields{indexTenant: tenant}); err != nil {
 		return nil, fmt.Errorf("list splits: %w", err)
 	}
-	var active *v1.TrafficSplit
-	for i := range splits.Items {
-		s := &splits.Items[i]
-		if !s.DeletionTimestamp.IsZero() {
-			continue
-		}
-		if active == nil || s.CreationTimestamp.Before(&active.CreationTimestamp) ||
-			(s.CreationTimestamp.Equal(&active.CreationTimestamp) && s.Name < active.Name) {
-			active = s
-		}
-	}
-	return active, nil
+	return oldestSplit(splits.Items), nil
 }

@@ -4,14 +4,11 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -46,7 +43,28 @@ type TrafficSplitReconciler struct {
 	published map[types.NamespacedName]types.NamespacedName // split -> tenant
 }
 
-// Reconcile implements reconcile.Reconciler.
+// splitScope is what one reconcile of a TrafficSplit gathers and decides; the phase
+// functions read and fill it in turn.
+type splitScope struct {
+	split  *v1.TrafficSplit
+	key    types.NamespacedName
+	leader bool
+
+	// active is the split that routes the tenant; another split's name is a conflict.
+	active *v1.TrafficSplit
+	// current is the table this replica serves for the tenant, when it is this split's.
+	current *dispatcher.Table
+	// targets are what each route names, when this split is the active one.
+	targets []routeTarget
+	// done ends the list of phases.
+	done bool
+}
+
+func (s *splitScope) observe()       { s.split.Status.ObservedGeneration = s.split.Generation }
+func (s *splitScope) finished() bool { return s.done }
+
+// Reconcile implements reconcile.Reconciler: fetch, run the phases of a live split (a
+// deleted one only withdraws its table), and write status once if it changed.
 func (r *TrafficSplitReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
 	split := &v1.TrafficSplit{}
 	if err := r.Get(ctx, req.NamespacedName, split); err != nil {
@@ -57,123 +75,108 @@ func (r *TrafficSplitReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		return ctrl.Result{}, err
 	}
 	if !split.DeletionTimestamp.IsZero() {
-		r.unpublish(req.NamespacedName)
-		return ctrl.Result{}, nil
+		return r.reconcileDelete(req.NamespacedName)
 	}
-	leader := r.IsLeader()
+	s := &splitScope{split: split, key: req.NamespacedName, leader: r.IsLeader()}
 	before := split.Status.DeepCopy()
 	defer func() {
-		if leader && !equality.Semantic.DeepEqual(before, &split.Status) {
+		if s.leader && !equality.Semantic.DeepEqual(before, &split.Status) {
 			res, _, err = writeStatus(ctx, r.Client, split, res, err)
 		}
 	}()
-	g := split.Generation
-	tenant := split.Spec.TenantRef.Name
+	return r.reconcileNormal(ctx, s)
+}
 
-	active, err := activeSplit(ctx, r.Client, split.Namespace, tenant)
+// reconcileNormal publishes the split's table once every route's revision is loaded
+// here, keeping the last good table until then, and reports the table in use.
+func (r *TrafficSplitReconciler) reconcileNormal(ctx context.Context, s *splitScope) (ctrl.Result, error) {
+	return runPhases(ctx, s, r.phaseGather, r.phaseConflict, r.phaseTable, r.phaseRoutes)
+}
+
+// reconcileDelete withdraws a deleted split's table; its status is not written.
+func (r *TrafficSplitReconciler) reconcileDelete(key types.NamespacedName) (ctrl.Result, error) {
+	r.unpublish(key)
+	return ctrl.Result{}, nil
+}
+
+// phaseGather reads which split routes the tenant, the table this replica serves for
+// it and, when it is this split, the revision each route names and whether it is
+// loaded here. It changes nothing: a failed read leaves status and the dispatcher as
+// they were.
+func (r *TrafficSplitReconciler) phaseGather(ctx context.Context, s *splitScope) (ctrl.Result, error) {
+	split := s.split
+	active, err := activeSplit(ctx, r.Client, split.Namespace, split.Spec.TenantRef.Name)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	s.active = active
 	if active != nil && active.Name != split.Name {
-		r.unpublish(req.NamespacedName)
-		split.Status.MarkConflict(g, active.Name)
-		split.Status.ObservedGeneration = g
-		split.Status.Routes, split.Status.Summary = nil, ""
 		return ctrl.Result{}, nil
 	}
-
-	_, current := r.Router.Tenant(split.Namespace, tenant)
-	if current != nil && current.Split != split.Name {
-		current = nil // a table of a split that no longer routes this tenant
+	if _, t := r.Router.Tenant(split.Namespace, split.Spec.TenantRef.Name); t != nil && t.Split == split.Name {
+		s.current = t // another split's table no longer routes this tenant
 	}
-	reason, message, stalled, err := r.check(ctx, split)
-	if err != nil {
-		return ctrl.Result{}, err
-	}
-	// Whatever the outcome, the conditions below describe this generation.
-	split.Status.ObservedGeneration = g
-	switch {
-	case reason == "":
-		want, sticky := routes(split), split.Spec.Stickiness != v1.StickinessNone
-		// Building a table hashes every bucket; a refresh keeps the one in use.
-		if current == nil || !routesAre(current, split.Name, want, sticky) {
-			current = dispatcher.NewTable(split.Name, want, sticky)
-			r.Router.PublishTable(split.Namespace, tenant, current)
-			r.remember(req.NamespacedName, types.NamespacedName{Namespace: split.Namespace, Name: tenant})
-			if r.Recorder != nil && leader {
-				r.Recorder.Eventf(split, nil, "Normal", v1.ReasonTablePublished, "Publish", "routing %s", current.Summary())
-			}
-		}
-		split.Status.MarkPublished(g)
-	default:
-		split.Status.MarkRoutesNotReady(g, reason, message, current != nil, stalled)
-		res = ctrl.Result{RequeueAfter: waitForRevision}
-	}
-	split.Status.Routes, split.Status.Summary = nil, ""
-	if current != nil {
-		counts := r.Router.Dispatched(split.Namespace, tenant)
-		for _, rt := range current.Routes {
-			split.Status.Routes = append(split.Status.Routes, v1.RouteStatus{RevisionName: rt.Revision, Percent: int32(rt.Percent), Tag: rt.Tag, Dispatched: counts[rt.Revision]})
-		}
-		split.Status.Summary = current.Summary()
-	}
-	if res.RequeueAfter == 0 {
-		res.RequeueAfter = cmp.Or(r.CountsRefresh, DefaultCountsRefresh)
-	}
-	return res, nil
-}
-
-// check says why the split's table cannot be used yet: a route's revision missing, of
-// another tenant, Failed, or not loaded on this replica. stalled says that it cannot
-// be used without someone's change (a Failed revision, one of another tenant); a
-// missing or loading revision may still come.
-func (r *TrafficSplitReconciler) check(ctx context.Context, split *v1.TrafficSplit) (reason, message string, stalled bool, err error) {
-	var waiting, failed []string
 	for _, rt := range split.Spec.Routes {
+		key := types.NamespacedName{Namespace: split.Namespace, Name: rt.RevisionName}
+		t := routeTarget{name: rt.RevisionName}
 		rev := &v1.Revision{}
-		if err := r.Get(ctx, types.NamespacedName{Namespace: split.Namespace, Name: rt.RevisionName}, rev); err != nil {
-			if apierrors.IsNotFound(err) {
-				return v1.ReasonRevisionNotFound, fmt.Sprintf("Revision %q not found", rt.RevisionName), false, nil
-			}
-			return "", "", false, fmt.Errorf("get revision %q: %w", rt.RevisionName, err)
+		switch err := r.Get(ctx, key, rev); {
+		case apierrors.IsNotFound(err):
+		case err != nil:
+			return ctrl.Result{}, fmt.Errorf("get revision %q: %w", rt.RevisionName, err)
+		default:
+			l := r.Runtimes.Get(key)
+			t.rev, t.loaded = rev, l != nil && l.UID == rev.UID
 		}
-		if rev.Spec.TenantRef.Name != split.Spec.TenantRef.Name {
-			return v1.ReasonWrongTenant, fmt.Sprintf("Revision %q belongs to tenant %q, not %q", rt.RevisionName, rev.Spec.TenantRef.Name, split.Spec.TenantRef.Name), true, nil
-		}
-		l := r.Runtimes.Get(types.NamespacedName{Namespace: split.Namespace, Name: rt.RevisionName})
-		if l != nil && l.UID == rev.UID {
-			continue
-		}
-		if rev.Status.Phase == v1.RevisionFailed {
-			why := rt.RevisionName + " is Failed"
-			if c := meta.FindStatusCondition(rev.Status.Conditions, v1.ConditionReady); c != nil {
-				why += " (" + c.Reason + ": " + c.Message + ")"
-			}
-			failed = append(failed, why)
-			continue
-		}
-		waiting = append(waiting, fmt.Sprintf("%s is not Ready: %s", rt.RevisionName, cmp.Or(string(rev.Status.Phase), "not reconciled yet")))
+		s.targets = append(s.targets, t)
 	}
-	if len(failed) > 0 {
-		return v1.ReasonRevisionFailed, strings.Join(append(failed, waiting...), "; "), true, nil
-	}
-	if len(waiting) > 0 {
-		return v1.ReasonRevisionNotReady, strings.Join(waiting, "; "), false, nil
-	}
-	return "", "", false, nil
+	return ctrl.Result{}, nil
 }
 
-func routes(split *v1.TrafficSplit) []dispatcher.Route {
-	out := make([]dispatcher.Route, len(split.Spec.Routes))
-	for i, rt := range split.Spec.Routes {
-		out[i] = dispatcher.Route{Revision: rt.RevisionName, Percent: int(rt.Percent), Tag: rt.Tag}
+// phaseConflict withdraws the table of a split that another, older split of the same
+// tenant overrules, and says so.
+func (r *TrafficSplitReconciler) phaseConflict(ctx context.Context, s *splitScope) (ctrl.Result, error) {
+	if s.active == nil || s.active.Name == s.split.Name {
+		return ctrl.Result{}, nil
 	}
-	return out
+	r.unpublish(s.key)
+	s.split.Status.MarkConflict(s.split.Generation, s.active.Name)
+	s.split.Status.Routes, s.split.Status.Summary = nil, ""
+	s.done = true
+	return ctrl.Result{}, nil
 }
 
-// routesAre reports whether t is the table of split with routes and stickiness.
-func routesAre(t *dispatcher.Table, split string, routes []dispatcher.Route, sticky bool) bool {
-	return t.Split == split && t.Sticky == sticky && slices.Equal(t.Routes, routes)
+// phaseTable publishes the split's table when routesBlocked finds nothing in its way,
+// and otherwise says what it waits for while the last good table keeps serving.
+func (r *TrafficSplitReconciler) phaseTable(ctx context.Context, s *splitScope) (ctrl.Result, error) {
+	split, g := s.split, s.split.Generation
+	reason, message, stalled := routesBlocked(split.Spec.TenantRef.Name, s.targets)
+	if reason != "" {
+		split.Status.MarkRoutesNotReady(g, reason, message, s.current != nil, stalled)
+		return ctrl.Result{RequeueAfter: waitForRevision}, nil
+	}
+	t, publish := splitTable(s.current, split)
+	if publish {
+		tenant := split.Spec.TenantRef.Name
+		r.Router.PublishTable(split.Namespace, tenant, t)
+		r.remember(s.key, types.NamespacedName{Namespace: split.Namespace, Name: tenant})
+		if r.Recorder != nil && s.leader {
+			r.Recorder.Eventf(split, nil, "Normal", v1.ReasonTablePublished, "Publish", "routing %s", t.Summary())
+		}
+	}
+	s.current = t
+	split.Status.MarkPublished(g)
+	return ctrl.Result{RequeueAfter: cmp.Or(r.CountsRefresh, DefaultCountsRefresh)}, nil
+}
+
+// phaseRoutes shows the table in use, with the activities dispatched to each route.
+func (r *TrafficSplitReconciler) phaseRoutes(ctx context.Context, s *splitScope) (ctrl.Result, error) {
+	var dispatched map[string]int64
+	if s.current != nil {
+		dispatched = r.Router.Dispatched(s.split.Namespace, s.split.Spec.TenantRef.Name)
+	}
+	s.split.Status.Routes, s.split.Status.Summary = routeStatuses(s.current, dispatched)
+	return ctrl.Result{}, nil
 }
 
 func (r *TrafficSplitReconciler) remember(split, tenant types.NamespacedName) {
