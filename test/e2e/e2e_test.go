@@ -382,10 +382,13 @@ spec:
 		}, "acme-bot-v3 is Failed with DigestMismatch")
 		mustKubectl(t, "", "patch", "phsplit", "acme", "--type=merge", "-p",
 			`{"spec":{"routes":[{"revisionName":"acme-bot-v1","percent":50},{"revisionName":"acme-bot-v3","percent":50}]}}`)
+		// A route to a Failed revision cannot take effect without a change of spec: the
+		// split says RevisionFailed and is Stalled (kstatus Failed), serving its last
+		// good table meanwhile.
 		waitFor(t, 30*time.Second, func() bool {
-			out, _ := kubectl(t, "", "get", "phsplit", "acme", "-o", "jsonpath={.status.conditions[?(@.type==\"RoutesReady\")].reason}")
-			return out == "RevisionNotReady"
-		}, "the split reports RevisionNotReady")
+			out, _ := kubectl(t, "", "get", "phsplit", "acme", "-o", "jsonpath={.status.conditions[?(@.type==\"RoutesReady\")].reason}/{.status.conditions[?(@.type==\"Stalled\")].status}")
+			return out == "RevisionFailed/True"
+		}, "the split reports RevisionFailed and Stalled")
 		if out := mustKubectl(t, "", "get", "phsplit", "acme", "-o", "jsonpath={.status.summary}"); out != "acme-bot-v1=90,acme-bot-v2=10" {
 			t.Fatalf("the split's table in use changed to %q", out)
 		}
