@@ -80,8 +80,8 @@ type Txn interface {
 // ConfigMap-backed one, which the suite in runtime/storetest checks on both:
 // optimistic, per-key versions; a transaction's reads (values and waits, any key) are
 // validated at commit and a changed one fails it with ErrConflict, applying none of its
-// writes; a transaction reads its own writes; one that wrote nothing commits nothing;
-// commits apply in the order they are made. Every commit is atomic, as a cross-shard
+// writes, also when it wrote nothing; a transaction reads its own writes; commits apply
+// in the order they are made. Every commit is atomic, as a cross-shard
 // commit of the ConfigMap-backed store is.
 type MemStore struct {
 	mu      sync.Mutex
@@ -199,11 +199,9 @@ func (t *memTxn) SetWait(session string, w *Wait) {
 }
 
 func (t *memTxn) Commit(context.Context) error {
-	// As in the ConfigMap-backed store, a transaction that wrote nothing commits
-	// nothing; one that did is validated against every read, whatever key or session.
-	if len(t.writes) == 0 && len(t.waitWrites) == 0 {
-		return nil
-	}
+	// As in the ConfigMap-backed store, every read is validated, whatever key or
+	// session, also of a transaction that wrote nothing (its answer must be
+	// serializable too); then the writes apply at once.
 	s := t.store
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -216,6 +214,9 @@ func (t *memTxn) Commit(context.Context) error {
 		if s.waits[k].version != ver {
 			return &ConflictError{Key: "session " + k}
 		}
+	}
+	if len(t.writes) == 0 && len(t.waitWrites) == 0 {
+		return nil
 	}
 	s.version++
 	for k, v := range t.writes {

@@ -107,6 +107,45 @@ func (c *faultClient) Update(ctx context.Context, obj client.Object, opts ...cli
 	return c.Client.Update(ctx, obj, opts...)
 }
 
+// readAll reads keys and the session's wait's data in one validated transaction,
+// running it again on conflict as the runtime would.
+func readAll(t *testing.T, ns runtime.Store, keys []runtime.StateKey, session string) []string {
+	t.Helper()
+	var last error
+	for attempt := range 200 {
+		ctx := runtime.WithAttempt(context.Background(), attempt)
+		txn, _ := ns.Begin(ctx)
+		seen, err := func() ([]string, error) {
+			var seen []string
+			for _, k := range keys {
+				v, _, err := txn.Get(k)
+				if err != nil {
+					return nil, err
+				}
+				seen = append(seen, string(v))
+			}
+			w, err := txn.Wait(session)
+			if err != nil {
+				return nil, err
+			}
+			if w == nil {
+				return nil, errors.New("the wait is gone")
+			}
+			return append(seen, string(w.Data)), txn.Commit(ctx)
+		}()
+		if err == nil {
+			return seen
+		}
+		if !errors.Is(err, runtime.ErrConflict) {
+			t.Fatalf("read: %v", err)
+		}
+		last = err
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("reads kept conflicting: %v", last)
+	return nil
+}
+
 // keysOn returns, for each of the first n shards, a key of pack "p" that lives there.
 func keysOn(shards, n int) []runtime.StateKey {
 	out := make([]runtime.StateKey, n)
@@ -208,26 +247,9 @@ func TestCrossShardCommitIsAllOrNothingUnderFaults(t *testing.T) {
 			}
 			name := fmt.Sprintf("%s before call %d", f, at)
 
-			// Another replica reads everything; it resolves what the writer left.
-			check := recoverer.Namespace(spec)
-			rt, _ := check.Begin(ctx)
-			var seen []string
-			for _, k := range written {
-				v, _, err := rt.Get(k)
-				if err != nil {
-					t.Fatalf("%s: read %s: %v", name, k.Name, err)
-				}
-				seen = append(seen, string(v))
-			}
-			w, err := rt.Wait(session)
-			if err != nil {
-				t.Fatalf("%s: read wait: %v", name, err)
-			}
-			if w == nil {
-				t.Fatalf("%s: the wait is gone", name)
-			}
-			seen = append(seen, string(w.Data))
-			rt.Discard()
+			// Another replica reads everything in a transaction, which resolves what the
+			// writer left and is validated like any other.
+			seen := readAll(t, recoverer.Namespace(spec), written, session)
 			all, none := true, true
 			for _, v := range seen {
 				all = all && v == tag

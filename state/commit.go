@@ -24,7 +24,7 @@ import (
 // decides, and the intents are rolled forward.
 func (t *txn) Commit(ctx context.Context) error {
 	if len(t.writes) == 0 {
-		return nil
+		return t.validate(ctx)
 	}
 	s := t.ns.store
 	if f := s.onCommit; f != nil {
@@ -55,6 +55,72 @@ func (t *txn) Commit(ctx context.Context) error {
 		return err
 	}
 	return t.commitAcross(ctx, primary, parts)
+}
+
+// validate checks the reads of a transaction that wrote nothing, so its answer is
+// serializable too: reads within one shard against the newest known copy (one version
+// of the shard must hold them all), reads across shards against each shard read from
+// the API server (copies of different shards in the watch's view may show a cross-shard
+// commit on one and not yet on another). An entry that an intent writes is compared as
+// its transaction decided; one still pending conflicts.
+func (t *txn) validate(ctx context.Context) error {
+	byShard := map[int][]string{}
+	for k, r := range t.reads {
+		byShard[r.shard] = append(byShard[r.shard], k)
+	}
+	s := t.ns.store
+	if len(byShard) > 1 {
+		if err := s.breaker.allow(); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.commitTimeout)
+	defer cancel()
+	for i, keys := range byShard {
+		key := t.ns.shards[i]
+		var cm *corev1.ConfigMap
+		var err error
+		if len(byShard) == 1 {
+			cm, err = s.latest(ctx, key)
+		} else {
+			cm, err = s.fetch(ctx, key)
+		}
+		if err != nil {
+			if uncertain(err) {
+				s.breaker.fail()
+				return fmt.Errorf("%w: validate reads: %v; nothing was applied", runtime.ErrStateUnavailable, err)
+			}
+			return err
+		}
+		var intents []*intent
+		for k, v := range cm.BinaryData {
+			if strings.HasPrefix(k, intentPrefix) {
+				if in, err := decodeIntent(v); err == nil {
+					intents = append(intents, in)
+				}
+			}
+		}
+		for _, k := range keys {
+			r := t.reads[k]
+			cur, ok := cm.BinaryData[k]
+			for _, in := range intents {
+				w, writes := in.writes[k]
+				if !writes {
+					continue
+				}
+				switch s.viewStatus(key, in) {
+				case committed:
+					cur, ok = w, w != nil
+				case pending:
+					return &runtime.ConflictError{Key: k + " (written by a pending cross-shard commit)"}
+				}
+			}
+			if ok != r.exists || string(cur) != r.blob {
+				return &runtime.ConflictError{Key: k}
+			}
+		}
+	}
+	return nil
 }
 
 // submit hands p to shard i's group commit; a part refused because a stale intent
@@ -117,16 +183,17 @@ func (t *txn) commitAcross(ctx context.Context, primary int, parts map[int]*part
 	err := t.submit(ctx, primary, p)
 	switch {
 	case err == nil:
-		t.resolveAll(secondaries, id, true)
-		// The record is dropped with the primary's next group commit, once every intent is
-		// gone; nobody waits for it.
-		if t.settled(secondaries, id) {
-			go func() {
+		// Decided: the answer need not wait for the roll-forward, since whoever meets an
+		// intent reads it as its primary's record says (this process has the record in
+		// its view already). The record is dropped once every intent is gone.
+		go func() {
+			t.resolveAll(secondaries, id, true)
+			if t.settled(secondaries, id) {
 				fctx, cancel := context.WithTimeout(context.Background(), s.commitTimeout)
 				defer cancel()
 				_ = s.shard(t.ns.shards[primary]).submit(fctx, &part{kind: kindForget, txn: id, done: make(chan struct{})})
-			}()
-		}
+			}
+		}()
 		return nil
 	case errors.Is(err, runtime.ErrOutcomeUnknown):
 		// Whoever meets the intents learns the outcome from the primary.

@@ -68,9 +68,9 @@
 // and the writes it will apply, which nobody may read or write) until the transaction
 // is decided. Then the primary's group commit validates the reads there, applies the
 // writes there and adds the record "t.<txn>" = committed, all in one guarded update:
-// that update is the decision. The intents are then rolled forward (each secondary's
-// next update, in parallel) and the record dropped with the primary's next group
-// commit. Whoever meets an intent asks the primary: committed means its writes are
+// that update is the decision, and the activity is answered. The intents are then
+// rolled forward (in parallel, or by any group commit on their shard that comes first)
+// and the record dropped with the primary's next group commit. Whoever meets an intent asks the primary: committed means its writes are
 // what is read, and any group commit on that shard applies them on the way; no record
 // means pending, and a reader waits briefly or re-runs. An intent older than LockTTL
 // (DefaultLockTTL, 10 s) whose primary has no record is decided aborted by writing
@@ -84,8 +84,9 @@
 // Cost, in API writes per activity spanning N shards, before group commit shares them:
 // N-1 intents + 1 decision + N-1 roll-forwards + 1 record drop = 2N (the common case of
 // a session's wait on one shard and its keys on another: 4 instead of 2 before, which
-// were not atomic), in three sequential rounds before the answer (intents, decision,
-// roll-forward). A single-shard activity keeps its one write. The alternatives cost
+// were not atomic), in two sequential rounds before the answer (intents in parallel,
+// then the decision); the roll-forward and the record's drop follow the answer. A
+// single-shard activity keeps its one write. The alternatives cost
 // more: one log ConfigMap per revision serialises every commit of the revision on one
 // object, and placing a session's keys with its wait cannot work for keys that
 // sessions share.
@@ -111,10 +112,11 @@
 // stored one once aborted; while undecided, the read waits up to 50 ms and then
 // answers ErrConflict (the activity runs again). A transaction that writes has every
 // read validated at commit, so its outcome is serializable even when the shards it
-// read were seen at different moments. One that writes nothing commits nothing and is
-// not validated: its answer comes from each shard's newest known copy, which on
-// another replica may show a cross-shard commit rolled forward on one shard before
-// the watch delivers its record on another.
+// read were seen at different moments. One that writes nothing writes nothing, and its
+// reads are validated too: within one shard against the newest known copy (free), across
+// N shards against each shard read from the API server (N reads, no write), because
+// the watch may deliver one shard's roll-forward of a cross-shard commit before
+// another shard's record of it.
 //
 // # Trust
 //
