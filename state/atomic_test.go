@@ -81,6 +81,22 @@ func (c *faultClient) next() fault {
 	return c.fault
 }
 
+// settle waits until no call has been made for 300 ms: the roll-forward after a
+// commit's answer is done (or has failed).
+func (c *faultClient) settle() {
+	last := -1
+	for range 50 {
+		c.mu.Lock()
+		n := c.calls
+		c.mu.Unlock()
+		if n == last {
+			return
+		}
+		last = n
+		time.Sleep(300 * time.Millisecond)
+	}
+}
+
 var cmResource = schema.GroupResource{Resource: "configmaps"}
 
 func (c *faultClient) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
@@ -238,6 +254,7 @@ func TestCrossShardCommitIsAllOrNothingUnderFaults(t *testing.T) {
 			txn.SetWait(session, &runtime.Wait{Pack: "p", Flow: "f", Data: []byte(tag), Expires: time.Now().Add(time.Hour)})
 			fc.arm(at, f)
 			answer := txn.Commit(ctx)
+			fc.settle()
 			if !fc.hit {
 				if answer != nil {
 					t.Fatalf("%s: commit without a fault: %v", f, answer)
@@ -274,6 +291,7 @@ func TestCrossShardCommitIsAllOrNothingUnderFaults(t *testing.T) {
 			}
 		}
 	}
+	t.Logf("%d faults injected", round-4)
 	if round < 12 {
 		t.Fatalf("only %d rounds: the commit made fewer API calls than a cross-shard protocol needs", round)
 	}
