@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -323,24 +322,45 @@ const (
 )
 
 // pageOf is the page key an entry key is packed into, or "" for a key that is not an
-// entry's (kept as it is).
+// entry's (kept as it is). The page is the second hex digit of the entry's hash (or
+// transaction id), so entries spread evenly. It runs for every entry on every commit,
+// so it does not allocate.
 func pageOf(key string) string {
-	var rest string
-	switch {
-	case strings.HasPrefix(key, valuePrefix), strings.HasPrefix(key, waitPrefix),
-		strings.HasPrefix(key, intentPrefix), strings.HasPrefix(key, recordPrefix):
-		rest = key[2:]
+	if len(key) < 4 || key[1] != '.' {
+		return ""
+	}
+	switch key[0] {
+	case valuePrefix[0], waitPrefix[0], intentPrefix[0], recordPrefix[0]:
 	default:
 		return ""
 	}
-	if len(rest) < 2 {
+	if _, ok := unhex(key[2]); !ok {
 		return ""
 	}
-	n, err := strconv.ParseUint(rest[:2], 16, 8)
-	if err != nil {
+	lo, ok := unhex(key[3])
+	if !ok {
 		return ""
 	}
-	return fmt.Sprintf("%s%02d", pagePrefix, int(n)%pages)
+	return pageNames[int(lo)%pages]
+}
+
+var pageNames = func() (names [pages]string) {
+	for i := range names {
+		names[i] = fmt.Sprintf("%s%02d", pagePrefix, i)
+	}
+	return names
+}()
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }
 
 func encodePage(keys []string, entries map[string][]byte) []byte {
