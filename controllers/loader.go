@@ -49,6 +49,9 @@ type loader struct {
 	stop    context.CancelFunc
 	origins map[string]chan struct{}
 	jobs    map[types.NamespacedName]*loadJob
+	// running counts the load goroutines, which Start waits for: a load writes the cache
+	// directory, and must not outlive the manager.
+	loads sync.WaitGroup
 }
 
 // loadJob is one load of a revision for one key, running or done.
@@ -73,10 +76,12 @@ func newLoader(retryAfter time.Duration, clock func() time.Time) *loader {
 // NeedLeaderElection is false: every replica loads the revisions it may serve.
 func (l *loader) NeedLeaderElection() bool { return false }
 
-// Start implements manager.Runnable: it runs until ctx ends, then cancels every load.
+// Start implements manager.Runnable: it runs until ctx ends, then cancels every load
+// and waits for them to end.
 func (l *loader) Start(ctx context.Context) error {
 	<-ctx.Done()
 	l.stop()
+	l.loads.Wait()
 	return nil
 }
 
@@ -103,6 +108,7 @@ func (l *loader) load(name types.NamespacedName, key string, origins []string, f
 	ctx, cancel := context.WithCancel(l.base)
 	j := &loadJob{key: key, cancel: cancel}
 	l.jobs[name] = j
+	l.loads.Add(1)
 	go l.run(ctx, name, j, origins, fn)
 	return false, nil, nil
 }
@@ -136,6 +142,7 @@ func (l *loader) forgetLocked(name types.NamespacedName) {
 }
 
 func (l *loader) run(ctx context.Context, name types.NamespacedName, j *loadJob, origins []string, fn loadFunc) {
+	defer l.loads.Done()
 	defer j.cancel()
 	var loaded *Loaded
 	var fail *failure

@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
@@ -55,6 +56,9 @@ type options struct {
 	maxInFlight             int
 	pprofAddr               string
 	memoryBudget            int64
+	// skipNameValidation lets a test run a second manager in one process (controller
+	// names must otherwise be unique per process).
+	skipNameValidation bool
 }
 
 func (o *options) bind(fs *flag.FlagSet) {
@@ -214,6 +218,7 @@ func run(ctx context.Context, cfg *rest.Config, o options, log logr.Logger) erro
 		LeaderElectionReleaseOnCancel: true,
 		GracefulShutdownTimeout:       &o.gracefulShutdown,
 		Cache:                         cacheOptions(o),
+		Controller:                    config.Controller{SkipNameValidation: &o.skipNameValidation},
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)

@@ -70,6 +70,14 @@ func TestManagerStartsAndAnswersProbes(t *testing.T) {
 	if err := waitOK(ctx, "http://"+o.dispatcherAddr+"/readyz", done); err != nil {
 		t.Errorf("dispatcher /readyz: %v", err)
 	}
+	// The secure metrics server starts beside the probes, after making its certificate:
+	// wait until it listens.
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if c, err := net.Dial("tcp", o.metricsAddr); err == nil {
+			c.Close()
+			break
+		}
+	}
 	if code, body := get(t, "http://"+o.dispatcherAddr+"/metrics", ""); code != http.StatusNotFound || strings.Contains(body, "packhost_") {
 		t.Errorf("the dispatcher port answers /metrics: %d %.200s", code, body)
 	}
@@ -250,7 +258,9 @@ func TestWatchNamespaces(t *testing.T) {
 	testenv.Require(t, env)
 	watched, other := env.Namespace(t, "watched"), env.Namespace(t, "unwatched")
 	o = options{metricsAddr: "0", dispatcherAddr: "0", probeAddr: "0", cacheDir: t.TempDir(),
-		gracefulShutdown: 5 * time.Second, watchNamespaces: []string{watched}}
+		gracefulShutdown: 5 * time.Second, watchNamespaces: []string{watched},
+		// Another test of this process ran a manager with the same controllers.
+		skipNameValidation: true}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, env.Config, o, zap.New(zap.UseDevMode(true))) }()
@@ -268,7 +278,12 @@ func TestWatchNamespaces(t *testing.T) {
 		return env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "acme"}, tn) == nil && len(tn.Finalizers) > 0
 	}
 	for !finalized(watched) && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case err := <-done:
+			done <- err // for the deferred wait
+			t.Fatalf("the manager stopped: %v", err)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	if !finalized(watched) {
 		t.Fatal("the tenant of the watched namespace was not reconciled")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"strconv"
 	"strings"
@@ -41,7 +42,7 @@ func registerMemoryMetrics(reg prometheus.Registerer, e *runtime.Engine) error {
 	budget := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "packhost_runtime_memory_budget_bytes", Help: "The replica's memory budget for guests (--memory-budget); 0 means none.",
 	}, func() float64 { return float64(e.MemoryStats().Budget) })
-	if err := reg.Register(budget); err != nil {
+	if err := registerOrReplace(reg, budget); err != nil {
 		return err
 	}
 	for _, kind := range []struct {
@@ -56,9 +57,21 @@ func registerMemoryMetrics(reg prometheus.Registerer, e *runtime.Engine) error {
 			Name: "packhost_runtime_memory_used_bytes", Help: "Guest memory accounted against the budget: compiled packs, instances, running activities' host buffers.",
 			ConstLabels: prometheus.Labels{"kind": kind.name},
 		}, func() float64 { return float64(kind.get(e.MemoryStats())) })
-		if err := reg.Register(g); err != nil {
+		if err := registerOrReplace(reg, g); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// registerOrReplace registers c, replacing a collector of the same metric that an
+// earlier run of the manager in this process registered (tests run several).
+func registerOrReplace(reg prometheus.Registerer, c prometheus.Collector) error {
+	err := reg.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		reg.Unregister(are.ExistingCollector)
+		err = reg.Register(c)
+	}
+	return err
 }

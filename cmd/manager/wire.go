@@ -39,7 +39,7 @@ func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger) err
 		Name: "packhost_state_commit_duration_seconds", Help: "Time from an activity's commit to its state being on the API server.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 	})
-	if err := crmetrics.Registry.Register(commitLatency); err != nil {
+	if err := registerOrReplace(crmetrics.Registry, commitLatency); err != nil {
 		return fmt.Errorf("register state metrics: %w", err)
 	}
 	store, err := state.New(mgr.GetConfig(), mgr.GetScheme(), state.Options{
@@ -107,7 +107,7 @@ func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger) err
 	metrics := dispatcher.NewMetrics(crmetrics.Registry)
 	runtimes.OnUnload = func(key types.NamespacedName) { metrics.ForgetRevision(key.Namespace, key.Name) }
 	router.OnRemove = metrics.ForgetTenant
-	if err := crmetrics.Registry.Register(controllers.NewPoolCollector(runtimes)); err != nil {
+	if err := registerOrReplace(crmetrics.Registry, controllers.NewPoolCollector(runtimes)); err != nil {
 		return fmt.Errorf("register pool metrics: %w", err)
 	}
 	return mgr.Add(&dispatcher.Server{
