@@ -38,7 +38,10 @@ const (
 	CodeAmbiguousBinding = "ambiguous_binding"
 	CodeOpNotAllowed     = "op_not_allowed"
 	CodeNotLoaded        = "not_loaded"
-	CodeInternal         = "internal"
+	// CodeInProgress: an invoke with the same correlation id is still running; ask
+	// again for its answer.
+	CodeInProgress = "in_progress"
+	CodeInternal   = "internal"
 	// CodeNotFound answers a path the dispatcher does not serve.
 	CodeNotFound = "not_found"
 	// CodeMethodNotAllowed answers a path served with another method (see Allow).

@@ -52,6 +52,7 @@ func TestInvokeStatusOf(t *testing.T) {
 		{runtime.ErrAmbiguous, http.StatusUnprocessableEntity, CodeAmbiguousBinding},
 		{runtime.ErrOpNotAllowed, http.StatusUnprocessableEntity, CodeOpNotAllowed},
 		{runtime.ErrNotLoaded, http.StatusServiceUnavailable, CodeNotLoaded},
+		{runtime.ErrInProgress, http.StatusConflict, CodeInProgress},
 		{runtime.ErrTimeout, http.StatusGatewayTimeout, CodeTimeout},
 	} {
 		if status, code := invokeStatusOf(fmt.Errorf("wrapped: %w", tc.err)); status != tc.status || code != tc.code {

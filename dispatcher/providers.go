@@ -134,6 +134,8 @@ func (s *Server) invoke(w http.ResponseWriter, r *http.Request) {
 // that does not have the revision (not_loaded).
 func invokeStatusOf(err error) (int, string) {
 	switch {
+	case errors.Is(err, runtime.ErrInProgress):
+		return http.StatusConflict, CodeInProgress
 	case errors.Is(err, runtime.ErrAmbiguous):
 		return http.StatusUnprocessableEntity, CodeAmbiguousBinding
 	case errors.Is(err, runtime.ErrOpNotAllowed):

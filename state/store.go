@@ -19,7 +19,7 @@
 // writer, 100 KiB about 90/s, 800 KiB about 26/s. A shard's budget is therefore 256 KiB
 // of entries (keys plus values, about 340 KiB of object once base64 encoded), well under
 // the 1 MiB object limit and in the range where an update still costs a few
-// milliseconds; a revision needing more state takes more shards (up to 16, 4 MiB). A
+// milliseconds; a revision needing more state takes more shards (up to 64, 16 MiB). A
 // commit that would pass the budget fails with runtime.ErrStateFull and nothing already
 // stored is lost.
 //

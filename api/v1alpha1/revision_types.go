@@ -116,11 +116,13 @@ const (
 // RevisionState configures a Revision's state namespace.
 type RevisionState struct {
 	// shards is the number of ConfigMaps the state namespace is spread over, by key hash.
-	// Each holds well under the 1 MiB object limit; more shards hold more state.
+	// Each holds well under the 1 MiB object limit (256 KiB of state); more shards hold
+	// more state: at most 64, 16 MiB. An activity whose keys fall in several shards
+	// commits atomically across them, at two API writes per shard it touches.
 	// +optional
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Minimum=1
-	// +kubebuilder:validation:Maximum=16
+	// +kubebuilder:validation:Maximum=64
 	Shards int32 `json:"shards,omitempty"`
 
 	// retention is Delete (the state goes with the Revision) or Retain (the state

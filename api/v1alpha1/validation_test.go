@@ -183,7 +183,7 @@ packs:
 	{"revision no main pack", "Revision", "tenantRef: {name: acme}\npacks: []", []string{"spec.packs", "at least 1 items"}},
 	{"revision 9 overlays", "Revision", packsN(10), []string{"at most 8 overlay packs"}},
 	{"revision shards 0", "Revision", revisionOK + "\nstate: {shards: 0}", []string{"spec.state.shards", "greater than or equal to 1"}},
-	{"revision shards 17", "Revision", revisionOK + "\nstate: {shards: 17}", []string{"spec.state.shards", "less than or equal to 16"}},
+	{"revision shards 65", "Revision", revisionOK + "\nstate: {shards: 65}", []string{"spec.state.shards", "less than or equal to 64"}},
 	{"revision bad retention", "Revision", revisionOK + "\nstate: {retention: Keep}", []string{"spec.state.retention", `"Delete", "Retain"`}},
 	{"revision timeout too long", "Revision", revisionOK + "\nlimits: {activityTimeout: 1h}", []string{"limits.activityTimeout must be a duration between 10ms and 5m"}},
 	{"revision no tenant", "Revision", "packs:\n- {name: bot, configMapRef: {name: packs, key: a.wasm}}", []string{"spec.tenantRef", "Required value"}},
