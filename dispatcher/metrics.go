@@ -101,33 +101,29 @@ func (m *Metrics) unauthenticated() {
 
 // ForgetTenant removes a tenant's series, when it is deleted.
 func (m *Metrics) ForgetTenant(namespace, tenant string) {
-	if m == nil {
-		return
-	}
-	m.served.Range(func(k, _ any) bool {
-		if key := k.(revisionSeriesKey); key.namespace == namespace && key.tenant == tenant {
-			m.served.Delete(k)
-		}
-		return true
+	m.forget(prometheus.Labels{"namespace": namespace, "tenant": tenant}, func(k revisionSeriesKey) bool {
+		return k.namespace == namespace && k.tenant == tenant
 	})
-	labels := prometheus.Labels{"namespace": namespace, "tenant": tenant}
-	m.requests.DeletePartialMatch(labels)
-	m.latency.DeletePartialMatch(labels)
-	m.inflight.DeletePartialMatch(labels)
 }
 
 // ForgetRevision removes a revision's series, when it is unloaded.
 func (m *Metrics) ForgetRevision(namespace, revision string) {
+	m.forget(prometheus.Labels{"namespace": namespace, "revision": revision}, func(k revisionSeriesKey) bool {
+		return k.namespace == namespace && k.revision == revision
+	})
+}
+
+// forget removes the series matching labels, and the cached handles of those that match.
+func (m *Metrics) forget(labels prometheus.Labels, match func(revisionSeriesKey) bool) {
 	if m == nil {
 		return
 	}
 	m.served.Range(func(k, _ any) bool {
-		if key := k.(revisionSeriesKey); key.namespace == namespace && key.revision == revision {
+		if match(k.(revisionSeriesKey)) {
 			m.served.Delete(k)
 		}
 		return true
 	})
-	labels := prometheus.Labels{"namespace": namespace, "revision": revision}
 	m.requests.DeletePartialMatch(labels)
 	m.latency.DeletePartialMatch(labels)
 	m.inflight.DeletePartialMatch(labels)
