@@ -101,11 +101,7 @@ func (a *asm) bytes() []byte {
 		}
 	}
 	if len(a.globals) > 0 {
-		s = appendU32(nil, uint32(len(a.globals)))
-		for _, g := range a.globals {
-			s = append(s, g...)
-		}
-		sec(secGlobal, s)
+		sec(secGlobal, vec(a.globals))
 	}
 	s = appendU32(nil, uint32(len(a.exports)))
 	for _, e := range a.exports {
@@ -116,11 +112,7 @@ func (a *asm) bytes() []byte {
 		sec(secStart, appendU32(nil, *a.start))
 	}
 	if len(a.elems) > 0 {
-		s = appendU32(nil, uint32(len(a.elems)))
-		for _, e := range a.elems {
-			s = append(s, e...)
-		}
-		sec(secElement, s)
+		sec(secElement, vec(a.elems))
 	}
 	s = appendU32(nil, uint32(len(a.funcs)))
 	for _, f := range a.funcs {
@@ -142,6 +134,15 @@ func (a *asm) bytes() []byte {
 		}
 		s = append(appendU32(append(s, nameFunctions), uint32(len(m))), m...)
 		sec(secCustom, s)
+	}
+	return b
+}
+
+// vec is a vector of whole, already encoded entries.
+func vec(entries [][]byte) []byte {
+	b := appendU32(nil, uint32(len(entries)))
+	for _, e := range entries {
+		b = append(b, e...)
 	}
 	return b
 }
