@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
@@ -155,8 +157,9 @@ func sourceOrigins(packs []v1.Pack) []string {
 				out = append(out, u.Host)
 			}
 		case p.Image != "":
-			registry, _, _ := strings.Cut(p.Image, "/")
-			out = append(out, registry)
+			if ref, err := name.ParseReference(p.Image); err == nil {
+				out = append(out, ref.Context().RegistryStr())
+			}
 		}
 	}
 	return out

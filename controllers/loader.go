@@ -23,6 +23,9 @@ const (
 	// host:port, a registry): a source that never answers holds at most this many
 	// workers for its bounded tries, never all of them, so it delays no other origin.
 	loadsPerOrigin = 2
+	// loadTimeout bounds one whole load: fetches (each try bounded by the source),
+	// state, compile and the first instance.
+	loadTimeout = 5 * time.Minute
 )
 
 // loadFunc loads a revision; it runs on a loader worker and must honour ctx.
@@ -47,7 +50,7 @@ type loader struct {
 	mu      sync.Mutex
 	base    context.Context
 	stop    context.CancelFunc
-	origins map[string]chan struct{}
+	origins map[string]*originSlots
 	jobs    map[types.NamespacedName]*loadJob
 	// running counts the load goroutines, which Start waits for: a load writes the cache
 	// directory, and must not outlive the manager.
@@ -69,7 +72,7 @@ func newLoader(retryAfter time.Duration, clock func() time.Time) *loader {
 	return &loader{
 		events: make(chan event.GenericEvent), retryAfter: retryAfter, clock: clock,
 		workers: make(chan struct{}, loadWorkers), base: base, stop: stop,
-		origins: map[string]chan struct{}{}, jobs: map[types.NamespacedName]*loadJob{},
+		origins: map[string]*originSlots{}, jobs: map[types.NamespacedName]*loadJob{},
 	}
 }
 
@@ -105,20 +108,14 @@ func (l *loader) load(name types.NamespacedName, key string, origins []string, f
 		}
 	}
 	l.forgetLocked(name)
-	ctx, cancel := context.WithCancel(l.base)
+	// A load that hangs (a compile, an API call) must give its worker and origin slot
+	// back eventually: each fetch try is bounded, the whole load is too.
+	ctx, cancel := context.WithTimeout(l.base, loadTimeout)
 	j := &loadJob{key: key, cancel: cancel}
 	l.jobs[name] = j
 	l.loads.Add(1)
 	go l.run(ctx, name, j, origins, fn)
 	return false, nil, nil
-}
-
-// running reports whether a load of name is under way.
-func (l *loader) running(name types.NamespacedName) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	j := l.jobs[name]
-	return j != nil && !j.done
 }
 
 // forget cancels a running load of name and drops a result nobody took, closing its
@@ -178,22 +175,35 @@ func (l *loader) acquire(ctx context.Context, origins []string) (release func(),
 	slices.Sort(origins)
 	origins = slices.Compact(origins)
 	var held []chan struct{}
+	var users []string // origins whose slots this load counts as a user of
 	release = func() {
 		for _, s := range held {
 			<-s
 		}
+		l.mu.Lock()
+		for _, o := range users {
+			// An origin nobody waits on or holds is forgotten: any user may name hosts.
+			if s := l.origins[o]; s != nil {
+				if s.users--; s.users == 0 {
+					delete(l.origins, o)
+				}
+			}
+		}
+		l.mu.Unlock()
 	}
 	for _, o := range origins {
 		l.mu.Lock()
 		s := l.origins[o]
 		if s == nil {
-			s = make(chan struct{}, loadsPerOrigin)
+			s = &originSlots{ch: make(chan struct{}, loadsPerOrigin)}
 			l.origins[o] = s
 		}
+		s.users++
+		users = append(users, o)
 		l.mu.Unlock()
 		select {
-		case s <- struct{}{}:
-			held = append(held, s)
+		case s.ch <- struct{}{}:
+			held = append(held, s.ch)
 		case <-ctx.Done():
 			release()
 			return nil, false
@@ -207,4 +217,11 @@ func (l *loader) acquire(ctx context.Context, origins []string) (release func(),
 	}
 	held = append(held, l.workers)
 	return release, true
+}
+
+// originSlots bounds the loads of one origin; users counts the loads holding or
+// waiting for a slot, so the entry goes when the last one is done.
+type originSlots struct {
+	ch    chan struct{}
+	users int
 }

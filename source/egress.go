@@ -2,6 +2,7 @@ package source
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -229,7 +230,7 @@ func (p *EgressPolicy) dialer() func(ctx context.Context, network, addr string) 
 			return open.DialContext(ctx, network, addr)
 		}
 		conn, err := checked.DialContext(ctx, network, addr)
-		if err != nil && errorsIs(err, ErrEgressDenied) {
+		if err != nil && errors.Is(err, ErrEgressDenied) {
 			noteFault(ctx, failure(ErrEgressDenied, false, "blocked by egress policy"))
 		}
 		return conn, err

@@ -24,11 +24,6 @@ var (
 	ErrEgressDenied error = &classError{"blocked by egress policy", ErrInvalidSource}
 	// ErrSourceTooLarge: a manifest, index or pack is larger than its limit.
 	ErrSourceTooLarge error = &classError{"source too large", ErrInvalidSource}
-
-	// ErrUnreachable is the former name of ErrSourceUnreachable.
-	//
-	// Deprecated: use ErrSourceUnreachable.
-	ErrUnreachable = ErrSourceUnreachable
 )
 
 // classError is a class of failure that is also a kind of a broader one.

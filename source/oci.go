@@ -103,7 +103,9 @@ func (f *Fetcher) fromImage(ctx context.Context, namespace, image string, pullSe
 // (kubernetes.io/dockerconfigjson).
 func (f *Fetcher) keychain(ctx context.Context, namespace string, refs []packhostv1alpha1.LocalObjectReference) (authn.Keychain, error) {
 	if len(refs) == 0 {
-		return authn.DefaultKeychain, nil
+		// Anonymous, never the manager's own credentials: a Revision pulls only what
+		// its own opted-in pull Secrets, or nobody's, let it.
+		return authn.NewMultiKeychain(), nil
 	}
 	var kcs []authn.Keychain
 	for _, r := range refs {

@@ -63,8 +63,6 @@ func (t *tryState) recorded() *Error {
 	return t.fault
 }
 
-func errorsIs(err, target error) bool { return errors.Is(err, target) }
-
 // newTransport returns the one HTTP transport every url and image fetch uses: no proxy
 // (the policy judges the address connected to, which a proxy would hide), connections
 // only where the policy allows, bounded handshakes, and every response body cut off at
