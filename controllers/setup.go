@@ -2,10 +2,7 @@ package controllers
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net/http"
-	"strings"
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -25,7 +22,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	v1 "github.com/packhost/packhost/api/v1alpha1"
-	"github.com/packhost/packhost/dispatcher"
 )
 
 // indexTenant indexes Revisions and TrafficSplits by spec.tenantRef.name.
@@ -257,25 +253,5 @@ func LeaderFunc(mgr manager.Manager) func() bool {
 		default:
 			return false
 		}
-	}
-}
-
-// RevisionsLoaded is a readiness check: the replica is ready when every revision a
-// published table routes to is loaded here.
-func RevisionsLoaded(router *dispatcher.Router, runtimes *Runtimes) func(*http.Request) error {
-	return func(*http.Request) error {
-		var missing []string
-		for tenant, t := range router.Tables() {
-			ns, _, _ := strings.Cut(tenant, "/")
-			for _, rt := range t.Routes {
-				if runtimes.Get(types.NamespacedName{Namespace: ns, Name: rt.Revision}) == nil {
-					missing = append(missing, ns+"/"+rt.Revision)
-				}
-			}
-		}
-		if len(missing) > 0 {
-			return errors.New("revisions routed but not loaded: " + strings.Join(missing, ", "))
-		}
-		return nil
 	}
 }

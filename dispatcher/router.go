@@ -103,19 +103,6 @@ func (r *Router) Tenant(namespace, name string) (*TenantConfig, *Table) {
 	return e.config.Load(), e.table.Load()
 }
 
-// Tables returns every published table by tenant namespace/name.
-func (r *Router) Tables() map[string]*Table {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	out := map[string]*Table{}
-	for k, e := range r.tenants {
-		if t := e.table.Load(); t != nil {
-			out[k] = t
-		}
-	}
-	return out
-}
-
 // Count records one activity dispatched to a revision; Dispatched reports the sums.
 func (r *Router) Count(namespace, tenant, revision string) {
 	e := r.entry(namespace, tenant, true)

@@ -114,10 +114,17 @@ func methodNotAllowed(allow string) http.HandlerFunc {
 	}
 }
 
+// readyzTimeout bounds one public readiness check.
+const readyzTimeout = time.Second
+
 // readyz answers "ok" when the replica is ready, and otherwise a 503 that says only
 // that: why is for the manager's logs and probe port, not for callers.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	if s.Ready != nil && s.Ready(r) != nil {
+	// The port is public and its callers are not authenticated: a check may wait for
+	// the caches while the replica starts, so it gets a second, not the caller's time.
+	ctx, cancel := context.WithTimeout(r.Context(), readyzTimeout)
+	defer cancel()
+	if s.Ready != nil && s.Ready(r.WithContext(ctx)) != nil {
 		writeError(w, http.StatusServiceUnavailable, CodeNotReady, "the replica is not ready")
 		return
 	}
