@@ -433,8 +433,14 @@ func (s *Store) Recover(ctx context.Context, spec Spec) error {
 						left = true
 						continue
 					}
-					if _, err := s.resolve(ctx, sk, in, false); err != nil {
+					// Only an intent rolled forward lets the record go: one still pending
+					// needs the record, or a later resolver would abort an acknowledged
+					// commit and lose its writes.
+					st, err := s.resolve(ctx, sk, in, false)
+					if err != nil {
 						errs = append(errs, err)
+					}
+					if err != nil || st != committed {
 						left = true
 					}
 				}
