@@ -445,12 +445,18 @@ func (s *Store) transform(obj any) (any, error) {
 	_, why := s.judge(cm)
 	s.mu.RUnlock()
 	if why != "" {
-		cm.Data, cm.BinaryData, cm.Annotations = nil, nil, nil
+		// Marked, so that observe never takes this husk for the shard's content if the
+		// revision comes to be served before the event is handled: with its real
+		// resourceVersion, a flush onto it would wipe the shard.
+		cm.Data, cm.BinaryData, cm.Annotations = nil, nil, map[string]string{annotationStripped: "true"}
 		return cm, nil
 	}
 	unpack(cm)
 	return cm, nil
 }
+
+// annotationStripped marks a ConfigMap whose content transform dropped.
+const annotationStripped = "packhost.io/stripped-by-cache"
 
 // serve records that this process serves spec's revision: ConfigMaps it owns are
 // trusted from now on.
@@ -545,6 +551,12 @@ func (s *Store) observe(cm *corev1.ConfigMap) bool {
 	delete(s.suspects, key)
 	old := s.view[key]
 	if old != nil && rv(old) >= rv(cm) {
+		return true
+	}
+	if cm.Annotations[annotationStripped] != "" {
+		// Trusted only since the watch cache stripped it: forget what is known, so that
+		// the next read fetches the shard whole (latest).
+		delete(s.view, key)
 		return true
 	}
 	s.view[key] = cm
