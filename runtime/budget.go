@@ -133,7 +133,7 @@ func (e *Engine) reserve(t *tenantMemory, kind int, n int64) bool {
 	if e.tryReserveFor(t, kind, n) {
 		return true
 	}
-	if t != nil && e.mem.limit > 0 && t.used.Load()+n > int64(float64(e.mem.limit)*tenantShare) {
+	if t != nil && e.mem.limit > 0 && t.used.Load()+n > e.share() {
 		return false // past the tenant's share: closing others' instances would not help
 	}
 	e.relieve()
@@ -143,17 +143,29 @@ func (e *Engine) reserve(t *tenantMemory, kind int, n int64) bool {
 // tryReserveFor is reserve without closing idle instances first: for room taken ahead
 // of need, which is not worth closing anyone's instance for.
 func (e *Engine) tryReserveFor(t *tenantMemory, kind int, n int64) bool {
-	if t != nil && e.mem.limit > 0 && n > 0 && t.used.Load()+n > int64(float64(e.mem.limit)*tenantShare) {
-		return false
+	if t == nil {
+		return e.mem.tryReserve(kind, n)
+	}
+	// Take the tenant's share first, atomically, so that concurrent growths of one
+	// tenant's instances cannot all pass a check made before any of them counted.
+	for {
+		used := t.used.Load()
+		if e.mem.limit > 0 && n > 0 && used+n > e.share() {
+			return false
+		}
+		if t.used.CompareAndSwap(used, used+n) {
+			break
+		}
 	}
 	if !e.mem.tryReserve(kind, n) {
+		t.used.Add(-n)
 		return false
-	}
-	if t != nil {
-		t.used.Add(n)
 	}
 	return true
 }
+
+// share is the most one tenant may hold (tenantShare of the budget).
+func (e *Engine) share() int64 { return int64(float64(e.mem.limit) * tenantShare) }
 
 // reserveUpTo reserves as much as it can between need and want bytes, and returns how
 // much (0: not even need fits). It does not close idle instances.
@@ -163,7 +175,7 @@ func (e *Engine) reserveUpTo(t *tenantMemory, kind int, need, want int64) int64 
 		if e.mem.limit > 0 {
 			avail = min(avail, e.mem.limit-e.mem.total.Load())
 			if t != nil {
-				avail = min(avail, int64(float64(e.mem.limit)*tenantShare)-t.used.Load())
+				avail = min(avail, e.share()-t.used.Load())
 			}
 		}
 		if avail < need {
