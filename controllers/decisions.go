@@ -90,6 +90,17 @@ func tenantFailure(rev *v1.Revision, err error) *failure {
 	return &failure{v1.RevisionPacksFetched, v1.ReasonTenantUnreadable, fmt.Sprintf("read Tenant %q: %v", rev.Spec.TenantRef.Name, err), true}
 }
 
+// keepsServing reports whether a failed reload leaves the runtime loaded before
+// serving: only for failures that say nothing against it. A revoked capability or
+// secret, or a changed pack, must take effect even though it is retried.
+func keepsServing(f *failure) bool {
+	switch f.reason {
+	case v1.ReasonSourceUnreachable, v1.ReasonTenantUnreadable, v1.ReasonMemoryBudget:
+		return true
+	}
+	return false
+}
+
 // fetchFailure classifies an error fetching pack.
 func fetchFailure(pack string, err error) *failure {
 	msg := fmt.Sprintf("pack %s: %v", pack, err)

@@ -441,3 +441,25 @@ func TestDeletionWait(t *testing.T) {
 		t.Fatalf("got %q, want %q", got, want)
 	}
 }
+
+// A failed reload leaves the runtime loaded before serving only when the failure says
+// nothing against it; a revoked capability or secret, or a changed pack, unloads it.
+func TestKeepsServing(t *testing.T) {
+	for _, tc := range []struct {
+		reason string
+		keep   bool
+	}{
+		{v1.ReasonSourceUnreachable, true},
+		{v1.ReasonTenantUnreadable, true},
+		{v1.ReasonMemoryBudget, true},
+		{v1.ReasonCapabilityNotAllowed, false},
+		{v1.ReasonSecretMissing, false},
+		{v1.ReasonSecretNotOptedIn, false},
+		{v1.ReasonDigestMismatch, false},
+		{v1.ReasonInvalidWasm, false},
+	} {
+		if got := keepsServing(&failure{reason: tc.reason}); got != tc.keep {
+			t.Errorf("keepsServing(%s) = %v, want %v", tc.reason, got, tc.keep)
+		}
+	}
+}

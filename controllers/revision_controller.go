@@ -234,6 +234,12 @@ func (r *RevisionReconciler) phaseLoad(ctx context.Context, s *revisionScope) (c
 			s.rev.Status.MarkLoading(s.rev.Generation, "fetching and compiling the packs")
 			s.done = true
 			return ctrl.Result{}, nil
+		case f != nil && s.loaded != nil && keepsServing(f):
+			// A reload that failed for a reason that may pass (a source or the API server
+			// unreachable, the replica's memory full) leaves the loaded runtime serving.
+			s.rev.Status.MarkReloading(s.rev.Generation, fmt.Sprintf("loading again failed (%s: %s); the runtime loaded before serves meanwhile", f.reason, f.message))
+			s.done = true
+			return ctrl.Result{RequeueAfter: retryFailedLoad}, nil
 		case f != nil:
 			s.done = true
 			return r.fail(ctx, s, f), nil
