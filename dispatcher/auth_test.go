@@ -22,7 +22,7 @@ func TestUnauthenticatedAnswersAreIdentical(t *testing.T) {
 		var first *httptest.ResponseRecorder
 		for _, tc := range []struct{ name, tenant, auth string }{
 			{"unknown tenant", "ghost", "Bearer tok"},
-			{"unknown namespace", "ghost", "Bearer tok"},
+			{"a known tenant's name in another namespace", "acme", "Bearer tok"},
 			{"no token", "acme", ""},
 			{"not a bearer token", "acme", "Basic dG9rOg=="},
 			{"empty bearer token", "acme", "Bearer "},
@@ -33,7 +33,7 @@ func TestUnauthenticatedAnswersAreIdentical(t *testing.T) {
 			{"unknown tenant without a token", "ghost", ""},
 		} {
 			ns := "default"
-			if tc.name == "unknown namespace" {
+			if tc.name == "a known tenant's name in another namespace" {
 				ns = "elsewhere"
 			}
 			req := httptest.NewRequest(http.MethodPost, "/v1/namespaces/"+ns+"/tenants/"+tc.tenant+"/"+path, strings.NewReader(body))

@@ -49,7 +49,14 @@ func (s *Server) admitProviderAs(w http.ResponseWriter, r *http.Request, what st
 		return fail()
 	}
 	if v != nil {
-		body, ok := readBody(w, r, cfg.MaxBodyBytes)
+		limit := cfg.MaxBodyBytes
+		if bl, ok := s.Revisions.(BodyLimits); ok {
+			// The revision's own limit, as for its activities, when it is lower.
+			if l, ok := bl.MaxBodyBytes(cfg.Namespace, cfg.Name, name); ok && l > 0 && (limit <= 0 || l < limit) {
+				limit = l
+			}
+		}
+		body, ok := readBody(w, r, limit)
 		if !ok {
 			return fail()
 		}
