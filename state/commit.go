@@ -22,14 +22,18 @@ import (
 // commit there; one that spans shards takes the cross-shard protocol of the package doc:
 // every shard but the primary is locked with an intent, the primary's group commit
 // decides, and the intents are rolled forward.
-func (t *txn) Commit(ctx context.Context) error {
+func (t *txn) Commit(ctx context.Context) (err error) {
 	if len(t.writes) == 0 {
 		return t.validate(ctx)
 	}
 	s := t.ns.store
 	if f := s.onCommit; f != nil {
 		start := time.Now()
-		defer func() { f(time.Since(start)) }()
+		defer func() {
+			if err == nil { // OnCommit times successful commits only (Options)
+				f(time.Since(start))
+			}
+		}()
 	}
 	parts := map[int]*part{}
 	partOf := func(shard int) *part {

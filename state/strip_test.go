@@ -19,7 +19,7 @@ func TestStrippedShardIsNeverTheShardsContent(t *testing.T) {
 	spec := Spec{Namespace: "ns", Revision: "bot", RevisionUID: "uid-1", Tenant: "acme", Shards: 1}
 	shard := func(rv string, entries map[string][]byte) *corev1.ConfigMap {
 		return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: ShardName("bot", 0), ResourceVersion: rv,
-			Labels: map[string]string{LabelComponent: ComponentState, LabelRevision: "bot", LabelTenant: "acme", LabelShard: "0"},
+			Labels:          map[string]string{LabelComponent: ComponentState, LabelRevision: "bot", LabelTenant: "acme", LabelShard: "0"},
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "packhost.io/v1alpha1", Kind: "Revision", Name: "bot", UID: "uid-1", Controller: ptr.To(true)}}},
 			BinaryData: entries}
 	}
