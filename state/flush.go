@@ -2,6 +2,7 @@ package state
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -263,8 +264,7 @@ func (sh *shard) refetch(ctx context.Context) (*corev1.ConfigMap, error) {
 func uncertain(err error) bool {
 	return !(apierrors.IsConflict(err) || apierrors.IsInvalid(err) || apierrors.IsNotFound(err) ||
 		apierrors.IsForbidden(err) || apierrors.IsRequestEntityTooLargeError(err) || apierrors.IsBadRequest(err) ||
-		apierrors.IsUnauthorized(err) || apierrors.IsAlreadyExists(err)) &&
-		!strings.Contains(err.Error(), "is not trusted as state") && !strings.Contains(err.Error(), "is not a packhost state ConfigMap")
+		apierrors.IsUnauthorized(err) || apierrors.IsAlreadyExists(err) || errors.Is(err, errNotState))
 }
 
 // landedOf returns the attempt among unanswered whose id cm's AnnotationCommits lists.

@@ -695,6 +695,10 @@ func (s *Store) latest(ctx context.Context, key types.NamespacedName) (*corev1.C
 	return s.fetch(ctx, key)
 }
 
+// errNotState: a fetched ConfigMap is not state this process trusts; a definite
+// refusal, never an outcome to wait for.
+var errNotState = errors.New("not trusted state")
+
 func (s *Store) fetch(ctx context.Context, key types.NamespacedName) (*corev1.ConfigMap, error) {
 	cm := &corev1.ConfigMap{}
 	if err := s.client.Get(ctx, key, cm); err != nil {
@@ -702,13 +706,13 @@ func (s *Store) fetch(ctx context.Context, key types.NamespacedName) (*corev1.Co
 	}
 	unpack(cm)
 	if cm.Labels[LabelComponent] != ComponentState {
-		return nil, fmt.Errorf("ConfigMap %s is not a packhost state ConfigMap (label %s=%s missing)", key, LabelComponent, ComponentState)
+		return nil, fmt.Errorf("%w: ConfigMap %s is not a packhost state ConfigMap (label %s=%s missing)", errNotState, key, LabelComponent, ComponentState)
 	}
 	if !s.observe(cm) {
 		s.mu.RLock()
 		_, why := s.judge(cm)
 		s.mu.RUnlock()
-		return nil, fmt.Errorf("ConfigMap %s is not trusted as state: %s", key, why)
+		return nil, fmt.Errorf("%w: ConfigMap %s is not trusted as state: %s", errNotState, key, why)
 	}
 	return cm, nil
 }
