@@ -75,6 +75,22 @@ func routesN(n int) string {
 	return b.String()
 }
 
+// canary is a valid two-route split with strategy.canary set to the YAML in c.
+func canary(c string) string {
+	return splitRoutes + "- {revisionName: a, percent: 90}\n- {revisionName: b, percent: 10}\nstrategy:\n  canary:" +
+		strings.ReplaceAll(c, "\n", "\n    ")
+}
+
+// stepsN is n ascending canary steps.
+func stepsN(n int) string {
+	var b strings.Builder
+	b.WriteString("\nsteps:")
+	for i := 1; i <= n; i++ {
+		b.WriteString("\n- {weight: " + itoa(i*6) + ", pause: 1m}")
+	}
+	return b.String()
+}
+
 func packsN(n int) string {
 	var b strings.Builder
 	b.WriteString("tenantRef: {name: acme}\npacks:\n")
@@ -122,6 +138,47 @@ var refusals = []refusal{
 - {revisionName: a, percent: 100}
 stickiness: cookie`, []string{"spec.stickiness", `"session", "none"`}},
 	{"split no tenant", "TrafficSplit", "routes:\n- {revisionName: a, percent: 100}", []string{"spec.tenantRef", "Required value"}},
+
+	{"canary steps descending", "TrafficSplit", canary(`
+steps: [{weight: 50}, {weight: 10}]`), []string{"step weights must be strictly ascending"}},
+	{"canary steps repeat a weight", "TrafficSplit", canary(`
+steps: [{weight: 10}, {weight: 10}, {weight: 50}]`), []string{"step weights must be strictly ascending"}},
+	{"canary step weight 0", "TrafficSplit", canary(`
+steps: [{weight: 0}]`), []string{"spec.strategy.canary.steps[0].weight", "greater than or equal to 1"}},
+	{"canary step weight 101", "TrafficSplit", canary(`
+steps: [{weight: 101}]`), []string{"spec.strategy.canary.steps[0].weight", "less than or equal to 100"}},
+	{"canary no steps", "TrafficSplit", canary(`
+steps: []`), []string{"spec.strategy.canary.steps", "at least 1 items"}},
+	{"canary 17 steps", "TrafficSplit", canary(stepsN(17)), []string{"spec.strategy.canary.steps", "at most 16 items"}},
+	{"canary step without weight", "TrafficSplit", canary(`
+steps: [{pause: 1m}]`), []string{"spec.strategy.canary.steps[0].weight", "Required value"}},
+	{"canary pause negative", "TrafficSplit", canary(`
+steps: [{weight: 10, pause: -1s}]`), []string{"pause must be a duration between 0s and 168h"}},
+	{"canary pause over a week", "TrafficSplit", canary(`
+steps: [{weight: 10, pause: 169h}]`), []string{"pause must be a duration between 0s and 168h"}},
+	{"canary pause not a duration", "TrafficSplit", canary(`
+steps: [{weight: 10, pause: soon}]`), []string{"spec.strategy.canary.steps[0].pause"}},
+	{"canary analysis bounds nothing", "TrafficSplit", canary(`
+steps: [{weight: 10}]
+analysis: {interval: 1m, minActivities: 5}`), []string{"analysis needs maxErrorPercent or maxP99"}},
+	{"canary analysis interval 1s", "TrafficSplit", canary(`
+steps: [{weight: 10}]
+analysis: {interval: 1s, maxErrorPercent: 5}`), []string{"analysis.interval must be a duration between 5s and 1h"}},
+	{"canary analysis interval 2h", "TrafficSplit", canary(`
+steps: [{weight: 10}]
+analysis: {interval: 2h, maxErrorPercent: 5}`), []string{"analysis.interval must be a duration between 5s and 1h"}},
+	{"canary error percent 101", "TrafficSplit", canary(`
+steps: [{weight: 10}]
+analysis: {maxErrorPercent: 101}`), []string{"spec.strategy.canary.analysis.maxErrorPercent", "less than or equal to 100"}},
+	{"canary failure limit 0", "TrafficSplit", canary(`
+steps: [{weight: 10}]
+analysis: {maxErrorPercent: 5, failureLimit: 0}`), []string{"spec.strategy.canary.analysis.failureLimit", "greater than or equal to 1"}},
+	{"canary negative min activities", "TrafficSplit", canary(`
+steps: [{weight: 10}]
+analysis: {maxP99: 1s, minActivities: -1}`), []string{"spec.strategy.canary.analysis.minActivities", "greater than or equal to 0"}},
+	{"canary p99 not a duration", "TrafficSplit", canary(`
+steps: [{weight: 10}]
+analysis: {maxP99: fast}`), []string{"spec.strategy.canary.analysis.maxP99"}},
 
 	// Revision
 	{"revision pack without source", "Revision", "tenantRef: {name: acme}\npacks:\n- name: bot", []string{"a pack needs exactly one source"}},
@@ -235,6 +292,11 @@ func TestValidationAcceptsBoundaries(t *testing.T) {
 		{"split route at 0 with tag", "TrafficSplit", splitRoutes + "- {revisionName: a, percent: 100}\n- {revisionName: b, percent: 0, tag: dark-launch}"},
 		{"split 16 routes", "TrafficSplit", routesN(16)},
 		{"split stickiness none", "TrafficSplit", splitRoutes + "- {revisionName: a, percent: 100}\nstickiness: none"},
+		{"canary steps with and without pause", "TrafficSplit", canary("\nsteps: [{weight: 10, pause: 0s}, {weight: 50}, {weight: 100, pause: 168h}]")},
+		{"canary 16 steps", "TrafficSplit", canary(stepsN(16))},
+		{"canary one step of 1", "TrafficSplit", canary("\nsteps: [{weight: 1}]")},
+		{"canary analysis at bounds", "TrafficSplit", canary("\nsteps: [{weight: 100}]\nanalysis: {interval: 5s, minActivities: 0, maxErrorPercent: 0, maxP99: 250ms, failureLimit: 100}")},
+		{"canary analysis interval 1h", "TrafficSplit", canary("\nsteps: [{weight: 10}]\nanalysis: {interval: 1h, maxErrorPercent: 100}")},
 		{"revision url http", "Revision", strings.Replace(revisionOK, "https://", "http://", 1)},
 		{"revision main and 8 overlays", "Revision", packsN(9)},
 		{"revision image by digest", "Revision", "tenantRef: {name: acme}\npacks:\n- {name: bot, image: \"registry.example.com/packs/bot@sha256:" + sha + "\"}"},
@@ -304,6 +366,26 @@ func TestDefaults(t *testing.T) {
 	}
 	if split.Spec.Stickiness != v1.StickinessSession {
 		t.Errorf("split stickiness default: %q", split.Spec.Stickiness)
+	}
+
+	five := int32(5)
+	canary := &v1.TrafficSplit{ObjectMeta: metav1.ObjectMeta{Name: "canary", Namespace: ns}, Spec: v1.TrafficSplitSpec{
+		TenantRef: v1.LocalObjectReference{Name: "t"},
+		Routes:    []v1.Route{{RevisionName: "r", Percent: 100}},
+		Strategy: &v1.TrafficSplitStrategy{Canary: &v1.CanaryStrategy{
+			Steps:    []v1.CanaryStep{{Weight: 10}},
+			Analysis: &v1.CanaryAnalysis{MaxErrorPercent: &five},
+		}},
+	}}
+	if err := env.Client.Create(ctx, canary); err != nil {
+		t.Fatal(err)
+	}
+	a := canary.Spec.Strategy.Canary.Analysis
+	if a.Interval == nil || a.Interval.Duration.String() != "1m0s" || a.MinActivities != 10 || a.FailureLimit != 1 || a.MaxP99 != nil {
+		t.Errorf("canary analysis defaults: %+v", a)
+	}
+	if canary.Spec.Strategy.Canary.Steps[0].Pause != nil {
+		t.Errorf("an omitted pause (wait for promote) was defaulted to %v", canary.Spec.Strategy.Canary.Steps[0].Pause)
 	}
 }
 
