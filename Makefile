@@ -77,8 +77,9 @@ test-short: ## Run the tests that need no API server.
 ##@ Build
 
 .PHONY: build
-build: manifests generate fmt vet ## Build the manager binary.
+build: manifests generate fmt vet ## Build the manager and the kubectl plugin (bin/kubectl-packhost: put it on the PATH for `kubectl packhost`).
 	go build -o bin/manager ./cmd/manager
+	go build -o bin/kubectl-packhost ./cmd/kubectl-packhost
 
 # Benchmark-only packs (examples/packs/bench) are built by the benchmarks that use them.
 PACKS := $(patsubst examples/packs/%/manifest.json,%,$(shell find examples/packs -name manifest.json -not -path '*/bench/*'))
