@@ -1,10 +1,12 @@
 package runtime
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	goruntime "runtime"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -91,6 +93,9 @@ type tenantMemory struct {
 	// always leave the other half to everyone else. Guests give their token back at every
 	// budget check (about every millisecond of guest code) and while they sleep.
 	cpu chan struct{}
+	// lastFutileRelieve is when relieve last found none of the idle instances it may close
+	// for this tenant (unix ns).
+	lastFutileRelieve atomic.Int64
 }
 
 // acquireCPU waits for one of the tenant's processor tokens, or for ctx to end.
@@ -126,9 +131,9 @@ func (e *Engine) tenantMemory(key string) *tenantMemory {
 }
 
 // reserve takes n bytes of kind from the budget for tenant t (nil for what no tenant
-// owns: compiled code is shared per digest), closing every idle instance of every
-// revision first when they do not fit. False means they still do not fit, or that t
-// would hold more than its share.
+// owns: compiled code is shared per digest). When they do not fit it closes idle
+// instances, just enough of them (relieve). False means they still do not fit, or that
+// t would hold more than its share.
 func (e *Engine) reserve(t *tenantMemory, kind int, n int64) bool {
 	if e.tryReserveFor(t, kind, n) {
 		return true
@@ -136,8 +141,7 @@ func (e *Engine) reserve(t *tenantMemory, kind int, n int64) bool {
 	if t != nil && e.mem.limit > 0 && t.used.Load()+n > e.share() {
 		return false // past the tenant's share: closing others' instances would not help
 	}
-	e.relieve()
-	return e.tryReserveFor(t, kind, n)
+	return e.relieve(t, kind, n)
 }
 
 // tryReserveFor is reserve without closing idle instances first: for room taken ahead
@@ -196,8 +200,16 @@ func (e *Engine) release(t *tenantMemory, kind int, n int64) {
 	}
 }
 
-// budgetError says what did not fit, with the figures an operator needs.
-func (e *Engine) budgetError(what string, n int64) error {
+// budgetError says what did not fit for tenant t. What no tenant owns (compiling a pack,
+// t nil) is the operator's to fix, so the error, which ends up in the Revision's status,
+// has the replica's figures. A tenant's error goes back to its callers, so it has the
+// tenant's own figure only: what the other tenants hold is theirs (the operator has the
+// replica's figures as packhost_runtime_memory_* metrics).
+func (e *Engine) budgetError(t *tenantMemory, what string, n int64) error {
+	if t != nil {
+		return fmt.Errorf("%w: %s needs %d MiB; the tenant holds %d MiB on this replica, which has no room left for it: try again later, or on another replica",
+			ErrMemoryBudget, what, mib(n), mib(t.used.Load()))
+	}
 	s := e.MemoryStats()
 	return fmt.Errorf("%w: %s needs %d MiB; %d of %d MiB in use (compiled packs %d, instances %d, activities %d MiB): raise --memory-budget or spread revisions over more replicas",
 		ErrMemoryBudget, what, mib(n), mib(s.Compiled+s.Instances+s.Host), mib(s.Budget), mib(s.Compiled), mib(s.Instances), mib(s.Host))
@@ -205,38 +217,111 @@ func (e *Engine) budgetError(what string, n int64) error {
 
 func mib(n int64) int64 { return (n + 1<<20 - 1) >> 20 }
 
-// relieveInterval is how often at most relieve closes instances: a guest whose growth
-// the budget refuses must not make every tenant's idle instances close again and again.
+// relieveInterval is how long a tenant for which relieve found nothing to close waits
+// before it looks again: a guest whose growth the budget refuses, in a loop, must not
+// walk every revision's pools at each attempt.
 const relieveInterval = time.Second
 
-// relieve closes every idle instance of every loaded revision: under memory pressure an
-// instance that runs nothing is the first thing to go (the next activity starts one).
-func (e *Engine) relieve() {
+// relieve closes idle instances, least recently used first, one at a time until n bytes
+// of kind fit for t, and reports whether they then do. An instance that runs nothing is
+// the first thing to go under memory pressure (the next activity starts one), but not
+// anyone's: t's own idle instances go first, then those of the tenants that hold more
+// than t would, the biggest first, and each only while it still holds more. So a tenant
+// filling the replica makes room from itself and from the tenants bigger than itself,
+// never by making a smaller tenant's next activity start cold.
+func (e *Engine) relieve(t *tenantMemory, kind int, n int64) bool {
 	now := time.Now().UnixNano()
-	last := e.lastRelieve.Load()
-	if now-last < int64(relieveInterval) || !e.lastRelieve.CompareAndSwap(last, now) {
-		return
+	var futile *atomic.Int64
+	if t != nil {
+		futile = &t.lastFutileRelieve
+	} else {
+		futile = &e.lastFutileRelieve
 	}
-	e.mu.Lock()
-	revs := make([]*Revision, 0, len(e.revisions))
-	for r := range e.revisions {
-		revs = append(revs, r)
+	if now-futile.Load() < int64(relieveInterval) {
+		return false
 	}
-	e.mu.Unlock()
 	closed := false
-	for _, r := range revs {
-		for _, p := range r.packs {
-			p.mu.Lock()
-			idle := p.idle
-			p.idle = nil
-			p.mu.Unlock()
-			for _, inst := range idle {
-				p.discard(inst)
-				closed = true
+	defer func() {
+		if closed {
+			e.returnMemory()
+		}
+	}()
+	for _, victim := range e.relieveOrder(t, n) {
+		for victim == t || t == nil || victim.used.Load() > t.used.Load()+n {
+			p, inst := e.takeLeastRecentlyUsed(victim)
+			if inst == nil {
+				break
+			}
+			p.discard(inst)
+			closed = true
+			if e.tryReserveFor(t, kind, n) {
+				return true
 			}
 		}
 	}
-	if closed {
-		e.returnMemory()
+	if !closed {
+		futile.Store(now)
 	}
+	return false
+}
+
+// relieveOrder lists the tenants whose idle instances relieve may close for t, in the
+// order it closes them: t first, then every tenant holding more than t would with n
+// more, the biggest first (for t nil, what no tenant owns: every tenant, the biggest
+// first).
+func (e *Engine) relieveOrder(t *tenantMemory, n int64) []*tenantMemory {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var after int64
+	if t != nil {
+		after = t.used.Load() + n
+	}
+	var order []*tenantMemory
+	for _, other := range e.tenants {
+		if other != t && other.used.Load() > after {
+			order = append(order, other)
+		}
+	}
+	slices.SortFunc(order, func(a, b *tenantMemory) int { return cmp.Compare(b.used.Load(), a.used.Load()) })
+	if t != nil {
+		order = slices.Insert(order, 0, t)
+	}
+	return order
+}
+
+// takeLeastRecentlyUsed takes tenant t's idle instance that was used the longest ago out
+// of its pool, or returns nil when t has none.
+func (e *Engine) takeLeastRecentlyUsed(t *tenantMemory) (*packRuntime, *instance) {
+	e.mu.Lock()
+	var packs []*packRuntime
+	for r := range e.revisions {
+		if r.memory == t {
+			packs = append(packs, r.packs...)
+		}
+	}
+	e.mu.Unlock()
+	for range 4 { // the oldest may be taken by an activity meanwhile: look again
+		var oldest *packRuntime
+		var at time.Time
+		for _, p := range packs {
+			p.mu.Lock()
+			// A pool is a stack: its least recently used instance is at the bottom.
+			if len(p.idle) > 0 && (oldest == nil || p.idle[0].lastUsed.Before(at)) {
+				oldest, at = p, p.idle[0].lastUsed
+			}
+			p.mu.Unlock()
+		}
+		if oldest == nil {
+			return nil, nil
+		}
+		oldest.mu.Lock()
+		if len(oldest.idle) > 0 && oldest.idle[0].lastUsed.Equal(at) {
+			inst := oldest.idle[0]
+			oldest.idle = slices.Delete(oldest.idle, 0, 1)
+			oldest.mu.Unlock()
+			return oldest, inst
+		}
+		oldest.mu.Unlock()
+	}
+	return nil, nil
 }

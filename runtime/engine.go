@@ -64,8 +64,10 @@ type Engine struct {
 	unguarded bool
 	cacheDir  string
 
-	mem         memoryBudget
-	lastRelieve atomic.Int64 // when idle instances were last closed for room (unix ns)
+	mem memoryBudget
+	// lastFutileRelieve is when relieve last found no idle instance to close for what no
+	// tenant owns (unix ns).
+	lastFutileRelieve atomic.Int64
 	// lastReturn is when memory was last handed back to the OS (unix nanoseconds).
 	lastReturn atomic.Int64
 
@@ -225,7 +227,7 @@ func (e *Engine) compile(ctx context.Context, wasm []byte, digest string) (*Pack
 	}
 	reserved := int64(len(wasm)) * compiledFactor
 	if !e.reserve(nil, memCompiled, reserved) {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidPack, e.budgetError("compiling "+m.PackID, reserved))
+		return nil, fmt.Errorf("%w: %w", ErrInvalidPack, e.budgetError(nil, "compiling "+m.PackID, reserved))
 	}
 	ok := false
 	defer func() {

@@ -136,3 +136,6 @@ func OnInstanceTaken(t testing.TB, f func(api.Module)) {
 	testHookTaken = f
 	t.Cleanup(func() { testHookTaken = nil })
 }
+
+// CPUTokensHeld is how many of the revision's tenant's processor tokens are held now.
+func (r *Revision) CPUTokensHeld() int { return len(r.memory.cpu) }

@@ -3,6 +3,7 @@ package runtime_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	goruntime "runtime"
 	"runtime/debug"
 	"strings"
@@ -156,6 +157,61 @@ func TestContainment(t *testing.T) {
 	})
 }
 
+// TestStartIsAGuestCall: a pack's start function is the tenant's code, run each time an
+// instance is made. It runs as a guest call does: it ends at the caller's deadline (not
+// after the whole activity timeout, holding the caller), and it holds one of the
+// tenant's processor tokens, so a tenant's cold starts cannot take every core.
+func TestStartIsAGuestCall(t *testing.T) {
+	e := newEngine(t)
+	loadStarted := time.Now()
+	rev := load(t, e, []revOpt{func(c *runtime.RevisionConfig) {
+		c.Limits = runtime.Limits{Timeout: 30 * time.Second, IdleTimeout: 100 * time.Millisecond, MemoryPages: 1024}
+	}}, "hostile/slow-start")
+	startTook := time.Since(loadStarted) // mostly the warm instance's start: fib(36)
+	empty := func() {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); rev.Instances()["slow-start"] > 0; {
+			if time.Now().After(deadline) {
+				t.Fatal("the idle instance was not closed")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	t.Run("it ends at the caller's deadline", func(t *testing.T) {
+		empty()
+		const deadline = 20 * time.Millisecond
+		ctx, cancel := context.WithTimeout(context.Background(), deadline)
+		defer cancel()
+		began := time.Now()
+		_, err := rev.Handle(ctx, msg(`{}`))
+		took := time.Since(began)
+		if !errors.Is(err, runtime.ErrTimeout) || errors.Is(err, runtime.ErrInvalidPack) {
+			t.Fatalf("an activity whose deadline passed in the start function: %v, want ErrTimeout, not an invalid pack", err)
+		}
+		if took > startTook/2 {
+			t.Fatalf("an activity with a %s deadline waited %s for a start function that takes %s", deadline, took, startTook)
+		}
+	})
+	t.Run("it holds a processor token of the tenant", func(t *testing.T) {
+		empty()
+		done := make(chan error, 1)
+		go func() { _, err := rev.Handle(context.Background(), msg(`{}`)); done <- err }()
+		seen := false
+		for !seen {
+			select {
+			case err := <-done:
+				t.Fatalf("the activity (%v) ended before a token was seen held during the start", err)
+			default:
+			}
+			// A token held, then still no instance: it was held while the start ran.
+			seen = rev.CPUTokensHeld() > 0 && rev.Instances()["slow-start"] == 0
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("the activity after a slow start: %v", err)
+		}
+	})
+}
+
 // TestMemoryBudget: the replica's budget refuses what does not fit with the figures, as
 // a load failure or as overload, never as a crash; idle instances make room first; and
 // everything is given back.
@@ -215,10 +271,8 @@ func TestMemoryBudget(t *testing.T) {
 		if n := a.Instances()["echo"]; n != 0 {
 			t.Fatalf("%d idle instances of the first revision kept under pressure", n)
 		}
-		// Idle instances are closed for room at most once a second (so that a guest the
-		// budget refuses cannot make everyone's close again and again): the first
-		// revision's next instance makes room by closing the second's after that.
-		time.Sleep(1100 * time.Millisecond)
+		// Both revisions are one tenant's: the first revision's next instance makes room
+		// by closing the second's idle one.
 		if _, err := a.Handle(ctx, msg(`{"n":2}`)); err != nil {
 			t.Fatalf("the first revision after giving its instances up: %v", err)
 		}
@@ -226,6 +280,79 @@ func TestMemoryBudget(t *testing.T) {
 		b.Close(ctx)
 		if s := e.MemoryStats(); s.Instances != 0 || s.Host != 0 {
 			t.Fatalf("after both revisions unloaded: %+v, want no instance or host bytes accounted", s)
+		}
+	})
+	tenant := func(name string) revOpt {
+		return func(c *runtime.RevisionConfig) { c.Name, c.Tenant = name+"/"+name, name }
+	}
+	t.Run("room comes from the least recently used idle instances of bigger tenants only", func(t *testing.T) {
+		// The same steps on an engine without a budget measure what they hold.
+		steps := func(e *runtime.Engine) (big []*runtime.Revision) {
+			for i := range 3 {
+				r := load(t, e, []revOpt{tenant("big"), func(c *runtime.RevisionConfig) { c.Name = fmt.Sprintf("big/r%d", i) }}, "echo")
+				big = append(big, r)
+			}
+			for _, i := range []int{1, 2, 0} { // r1 is now the least recently used
+				if _, err := big[i].Handle(ctx, msg(`{"n":1}`)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			return big
+		}
+		probe := budgeted(t, 0)
+		steps(probe)
+		full := probe.MemoryStats()
+		single := budgeted(t, 0)
+		load(t, single, nil, "echo")
+		warm := single.MemoryStats().Instances
+		// Room for the big tenant's three instances and half of another one.
+		e := budgeted(t, full.Compiled+full.Instances+warm/2)
+		big := steps(e)
+		small, err := tryLoad(e, []revOpt{tenant("small")}, "echo")
+		if err != nil {
+			t.Fatalf("a small tenant's first instance, with a bigger tenant's idle instances to close: %v", err)
+		}
+		t.Cleanup(func() { small.Close(ctx) })
+		for i, want := range []int{1, 0, 1} {
+			if n := big[i].Instances()["echo"]; n != want {
+				t.Fatalf("the big tenant's revision r%d keeps %d instances, want %d: only its least recently used one makes room", i, n, want)
+			}
+		}
+		// The big tenant wants r1's instance back: its own idle instances go first, the
+		// least recently used (r2's), before any other tenant's.
+		if _, err := big[1].Handle(ctx, msg(`{"n":2}`)); err != nil {
+			t.Fatalf("the big tenant, with its own idle instances to close: %v", err)
+		}
+		for i, want := range []int{1, 1, 0} {
+			if n := big[i].Instances()["echo"]; n != want {
+				t.Fatalf("after the big tenant made room for itself, r%d keeps %d instances, want %d", i, n, want)
+			}
+		}
+		if n := small.Instances()["echo"]; n != 1 {
+			t.Fatalf("the small tenant's idle instance was closed for a bigger tenant: %d left", n)
+		}
+	})
+	t.Run("a tenant growing into a full replica closes no smaller tenant's instance", func(t *testing.T) {
+		growing := []revOpt{tenant("evil"), func(c *runtime.RevisionConfig) {
+			c.Limits = runtime.Limits{MemoryPages: 16384, Timeout: 20 * time.Second}
+		}}
+		probe := budgeted(t, 0)
+		load(t, probe, []revOpt{tenant("good")}, "echo")
+		load(t, probe, growing, "hostile/grow")
+		loaded := probe.MemoryStats().Compiled + probe.MemoryStats().Instances
+		// With both loaded, a third of the budget is left: less than the attacker's share
+		// (half of it), so the attacker grows until the replica is full, and traps there.
+		e := budgeted(t, loaded*3/2)
+		victim := load(t, e, []revOpt{tenant("good")}, "echo")
+		attacker := load(t, e, growing, "hostile/grow")
+		if _, err := attacker.Handle(ctx, msg(`{}`)); !errors.Is(err, runtime.ErrTrap) {
+			t.Fatalf("an instance growing into a full replica: %v, want a trap", err)
+		}
+		if n := victim.Instances()["echo"]; n != 1 {
+			t.Fatalf("the victim's idle instance was closed to make room for a bigger tenant: %d left", n)
+		}
+		if out, err := victim.Handle(ctx, msg(`{"n":1}`)); err != nil || len(out) != 1 {
+			t.Fatalf("the victim's activity after the attack: %v %v", out, err)
 		}
 	})
 	t.Run("one tenant holds at most its share", func(t *testing.T) {

@@ -94,7 +94,7 @@ func (c *call) charge(n int) {
 		panic(&hostStop{fmt.Errorf("%w: the activity's host calls held more than %d bytes (state values and keys, waits, secrets)", ErrResourceLimit, limit)})
 	}
 	if !c.rev.engine.reserve(c.rev.memory, memHost, int64(n)) {
-		panic(&hostStop{fmt.Errorf("%w: %w", ErrOverloaded, c.rev.engine.budgetError("an activity's host calls", int64(n)))})
+		panic(&hostStop{fmt.Errorf("%w: %w", ErrOverloaded, c.rev.engine.budgetError(c.rev.memory, "an activity's host calls", int64(n)))})
 	}
 	c.hostReserved += int64(n)
 }

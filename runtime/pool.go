@@ -62,11 +62,13 @@ func (m *limitedMemory) Free() {
 	m.buf = nil
 }
 
+// newInstance starts an instance of the pack: its start functions (_initialize) are the
+// tenant's code, so they run as an activity's guest call does, under the caller's
+// deadline (at most the activity timeout) and cancellation, holding one of the tenant's
+// processor tokens, which the guard gives up at each budget check.
 func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, error) {
 	maxBytes := uint64(r.limits.MemoryPages) * 65536
-	// The instance outlives ctx; its start functions (_initialize) get the activity
-	// timeout, which the guard enforces as it does for any call.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.limits.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, r.limits.Timeout)
 	defer cancel()
 	inst := &instance{}
 	ctx = experimental.WithMemoryAllocator(ctx, experimental.MemoryAllocatorFunc(func(_, m uint64) experimental.LinearMemory {
@@ -74,7 +76,7 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 		return inst.memory
 	}))
 	if !r.engine.reserve(r.memory, memInstances, p.pack.overhead) {
-		return nil, fmt.Errorf("%w: %w", ErrOverloaded, r.engine.budgetError("an instance of "+p.id, p.pack.overhead))
+		return nil, fmt.Errorf("%w: %w", ErrOverloaded, r.engine.budgetError(r.memory, "an instance of "+p.id, p.pack.overhead))
 	}
 	cfg := p.modConfig
 	if p.clocks {
@@ -85,9 +87,7 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 		src = mrand.NewChaCha8([32]byte{}) // deterministic, as wazero's default source
 	}
 	cfg = cfg.WithRandSource(&guardedRandom{src: src, s: &inst.sleeper})
-	inst.sleeping = ctx
-	mod, err := instantiate(ctx, r.engine.rt, p.pack.compiled, cfg)
-	inst.sleeping = nil
+	mod, err := p.start(ctx, r, inst, cfg)
 	if err != nil {
 		r.engine.release(r.memory, memInstances, p.pack.overhead)
 		if inst.memory != nil {
@@ -95,8 +95,12 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 			// memory is never closed: give back what it held (Free is idempotent).
 			defer inst.memory.Free()
 		}
-		if inst.memory != nil && inst.memory.denied {
-			return nil, fmt.Errorf("%w: %w", ErrOverloaded, r.engine.budgetError("the memory of an instance of "+p.id, int64(p.pack.minPages)*65536))
+		switch {
+		case inst.memory != nil && inst.memory.denied:
+			return nil, fmt.Errorf("%w: %w", ErrOverloaded, r.engine.budgetError(r.memory, "the memory of an instance of "+p.id, int64(p.pack.minPages)*65536))
+		case ctx.Err() != nil:
+			// The caller's deadline or cancellation, not the pack, ended the start.
+			return nil, classify(ctx, err, r.name)
 		}
 		return nil, invalidPack("start %s: %v", p.id, err)
 	}
@@ -105,6 +109,23 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 	p.mu.Unlock()
 	inst.mod, inst.mem, inst.alloc, inst.handle = mod, mod.Memory(), mod.ExportedFunction(ExportAlloc), mod.ExportedFunction(ExportHandle)
 	return inst, nil
+}
+
+// start instantiates the module for inst with one of the tenant's processor tokens held
+// as a guest call holds it (see invoke).
+func (p *packRuntime) start(ctx context.Context, r *Revision, inst *instance, cfg wazero.ModuleConfig) (api.Module, error) {
+	if err := r.memory.acquireCPU(ctx); err != nil {
+		return nil, err
+	}
+	c := &call{rev: r, pack: p, cpu: true, started: time.Now()}
+	inst.sleeping, inst.call = ctx, c
+	defer func() {
+		inst.sleeping, inst.call = nil, nil
+		if c.cpu {
+			r.memory.releaseCPU()
+		}
+	}()
+	return instantiate(context.WithValue(ctx, callKey{}, c), r.engine.rt, p.pack.compiled, cfg)
 }
 
 // instantiate starts a module, turning a panic inside wazero into an error: a bad

@@ -125,6 +125,10 @@ func (e *Engine) NewRevision(ctx context.Context, cfg RevisionConfig) (r *Revisi
 	// A warm instance of the main pack proves the pack starts; it stays in the pool.
 	inst, err := r.packs[0].newInstance(ctx, r)
 	if err != nil {
+		if errors.Is(err, ErrTimeout) && ctx.Err() == nil {
+			// Not the loader's deadline but the activity timeout: the pack cannot start.
+			err = invalidPack("start %s: its start functions ran past the activity timeout (%s)", r.packs[0].id, r.limits.Timeout)
+		}
 		return nil, &PackError{Pack: r.packs[0].id, Err: err}
 	}
 	r.packs[0].put(inst, r.now())

@@ -424,7 +424,9 @@ func TestUnloadFreesEverything(t *testing.T) {
 	}
 }
 
-func TestIdlePoolShrinksToOne(t *testing.T) {
+// TestIdlePoolShrinksToNone: instances idle for IdleTimeout are closed, down to none (an
+// idle revision costs its bookkeeping only), and the next activity starts one on demand.
+func TestIdlePoolShrinksToNone(t *testing.T) {
 	rev := load(t, newEngine(t), []revOpt{func(c *runtime.RevisionConfig) {
 		c.Limits = runtime.Limits{IdleTimeout: 100 * time.Millisecond, Timeout: 5 * time.Second}
 	}}, "echo")
@@ -436,11 +438,17 @@ func TestIdlePoolShrinksToOne(t *testing.T) {
 	wg.Wait()
 	grown := rev.Instances()["echo"]
 	deadline := time.Now().Add(5 * time.Second)
-	for rev.Instances()["echo"] > 1 && time.Now().Before(deadline) {
+	for rev.Instances()["echo"] > 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
+	if n := rev.Instances()["echo"]; n != 0 {
+		t.Fatalf("idle pool kept %d instances (grew to %d) after 5 s, want none", n, grown)
+	}
+	if out, err := rev.Handle(context.Background(), msg(`2`)); err != nil || len(out) != 1 {
+		t.Fatalf("the first activity after the pool emptied: %v %v", out, err)
+	}
 	if n := rev.Instances()["echo"]; n != 1 {
-		t.Fatalf("idle pool kept %d instances (grew to %d), want 1", n, grown)
+		t.Fatalf("after one activity on an empty pool: %d instances, want 1", n)
 	}
 }
 

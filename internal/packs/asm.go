@@ -13,18 +13,17 @@ import (
 var assembled = map[string]func() []byte{
 	// Loop-free recursion: fib(40), about 300 million calls and not one loop header.
 	"hostile/recursion": func() []byte {
-		fib := []byte{
-			0x20, 0x00, 0x41, 0x02, 0x49, 0x04, 0x7f, // if n < 2 (result i32)
-			0x20, 0x00, // n
-			0x05,
-			0x20, 0x00, 0x41, 0x01, 0x6b, 0x10, 0x02, // fib(n-1)
-			0x20, 0x00, 0x41, 0x02, 0x6b, 0x10, 0x02, // fib(n-2)
-			0x6a, 0x0b}
-		return assemble("recursion", asmPack{handle: []byte{0x41, 40, 0x10, 0x02, 0x1a}, funcs: []asmFunc{{typ: 0, code: fib}}})
+		return assemble("recursion", asmPack{handle: []byte{0x41, 40, 0x10, 0x02, 0x1a}, funcs: []asmFunc{{typ: 0, code: fibBody}}})
 	},
 	// Endless recursion: only the call depth ends it.
 	"hostile/deep-recursion": func() []byte {
 		return assemble("deep-recursion", asmPack{handle: []byte{0x10, 0x02}, funcs: []asmFunc{{typ: 2, code: []byte{0x10, 0x02}}}})
+	},
+	// A start function that runs fib(36) (about 48 million calls) before the instance
+	// can serve anything: each new instance costs a tenant's processor that long.
+	"hostile/slow-start": func() []byte {
+		start := []byte{0x41, 36, 0x10, 0x02, 0x1a} // drop(fib(36))
+		return assemble("slow-start", asmPack{start: 3, funcs: []asmFunc{{typ: 0, code: fibBody}, {typ: 2, code: start}}})
 	},
 	// A table bomb: every activity grows a table by 2^24 entries (128 MiB of host
 	// memory) and keeps it in the pooled instance.
@@ -45,11 +44,21 @@ var assembled = map[string]func() []byte{
 	},
 }
 
+// fibBody is fib(n) as function 2, (i32)->i32, by loop-free recursion.
+var fibBody = []byte{
+	0x20, 0x00, 0x41, 0x02, 0x49, 0x04, 0x7f, // if n < 2 (result i32)
+	0x20, 0x00, // n
+	0x05,
+	0x20, 0x00, 0x41, 0x01, 0x6b, 0x10, 0x02, // fib(n-1)
+	0x20, 0x00, 0x41, 0x02, 0x6b, 0x10, 0x02, // fib(n-2)
+	0x6a, 0x0b}
+
 type asmPack struct {
 	minPages uint32
 	table    bool
 	tableMin uint32
 	handle   []byte // instructions before "i32.const 0; end"
+	start    byte   // the index of the module's start function; 0: none (alloc is never one)
 	funcs    []asmFunc
 }
 
@@ -80,6 +89,9 @@ func assemble(id string, p asmPack) []byte {
 	}
 	out = section(out, 5, leb([]byte{1, 0x00}, uint64(max(p.minPages, 2))))
 	out = section(out, 7, abiExports())
+	if p.start != 0 {
+		out = section(out, 8, []byte{p.start})
+	}
 	bodies := [][]byte{{0x41, 0x80, 0x08}, append(append([]byte(nil), p.handle...), 0x41, 0x00)} // alloc: 1024
 	for _, f := range p.funcs {
 		bodies = append(bodies, f.code)

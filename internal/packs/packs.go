@@ -31,7 +31,7 @@ func Root() string {
 // Build returns the pack built from examples/packs/<name> (for example "echo" or
 // "hostile/loop"), building it once per process, or one of the hand-assembled hostile
 // packs (asm.go: "hostile/recursion", "hostile/deep-recursion", "hostile/table-bomb",
-// "hostile/fill-recursion").
+// "hostile/fill-recursion", "hostile/slow-start").
 func Build(name string) ([]byte, error) {
 	mu.Lock()
 	defer mu.Unlock()
