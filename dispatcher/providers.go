@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 
 	"github.com/packhost/packhost/runtime"
 )
@@ -76,43 +75,6 @@ func writeJSON(w http.ResponseWriter, revision string, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set(RevisionHeader, revision)
 	_ = json.NewEncoder(w).Encode(v)
-}
-
-func (s *Server) identify(w http.ResponseWriter, r *http.Request) {
-	var req runtime.IdentifyRequest
-	c, ok := s.admitProvider(w, r, "identify request", &req)
-	if !ok {
-		return
-	}
-	defer c.release()
-	lower := make(map[string]string, len(req.Headers))
-	for k, v := range req.Headers {
-		lower[strings.ToLower(k)] = v
-	}
-	req.Headers = lower
-	id, err := c.rt.Identify(r.Context(), req, r.URL.Query().Get("scoped") == "true")
-	if err != nil {
-		writeRuntimeError(w, err)
-		return
-	}
-	writeJSON(w, c.name, struct {
-		Outcome string `json:"outcome"`
-		runtime.Identity
-	}{id.OutcomeName(), id})
-}
-
-func (s *Server) describe(w http.ResponseWriter, r *http.Request) {
-	c, ok := s.admitProvider(w, r, "", nil)
-	if !ok {
-		return
-	}
-	defer c.release()
-	hints, err := c.rt.DescribeIdentify(r.Context())
-	if err != nil {
-		writeRuntimeError(w, err)
-		return
-	}
-	writeJSON(w, c.name, map[string]any{"hints": hints})
 }
 
 func (s *Server) invoke(w http.ResponseWriter, r *http.Request) {

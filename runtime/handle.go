@@ -224,8 +224,9 @@ func (r *Revision) handleOnce(ctx context.Context, a *Activity, session string) 
 	return c.outputs, nil
 }
 
-// invoke copies in into the instance's input buffer and calls fn with it. Any error
-// means the instance must be discarded.
+// invoke copies in into the instance's input buffer and calls fn with it, or calls fn
+// without arguments when in is nil (an export without input). Any error means the
+// instance must be discarded.
 func (r *Revision) invoke(ctx context.Context, inst *instance, c *call, fn api.Function, in []byte) (int32, error) {
 	if err := r.memory.acquireCPU(ctx); err != nil {
 		return 0, err
@@ -239,19 +240,23 @@ func (r *Revision) invoke(ctx context.Context, inst *instance, c *call, fn api.F
 			c.cpu = false
 		}
 	}()
-	if uint32(len(in)) > inst.inCap || inst.inCap == 0 {
-		res, err := inst.alloc.Call(ctx, uint64(len(in)))
-		if err != nil {
-			return 0, classify(ctx, err, r.name)
+	var args []uint64
+	if in != nil {
+		if uint32(len(in)) > inst.inCap || inst.inCap == 0 {
+			res, err := inst.alloc.Call(ctx, uint64(len(in)))
+			if err != nil {
+				return 0, classify(ctx, err, r.name)
+			}
+			inst.inPtr, inst.inCap = api.DecodeU32(res[0]), uint32(len(in))
 		}
-		inst.inPtr, inst.inCap = api.DecodeU32(res[0]), uint32(len(in))
-	}
-	if !inst.mem.Write(inst.inPtr, in) {
-		inst.inCap = 0
-		return 0, fmt.Errorf("%w: %s returned an input buffer at %#x outside its memory", ErrInvalidOutput, ExportAlloc, inst.inPtr)
+		if !inst.mem.Write(inst.inPtr, in) {
+			inst.inCap = 0
+			return 0, fmt.Errorf("%w: %s returned an input buffer at %#x outside its memory", ErrInvalidOutput, ExportAlloc, inst.inPtr)
+		}
+		args = []uint64{uint64(inst.inPtr), uint64(len(in))}
 	}
 	ctx = context.WithValue(ctx, callKey{}, c)
-	res, err := fn.Call(ctx, uint64(inst.inPtr), uint64(len(in)))
+	res, err := fn.Call(ctx, args...)
 	if err != nil {
 		return 0, classify(ctx, err, r.name)
 	}

@@ -82,6 +82,10 @@ type WASICapability struct {
 
 var idPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$`)
 
+// ValidProviderType reports whether s can name a provider type in a manifest: a
+// request that asks about any other name asks about nothing a pack can bind.
+func ValidProviderType(s string) bool { return idPattern.MatchString(s) }
+
 // ParseManifest decodes and checks a manifest. Unknown fields are refused so that a typo
 // in a capability does not silently drop it.
 func ParseManifest(data []byte) (*Manifest, error) {

@@ -9,148 +9,7 @@ import (
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/tetratelabs/wazero/api"
 )
-
-// Identify outcomes, ordered: Identified > NoMatch > Unsupported.
-const (
-	Unsupported = iota
-	NoMatch
-	Identified
-)
-
-// Output actions of the identify and describe exports (runtime/ABI.md).
-const (
-	actionIdentified = "identified"
-	actionNoMatch    = "no_match"
-	actionHint       = "hint"
-)
-
-// IdentifyRequest is an inbound webhook to attribute to a provider instance.
-type IdentifyRequest struct {
-	// ProviderType, when set, probes only the packs that bind it.
-	ProviderType string `json:"provider_type,omitempty"`
-	// Headers are the request headers, names in lower case.
-	Headers map[string]string `json:"headers,omitempty"`
-	// Body is the request body when it is JSON.
-	Body json.RawMessage `json:"body,omitempty"`
-}
-
-// Identity is what identify found.
-type Identity struct {
-	// Outcome is Identified, NoMatch or Unsupported.
-	Outcome      int    `json:"-"`
-	Pack         string `json:"pack,omitempty"`
-	ProviderType string `json:"provider_type,omitempty"`
-	ProviderID   string `json:"provider_id,omitempty"`
-	EndpointID   string `json:"endpoint_id,omitempty"`
-}
-
-// OutcomeName is the outcome's name: Identified, NoMatch or Unsupported.
-func (i Identity) OutcomeName() string {
-	return [...]string{"Unsupported", "NoMatch", "Identified"}[i.Outcome]
-}
-
-// Hint is what one provider type's identify reads of a request.
-type Hint struct {
-	ProviderType string   `json:"provider_type"`
-	Headers      []string `json:"headers,omitempty"`
-	JSONPointers []string `json:"json_pointers,omitempty"`
-}
-
-// Identify asks the packs, main first then overlays, which provider instance req
-// addresses. The first Identified wins; otherwise the best outcome seen (NoMatch over
-// Unsupported). A pack without an identify export, or whose identify outputs nothing,
-// is Unsupported. With scoped set, a pack sees only the headers its hint for the
-// provider type names (a pack without a hint sees them all).
-func (r *Revision) Identify(ctx context.Context, req IdentifyRequest, scoped bool) (Identity, error) {
-	if r.closed.Load() {
-		return Identity{}, fmt.Errorf("%w: %s", ErrNotLoaded, r.name)
-	}
-	best := Identity{Outcome: Unsupported}
-	for _, p := range r.packs {
-		prov := p.provider(req.ProviderType)
-		if req.ProviderType != "" && prov == nil {
-			continue
-		}
-		if !p.pack.hasIdentify {
-			continue
-		}
-		in := req
-		if scoped {
-			in.Headers = p.scopeHeaders(req.ProviderType, req.Headers)
-		}
-		payload, err := json.Marshal(in)
-		if err != nil {
-			return Identity{}, fmt.Errorf("encode identify request: %w", err)
-		}
-		outs, err := r.callExport(ctx, p, ExportIdentify, payload, nil)
-		if err != nil {
-			return Identity{}, err
-		}
-		for _, o := range outs {
-			var id Identity
-			if len(o.Payload) > 0 {
-				if err := json.Unmarshal(o.Payload, &id); err != nil {
-					return Identity{}, fmt.Errorf("%w: identify of pack %s: %v", ErrInvalidOutput, p.id, err)
-				}
-			}
-			id.Pack = p.id
-			switch o.Action {
-			case actionIdentified:
-				id.Outcome = Identified
-				return id, nil
-			case actionNoMatch:
-				id.Outcome = NoMatch
-				if best.Outcome < NoMatch {
-					best = id
-				}
-			default:
-				return Identity{}, fmt.Errorf("%w: identify of pack %s output action %q", ErrInvalidOutput, p.id, o.Action)
-			}
-		}
-	}
-	return best, nil
-}
-
-// DescribeIdentify returns, per provider type, the first hint found: a pack's
-// describe-identify export when it has one, else its manifest, main pack first.
-func (r *Revision) DescribeIdentify(ctx context.Context) ([]Hint, error) {
-	if r.closed.Load() {
-		return nil, fmt.Errorf("%w: %s", ErrNotLoaded, r.name)
-	}
-	var hints []Hint
-	seen := map[string]bool{}
-	add := func(h Hint) {
-		if h.ProviderType != "" && !seen[h.ProviderType] {
-			seen[h.ProviderType] = true
-			hints = append(hints, h)
-		}
-	}
-	for _, p := range r.packs {
-		if p.pack.hasDescribe {
-			outs, err := r.callExport(ctx, p, ExportDescribe, nil, nil)
-			if err != nil {
-				return nil, err
-			}
-			for _, o := range outs {
-				var h Hint
-				if o.Action != actionHint || json.Unmarshal(o.Payload, &h) != nil {
-					return nil, fmt.Errorf("%w: describe-identify of pack %s output %q", ErrInvalidOutput, p.id, o.Action)
-				}
-				add(h)
-			}
-			continue
-		}
-		for _, prov := range p.pack.Manifest.Providers {
-			if prov.Identify != nil {
-				add(Hint{ProviderType: prov.Type, Headers: prov.Identify.Headers, JSONPointers: prov.Identify.JSONPointers})
-			}
-		}
-	}
-	return hints, nil
-}
 
 // InvokeRequest is a provider operation to run.
 type InvokeRequest struct {
@@ -366,27 +225,6 @@ func (r *Revision) releaseInvoke(session, claim string) {
 	_ = txn.Commit(ctx)
 }
 
-// scopeHeaders keeps the headers the pack's identify hints name: the hint of
-// providerType, or of every provider the pack binds when it is empty. A provider without
-// a hint reads every header.
-func (p *packRuntime) scopeHeaders(providerType string, headers map[string]string) map[string]string {
-	out := map[string]string{}
-	for _, prov := range p.pack.Manifest.Providers {
-		if providerType != "" && prov.Type != providerType {
-			continue
-		}
-		if prov.Identify == nil {
-			return headers
-		}
-		for _, h := range prov.Identify.Headers {
-			if v, ok := headers[strings.ToLower(h)]; ok {
-				out[strings.ToLower(h)] = v
-			}
-		}
-	}
-	return out
-}
-
 func (p *packRuntime) provider(providerType string) *Provider {
 	for i := range p.pack.Manifest.Providers {
 		if p.pack.Manifest.Providers[i].Type == providerType {
@@ -396,36 +234,47 @@ func (p *packRuntime) provider(providerType string) *Provider {
 	return nil
 }
 
-// callExport runs one of the JSON exports (identify, describe, invoke) on a pooled
-// instance under the revision's limits. txn is nil for exports that may not touch state.
+// callExport runs one of the JSON exports (identify, describe, invoke) under the
+// revision's deadline and one of its slots. txn is nil for exports that may not touch
+// state.
 func (r *Revision) callExport(ctx context.Context, p *packRuntime, export string, payload []byte, txn Txn) ([]Activity, error) {
+	var outs []Activity
+	err := r.guestCalls(ctx, func(ctx context.Context) error {
+		var err error
+		outs, err = r.runExport(ctx, p, export, payload, txn)
+		return err
+	})
+	return outs, err
+}
+
+// guestCalls runs f, which makes one or more guest calls, as an activity runs: under
+// one deadline of the revision's timeout and holding one of its slots. A probe of
+// several packs therefore costs the tenant what one activity does, however many packs
+// and provider types it asks.
+func (r *Revision) guestCalls(ctx context.Context, f func(ctx context.Context) error) error {
+	if r.closed.Load() {
+		return fmt.Errorf("%w: %s", ErrNotLoaded, r.name)
+	}
 	ctx, cancel := context.WithTimeout(ctx, r.limits.Timeout)
 	defer cancel()
 	if err := r.acquire(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	defer r.release()
+	return f(ctx)
+}
+
+// runExport calls one JSON export on a pooled instance of p; the caller holds a slot.
+// payload is nil for an export without input (describe-identify). The call takes the
+// tenant's processor token and sleeps as an activity's handler does.
+func (r *Revision) runExport(ctx context.Context, p *packRuntime, export string, payload []byte, txn Txn) ([]Activity, error) {
 	inst, err := p.get(ctx, r)
 	if err != nil {
 		return nil, err
 	}
 	c := &call{rev: r, pack: p, txn: txn}
 	defer c.releaseHost()
-	fn := inst.mod.ExportedFunction(export)
-	var res int32
-	if export == ExportDescribe {
-		var out []uint64
-		inst.sleeping = ctx
-		out, err = fn.Call(context.WithValue(ctx, callKey{}, c))
-		inst.sleeping = nil
-		if err != nil {
-			err = classify(ctx, err, r.name)
-		} else {
-			res = api.DecodeI32(out[0])
-		}
-	} else {
-		res, err = r.invoke(ctx, inst, c, fn, payload)
-	}
+	res, err := r.invoke(ctx, inst, c, inst.mod.ExportedFunction(export), payload)
 	if err != nil {
 		p.discard(inst)
 		return nil, err

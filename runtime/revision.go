@@ -53,6 +53,7 @@ type packRuntime struct {
 	clocks     bool          // the pack may sleep
 	random     bool          // the pack reads crypto/rand (else a fixed-seed source)
 	memory     *tenantMemory // the tenant's account in the memory budget
+	hints      hintCache     // identify hints, resolved once (identify.go)
 
 	mu    sync.Mutex
 	idle  []*instance
@@ -160,6 +161,7 @@ func (r *Revision) grant(p *Pack, cfg RevisionConfig) (*packRuntime, error) {
 		return nil, deny("the WASI random source")
 	}
 	pr := &packRuntime{id: p.Manifest.PackID, pack: p, stateRead: caps.State.Read, stateWrite: caps.State.Write, secrets: map[string]bool{}}
+	pr.hints.lock = make(chan struct{}, 1)
 	for _, s := range caps.Secrets {
 		if slices.Contains(pol.Secrets, s) {
 			pr.secrets[s] = true

@@ -1,8 +1,13 @@
 //go:build wasip1
 
-// Command webhook is a provider pack: it identifies inbound webhooks by their
-// X-Webhook-Id header, handles them as activities, and runs the provider ops "send",
-// "sign" (with the signing-key secret) and "env" (what WASI environment it sees).
+// Command webhook is a provider pack: it identifies inbound webhooks by an id header
+// (X-Webhook-Id, or the header the revision's config names in ID_HEADER), handles them
+// as activities, and runs the provider ops "send", "sign" (with the signing-key secret)
+// and "env" (what WASI environment it sees).
+//
+// Its manifest's identify hint names X-Webhook-Id; a revision configured with another
+// ID_HEADER reads that one instead, which only the pack knows, so it tells the host
+// through describe-identify and the host's scoped identify passes it that header.
 package main
 
 import (
@@ -12,13 +17,25 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"strings"
 
 	"github.com/packhost/packhost/sdk/go/packhost"
 )
 
+// idHeader is the header that carries the webhook's id.
+func idHeader() string {
+	if h := os.Getenv("ID_HEADER"); h != "" {
+		return h
+	}
+	return "X-Webhook-Id"
+}
+
 func init() {
+	packhost.HandleDescribeIdentify(func() []packhost.Hint {
+		return []packhost.Hint{{ProviderType: "webhook", Headers: []string{idHeader()}, JSONPointers: []string{"/account"}}}
+	})
 	packhost.HandleIdentify(func(req *packhost.IdentifyRequest) (*packhost.Identity, error) {
-		id := req.Headers["x-webhook-id"]
+		id := req.Headers[strings.ToLower(idHeader())]
 		if id == "" {
 			return nil, nil
 		}
@@ -27,8 +44,8 @@ func init() {
 		}
 		_ = json.Unmarshal(req.Body, &body)
 		if body.Account == "" {
-			// Not in the manifest's identify hint: the host's scoped identify never
-			// passes this header, so only unscoped identify can use it.
+			// Not in the identify hint: the host's scoped identify never passes this
+			// header, so only unscoped identify can use it.
 			body.Account = req.Headers["x-account"]
 		}
 		return &packhost.Identity{ProviderType: "webhook", ProviderID: id, EndpointID: body.Account}, nil

@@ -10,11 +10,32 @@ import (
 //go:wasmimport packhost secret_get
 func hostSecretGet(namePtr, nameLen, bufPtr, bufCap uint32) int32
 
-// IdentifyRequest is an inbound webhook the host asks the pack to attribute.
+// IdentifyRequest is an inbound webhook the host asks the pack to attribute, for one
+// provider type the manifest binds. In a scoped identify it holds only the headers the
+// pack's hint for that type names (see HandleDescribeIdentify).
 type IdentifyRequest struct {
-	ProviderType string            `json:"provider_type"`
-	Headers      map[string]string `json:"headers"`
-	Body         json.RawMessage   `json:"body"`
+	ProviderType string `json:"provider_type"`
+	// Headers maps lower-cased names to values; a repeated header's values are joined
+	// with ", ", as HTTP combines them.
+	Headers map[string]string `json:"headers"`
+	// HeaderList is the headers as the caller sent them: names as spelled, in order,
+	// repeated names kept.
+	HeaderList []Header        `json:"header_list"`
+	Body       json.RawMessage `json:"body"`
+}
+
+// Header is one request header as the caller sent it.
+type Header struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// Hint says what the pack's identify reads of a request for one provider type: the
+// host's scoped identify passes it only these headers.
+type Hint struct {
+	ProviderType string   `json:"provider_type"`
+	Headers      []string `json:"headers"`
+	JSONPointers []string `json:"json_pointers,omitempty"`
 }
 
 // Identity names the provider instance a request addresses.
@@ -39,8 +60,16 @@ type InvokeRequest struct {
 
 var (
 	identifyFunc func(*IdentifyRequest) (*Identity, error)
+	describeFunc func() []Hint
 	invokeFunc   func(*InvokeRequest) ([]byte, error)
 )
+
+// HandleDescribeIdentify registers the function that tells the host the pack's identify
+// hints, for when they depend on what the manifest cannot know (the revision's config,
+// say). The host asks once per revision and keeps the answer; a type f leaves out keeps
+// the manifest's hint, and a type with neither receives every header. Hints may only
+// name provider types the manifest binds, one hint per type, 64 KiB in all.
+func HandleDescribeIdentify(f func() []Hint) { describeFunc = f }
 
 // HandleIdentify registers the pack's identify function. Return nil for "not mine"
 // (NoMatch); without a registered function the pack answers Unsupported.
@@ -76,6 +105,23 @@ func identify(p, n uint32) int32 {
 	out, _ := json.Marshal(id)
 	if Output(action, out) != nil {
 		return 1
+	}
+	return 0
+}
+
+//go:wasmexport packhost_describe_identify
+func describeIdentify() int32 {
+	if describeFunc == nil {
+		return 0 // no output: the manifest's hints
+	}
+	for _, h := range describeFunc() {
+		if h.Headers == nil {
+			h.Headers = []string{}
+		}
+		out, _ := json.Marshal(h)
+		if Output("hint", out) != nil {
+			return 1
+		}
 	}
 	return 0
 }
