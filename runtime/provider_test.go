@@ -23,59 +23,6 @@ func (s secrets) Secret(_ context.Context, name string) ([]byte, bool, error) {
 	return []byte(v), ok, nil
 }
 
-func TestIdentify(t *testing.T) {
-	e := newEngine(t)
-	ctx := context.Background()
-	both := load(t, e, nil, "echo", "webhook")
-	echoOnly := load(t, e, nil, "echo")
-	headers := map[string]string{"x-webhook-id": "w-1", "x-account": "acct-9"}
-	cases := []struct {
-		name    string
-		rev     *runtime.Revision
-		req     runtime.IdentifyRequest
-		scoped  bool
-		outcome string
-		want    runtime.Identity
-	}{
-		{"overlay identifies after the main pack's Unsupported", both, runtime.IdentifyRequest{Headers: headers}, false, "Identified",
-			runtime.Identity{Pack: "webhook", ProviderType: "webhook", ProviderID: "w-1", EndpointID: "acct-9"}},
-		{"scoped identify passes only hinted headers", both, runtime.IdentifyRequest{Headers: headers}, true, "Identified",
-			runtime.Identity{Pack: "webhook", ProviderType: "webhook", ProviderID: "w-1"}},
-		{"scoped identify still reads the body", both, runtime.IdentifyRequest{Headers: headers, Body: json.RawMessage(`{"account":"from-body"}`)}, true, "Identified",
-			runtime.Identity{Pack: "webhook", ProviderType: "webhook", ProviderID: "w-1", EndpointID: "from-body"}},
-		{"NoMatch beats Unsupported", both, runtime.IdentifyRequest{Headers: map[string]string{"x-other": "1"}}, false, "NoMatch",
-			runtime.Identity{Pack: "webhook", ProviderType: ""}},
-		{"no identify anywhere is Unsupported", echoOnly, runtime.IdentifyRequest{Headers: headers}, false, "Unsupported", runtime.Identity{}},
-		{"unknown provider type is Unsupported", both, runtime.IdentifyRequest{ProviderType: "sms", Headers: headers}, false, "Unsupported", runtime.Identity{}},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := tc.rev.Identify(ctx, tc.req, tc.scoped)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got.OutcomeName() != tc.outcome {
-				t.Fatalf("outcome %s, want %s (%+v)", got.OutcomeName(), tc.outcome, got)
-			}
-			got.Outcome, tc.want.Outcome = 0, 0
-			if got != tc.want {
-				t.Fatalf("got %+v, want %+v", got, tc.want)
-			}
-		})
-	}
-}
-
-func TestDescribeIdentify(t *testing.T) {
-	rev := load(t, newEngine(t), nil, "echo", "webhook")
-	hints, err := rev.DescribeIdentify(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(hints) != 1 || hints[0].ProviderType != "webhook" || hints[0].Headers[0] != "X-Webhook-Id" || hints[0].JSONPointers[0] != "/account" {
-		t.Fatalf("hints: %+v", hints)
-	}
-}
-
 func TestInvoke(t *testing.T) {
 	e := newEngine(t)
 	ctx := context.Background()
@@ -162,7 +109,7 @@ func TestInvokeFailsClosed(t *testing.T) {
 	if _, err := rev.Invoke(ctx, runtime.InvokeRequest{ProviderType: "webhook", Op: "send"}); !errors.Is(err, runtime.ErrNotLoaded) {
 		t.Fatalf("unloaded revision: %v", err)
 	}
-	if _, err := rev.Identify(ctx, runtime.IdentifyRequest{}, false); !errors.Is(err, runtime.ErrNotLoaded) {
+	if _, err := rev.Identify(ctx, runtime.IdentifyRequest{ProviderTypes: []string{"webhook"}}, false); !errors.Is(err, runtime.ErrNotLoaded) {
 		t.Fatalf("identify on an unloaded revision: %v", err)
 	}
 }

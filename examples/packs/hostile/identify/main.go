@@ -7,6 +7,7 @@
 // whose name starts with PROBE: space-separated settings
 //
 //	describe=none|hint:<name>+<name>…|trap|loop|garbage|huge|unbound
+//	hinttypes=<type>+<type>…    (the types describe=hint: answers; probe+other)
 //	identify=echo|nomatch|trap|loop|garbage
 //
 // (defaults describe=none identify=echo). identify=echo answers Identified with
@@ -15,7 +16,6 @@
 package main
 
 import (
-	"encoding/json"
 	"os"
 	"strings"
 
@@ -55,9 +55,9 @@ func init() {
 			_ = packhost.Output("hint", []byte(`[1,2,3]`))
 			return nil
 		case mode == "huge":
-			// One hint of 8,192 header names, 150 KiB: within the output limit, past
+			// One hint of 4,096 header names, 80 KiB: within the output limit, past
 			// what the host keeps of a pack's hints.
-			names := make([]string, 8192)
+			names := make([]string, 4096)
 			for i := range names {
 				names[i] = "x-header-" + strings.Repeat("n", 8)
 			}
@@ -70,7 +70,7 @@ func init() {
 				names = strings.Split(list, "+")
 			}
 			var hints []packhost.Hint
-			for _, t := range []string{"probe", "other"} {
+			for _, t := range strings.Split(setting("hinttypes", "probe+other"), "+") {
 				hints = append(hints, packhost.Hint{ProviderType: t, Headers: names})
 			}
 			return hints
