@@ -55,13 +55,13 @@ func table(v1Percent, v2Percent int32, d1, d2 int64) []v1.RouteStatus {
 	return []v1.RouteStatus{{RevisionName: "acme-bot-v1", Percent: v1Percent, Tag: "stable", Dispatched: d1}, {RevisionName: "acme-bot-v2", Percent: v2Percent, Tag: "canary", Dispatched: d2}}
 }
 
-func interval(verdict v1.AnalysisVerdict, message string, canaryErrors int64, percent string, missing ...string) *v1.AnalysisStatus {
+func interval(verdict v1.AnalysisVerdict, message string, stable, canary, canaryErrors int64, percent string, missing ...string) *v1.AnalysisStatus {
 	return &v1.AnalysisStatus{
 		IntervalStart: metav1.NewTime(renderNow.Add(-15 * time.Second)), IntervalEnd: metav1.NewTime(renderNow.Add(-5 * time.Second)),
 		Verdict: verdict, Message: message,
 		Revisions: []v1.RevisionFigures{
-			{RevisionName: "acme-bot-v1", Activities: 1204, Errors: 3, ErrorPercent: "0.25", P99: dur(12 * time.Millisecond)},
-			{RevisionName: "acme-bot-v2", Canary: true, Activities: 140, Errors: canaryErrors, ErrorPercent: percent, P99: dur(15 * time.Millisecond)},
+			{RevisionName: "acme-bot-v1", Activities: stable, Errors: 0, ErrorPercent: "0.00", P99: dur(12 * time.Millisecond)},
+			{RevisionName: "acme-bot-v2", Canary: true, Activities: canary, Errors: canaryErrors, ErrorPercent: percent, P99: dur(15 * time.Millisecond)},
 		},
 		Replicas:        slices.DeleteFunc([]string{"packhost-manager-7d9f-abcde", "packhost-manager-7d9f-fghij"}, func(r string) bool { return slices.Contains(missing, r) }),
 		MissingReplicas: missing,
@@ -88,23 +88,23 @@ func TestRender(t *testing.T) {
 		{"not-reconciled", behind},
 		{"strategy-no-rollout", splitAt(nil, stable, cond("Ready", "True", "TablePublished"))},
 		{"progressing-first-step", splitAt(
-			rollout(v1.RolloutProgressing, 0, 25*time.Second, "step 1 holds for its pause and a passing interval", interval(v1.AnalysisPassed, "", 1, "0.71"), 0, 1),
+			rollout(v1.RolloutProgressing, 0, 25*time.Second, "step 1 holds for its pause and a passing interval", interval(v1.AnalysisPassed, "", 1204, 140, 1, "0.71"), 0, 1),
 			table(90, 10, 8800, 140),
 			cond("Ready", "False", "RolloutProgressing"), cond("Reconciling", "True", "RolloutProgressing"), cond("Stalled", "False", "RolloutProgressing"), cond("RoutesReady", "True", "TablePublished"))},
 		{"paused", splitAt(
-			rollout(v1.RolloutPaused, 1, 3*time.Minute+20*time.Second, "step 2 waits for a promote", interval(v1.AnalysisInconclusive, "the canary served 12 activities, fewer than minActivities 20", 0, "0.00"), 0, 2),
+			rollout(v1.RolloutPaused, 1, 3*time.Minute+20*time.Second, "step 2 waits for a promote", interval(v1.AnalysisPassed, "", 610, 598, 2, "0.33"), 0, 2),
 			table(50, 50, 9000, 2400),
 			cond("Ready", "False", "RolloutPaused"), cond("Reconciling", "True", "RolloutPaused"))},
 		{"last-step-pause-over", splitAt(
-			rollout(v1.RolloutProgressing, 2, 45*time.Second, "step 3 waits for a passing interval", nil, 1, 0),
+			rollout(v1.RolloutProgressing, 2, 45*time.Second, "step 3 waits for a passing interval", interval(v1.AnalysisInconclusive, "the canary served 12 activities, fewer than minActivities 20", 0, 12, 0, "0.00"), 1, 0),
 			table(0, 100, 9000, 4000),
 			cond("Ready", "False", "RolloutProgressing"))},
 		{"aborted-replica-missing", splitAt(
-			rollout(v1.RolloutAborted, 0, 20*time.Second, "analysis failed: acme-bot-v2 errors 48.57% > 5%", interval(v1.AnalysisFailed, "acme-bot-v2: 68 errors in 140 activities (48.57%) > 5%", 68, "48.57", "packhost-manager-7d9f-fghij"), 2, 0),
+			rollout(v1.RolloutAborted, 0, 20*time.Second, "analysis failed: acme-bot-v2 errors 48.57% > 5%", interval(v1.AnalysisFailed, "acme-bot-v2: 68 errors in 140 activities (48.57%) > 5%", 1204, 140, 68, "48.57", "packhost-manager-7d9f-fghij"), 2, 0),
 			table(100, 0, 9100, 140),
 			cond("Ready", "False", "RolloutAborted"), cond("Stalled", "True", "RolloutAborted"), cond("Degraded", "True", "RolloutAborted"), cond("Reconciling", "False", "RolloutAborted"))},
 		{"succeeded", splitAt(
-			rollout(v1.RolloutSucceeded, 2, 2*time.Hour, "", interval(v1.AnalysisPassed, "", 0, "0.00"), 0, 1),
+			rollout(v1.RolloutSucceeded, 2, 2*time.Hour, "", interval(v1.AnalysisPassed, "", 0, 1190, 0, "0.00"), 0, 1),
 			[]v1.RouteStatus{{RevisionName: "acme-bot-v2", Percent: 100, Tag: "canary", Dispatched: 50211}},
 			cond("Ready", "True", "TablePublished"), cond("Reconciling", "False", "TablePublished"), cond("Stalled", "False", "TablePublished"))},
 	} {
