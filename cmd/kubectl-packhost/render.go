@@ -8,6 +8,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -40,7 +42,7 @@ func render(dst io.Writer, s *packhostv1alpha1.TrafficSplit, now time.Time) erro
 	fmt.Fprintf(w, "Tenant:\t%s\n", s.Spec.TenantRef.Name)
 	fmt.Fprintf(w, "Status:\t%s\n", status(s))
 	if r != nil && r.Message != "" {
-		fmt.Fprintf(w, "Message:\t%s\n", r.Message)
+		fmt.Fprintf(w, "Message:\t%s\n", printable(r.Message))
 	}
 	if canary != nil && r != nil && r.Phase != "" && r.Phase != packhostv1alpha1.RolloutSucceeded {
 		fmt.Fprintf(w, "Step:\t%s\n", stepLine(canary, r, now))
@@ -107,7 +109,7 @@ func readiness(s *packhostv1alpha1.TrafficSplit) string {
 	case c.Status == "True":
 		return "Ready"
 	}
-	return "Not ready (" + c.Reason + ")"
+	return "Not ready (" + printable(c.Reason) + ")"
 }
 
 // conditionOrder is the order conditions are listed in: kstatus' first.
@@ -125,9 +127,9 @@ func conditions(s *packhostv1alpha1.TrafficSplit) string {
 	slices.SortStableFunc(cs, func(a, b metav1.Condition) int { return rank(a.Type) - rank(b.Type) })
 	var parts []string
 	for _, c := range cs {
-		p := c.Type + "=" + string(c.Status)
+		p := printable(c.Type + "=" + string(c.Status))
 		if c.Reason != "" {
-			p += " (" + c.Reason + ")"
+			p += " (" + printable(c.Reason) + ")"
 		}
 		parts = append(parts, p)
 	}
@@ -215,18 +217,18 @@ func analysis(out io.Writer, a *packhostv1alpha1.CanaryAnalysis, r *packhostv1al
 	}
 	verdict := string(last.Verdict)
 	if last.Message != "" {
-		verdict += ": " + last.Message
+		verdict += ": " + printable(last.Message)
 	}
 	fmt.Fprintf(w, "Last interval:\t%s to %s (ended %s ago), %s\n",
 		last.IntervalStart.UTC().Format(time.TimeOnly), last.IntervalEnd.UTC().Format(time.TimeOnly+" MST"),
 		age(now.Sub(last.IntervalEnd.Time)), verdict)
-	replicas := strings.Join(last.Replicas, ", ")
+	replicas := printable(strings.Join(last.Replicas, ", "))
 	if replicas == "" {
 		replicas = "none"
 	}
 	fmt.Fprintf(w, "Replicas counted:\t%s\n", replicas)
 	if len(last.MissingReplicas) > 0 {
-		fmt.Fprintf(w, "Replicas missing:\t%s (published before, not for this interval: not counted)\n", strings.Join(last.MissingReplicas, ", "))
+		fmt.Fprintf(w, "Replicas missing:\t%s (published before, not for this interval: not counted)\n", printable(strings.Join(last.MissingReplicas, ", ")))
 	}
 	w.Flush()
 	w = newSection(out)
@@ -236,7 +238,7 @@ func analysis(out io.Writer, a *packhostv1alpha1.CanaryAnalysis, r *packhostv1al
 		if f.Canary {
 			role = "canary"
 		}
-		fmt.Fprintf(w, "  %s\t%s\t%d\t%d\t%s\t%s\n", f.RevisionName, role, f.Activities, f.Errors, orDash(f.ErrorPercent), p99(f))
+		fmt.Fprintf(w, "  %s\t%s\t%d\t%d\t%s\t%s\n", printable(f.RevisionName), role, f.Activities, f.Errors, printable(orDash(f.ErrorPercent)), p99(f))
 	}
 }
 
@@ -266,6 +268,7 @@ func routes(w io.Writer, s *packhostv1alpha1.TrafficSplit) {
 	var order []string
 	rows := map[string]*row{}
 	at := func(name, tag string) *row {
+		name, tag = printable(name), printable(tag)
 		r, ok := rows[name]
 		if !ok {
 			r = &row{effect: "-", stable: "-", target: "-", dispatched: "-"}
@@ -316,4 +319,17 @@ func age(d time.Duration) string {
 		d = 0
 	}
 	return duration.HumanDuration(d)
+}
+
+// printable replaces what a terminal would act on rather than show (control characters,
+// escape sequences, bidirectional overrides) and what would break the columns (tabs) in
+// a string from the API: revision names are only length-checked by the schema, and
+// messages may quote what someone else wrote.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) || r == utf8.RuneError {
+			return '?'
+		}
+		return r
+	}, s)
 }

@@ -78,6 +78,11 @@ func TestRender(t *testing.T) {
 	noStrategy.Spec.Strategy = nil
 	noStrategy.Spec.Routes = []v1.Route{{RevisionName: "acme-bot-v1", Percent: 90, Tag: "stable"}, {RevisionName: "acme-bot-v2", Percent: 10, Tag: "canary"}}
 	behind := splitAt(nil, nil)
+	// Strings from the API that a terminal would act on are shown, not obeyed: a revision
+	// name is only length-checked, and messages may quote what others wrote.
+	hostile := splitAt(rollout(v1.RolloutProgressing, 0, 5*time.Second, "clear\x1b[2J\x1b[1;1Hscreen\tand \u202eright-to-left", nil, 0, 0),
+		[]v1.RouteStatus{{RevisionName: "acme-bot-v1", Percent: 90}, {RevisionName: "evil\x1b]0;title\x07\rname", Percent: 10}},
+		cond("Ready", "False", "RolloutProgressing"))
 	behind.Generation, behind.Status.ObservedGeneration = 4, 0
 
 	for _, tc := range []struct {
@@ -86,6 +91,7 @@ func TestRender(t *testing.T) {
 	}{
 		{"no-strategy", noStrategy},
 		{"not-reconciled", behind},
+		{"hostile-strings", hostile},
 		{"strategy-no-rollout", splitAt(nil, stable, cond("Ready", "True", "TablePublished"))},
 		{"progressing-first-step", splitAt(
 			rollout(v1.RolloutProgressing, 0, 25*time.Second, "step 1 holds for its pause and a passing interval", interval(v1.AnalysisPassed, "", 1204, 140, 1, "0.71"), 0, 1),
