@@ -23,6 +23,10 @@ const (
 	// host:port, a registry): a source that never answers holds at most this many
 	// workers for its bounded tries, never all of them, so it delays no other origin.
 	loadsPerOrigin = 2
+	// loadsPerNamespace is how many loads of one namespace run at once: never every
+	// worker, so one tenant's revisions, whatever origins they name, leave one for the
+	// others.
+	loadsPerNamespace = loadWorkers - 1
 	// loadTimeout bounds one whole load: fetches (each try bounded by the source),
 	// state, compile and the first instance.
 	loadTimeout = 5 * time.Minute
@@ -35,8 +39,8 @@ type loadFunc func(ctx context.Context) (*Loaded, *failure)
 // revision background resolver does: Reconcile asks for a load keyed by the revision
 // and the runtime config it needs (loadKey), gets "not yet" while it runs, and is
 // re-enqueued when it is done to pick up the result, which is kept until then. A
-// worker pool bounds the work, and a per-origin bound keeps one black-hole source
-// from holding every worker.
+// worker pool bounds the work; a per-origin bound keeps one black-hole source, and a
+// per-namespace bound one tenant, from holding every worker.
 type loader struct {
 	// events re-enqueue a revision whose load finished; the revision controller
 	// watches them.
@@ -45,12 +49,12 @@ type loader struct {
 	retryAfter time.Duration
 	clock      func() time.Time
 
-	workers chan struct{}
+	workers *slots
 
 	mu      sync.Mutex
 	base    context.Context
 	stop    context.CancelFunc
-	origins map[string]*originSlots
+	slots   map[string]*slots // by origin, and by "namespace/" and a namespace
 	jobs    map[types.NamespacedName]*loadJob
 	// running counts the load goroutines, which Start waits for: a load writes the cache
 	// directory, and must not outlive the manager.
@@ -71,8 +75,8 @@ func newLoader(retryAfter time.Duration, clock func() time.Time) *loader {
 	base, stop := context.WithCancel(context.Background())
 	return &loader{
 		events: make(chan event.GenericEvent), retryAfter: retryAfter, clock: clock,
-		workers: make(chan struct{}, loadWorkers), base: base, stop: stop,
-		origins: map[string]*originSlots{}, jobs: map[types.NamespacedName]*loadJob{},
+		workers: &slots{key: "workers", ch: make(chan struct{}, loadWorkers)}, base: base, stop: stop,
+		slots: map[string]*slots{}, jobs: map[types.NamespacedName]*loadJob{},
 	}
 }
 
@@ -143,7 +147,7 @@ func (l *loader) run(ctx context.Context, name types.NamespacedName, j *loadJob,
 	defer j.cancel()
 	var loaded *Loaded
 	var fail *failure
-	release, ok := l.acquire(ctx, origins)
+	release, ok := l.acquire(ctx, name.Namespace, origins)
 	if ok {
 		loaded, fail = fn(ctx)
 		release()
@@ -168,60 +172,95 @@ func (l *loader) run(ctx context.Context, name types.NamespacedName, j *loadJob,
 	}
 }
 
-// acquire takes a slot of each origin (in a fixed order, so two loads never hold one
-// each of the other's) and then a worker. Waiting for an origin holds no worker.
-func (l *loader) acquire(ctx context.Context, origins []string) (release func(), ok bool) {
+// acquire takes a slot of the load's namespace and one of each origin, all or none, then
+// a worker. A load waits for a full namespace or origin holding no other slot, so loads
+// queued behind a black-hole origin hold neither a shared registry's slots nor their
+// namespace's; the worker comes last, so no load holds one while it waits.
+func (l *loader) acquire(ctx context.Context, namespace string, origins []string) (release func(), ok bool) {
 	origins = slices.Clone(origins)
 	slices.Sort(origins)
 	origins = slices.Compact(origins)
-	var held []chan struct{}
-	var users []string // origins whose slots this load counts as a user of
-	release = func() {
+	var held []*slots // taken
+	users := []*slots{l.use("namespace/"+namespace, loadsPerNamespace)}
+	for _, o := range origins {
+		users = append(users, l.use(o, loadsPerOrigin))
+	}
+	giveBack := func() {
 		for _, s := range held {
-			<-s
+			<-s.ch
 		}
+		held = held[:0]
+	}
+	release = func() {
+		giveBack()
 		l.mu.Lock()
-		for _, o := range users {
-			// An origin nobody waits on or holds is forgotten: any user may name hosts.
-			if s := l.origins[o]; s != nil {
-				if s.users--; s.users == 0 {
-					delete(l.origins, o)
-				}
+		for _, s := range users {
+			// Slots nobody waits on or holds are forgotten: any user may name hosts.
+			if s.users--; s.users == 0 {
+				delete(l.slots, s.key)
 			}
 		}
 		l.mu.Unlock()
 	}
-	for _, o := range origins {
-		l.mu.Lock()
-		s := l.origins[o]
-		if s == nil {
-			s = &originSlots{ch: make(chan struct{}, loadsPerOrigin)}
-			l.origins[o] = s
-		}
-		s.users++
-		users = append(users, o)
-		l.mu.Unlock()
+	take := func(s *slots) bool {
 		select {
 		case s.ch <- struct{}{}:
-			held = append(held, s.ch)
+			held = append(held, s)
+			return true
 		case <-ctx.Done():
+			return false
+		}
+	}
+	for wait := -1; ; {
+		// Wait, holding nothing, for the one that was full; then try the rest.
+		if wait >= 0 && !take(users[wait]) {
 			release()
 			return nil, false
 		}
+		full := -1
+		for i, s := range users {
+			if i == wait {
+				continue
+			}
+			select {
+			case s.ch <- struct{}{}:
+				held = append(held, s)
+				continue
+			default:
+			}
+			full = i
+			break
+		}
+		if full < 0 {
+			break
+		}
+		giveBack()
+		wait = full
 	}
-	select {
-	case l.workers <- struct{}{}:
-	case <-ctx.Done():
+	if !take(l.workers) {
 		release()
 		return nil, false
 	}
-	held = append(held, l.workers)
 	return release, true
 }
 
-// originSlots bounds the loads of one origin; users counts the loads holding or
-// waiting for a slot, so the entry goes when the last one is done.
-type originSlots struct {
+// use counts a load as a user of the slots under key, made with n slots if none.
+func (l *loader) use(key string, n int) *slots {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.slots[key]
+	if s == nil {
+		s = &slots{key: key, ch: make(chan struct{}, n)}
+		l.slots[key] = s
+	}
+	s.users++
+	return s
+}
+
+// slots bounds the loads of one origin or namespace; users counts the loads holding or
+// waiting for one, so the entry goes when the last one is done.
+type slots struct {
+	key   string
 	ch    chan struct{}
 	users int
 }

@@ -56,3 +56,82 @@ func TestLoaderBoundsEachOrigin(t *testing.T) {
 		t.Fatal("a load for a new key returned the old key's result")
 	}
 }
+
+// hangingLoads starts loads that hang until cancelled, and counts those that started.
+type hangingLoads struct {
+	l       *loader
+	started atomic.Int32
+}
+
+func (h *hangingLoads) start(name types.NamespacedName, origins ...string) {
+	h.l.load(name, "k", origins, func(ctx context.Context) (*Loaded, *failure) {
+		h.started.Add(1)
+		<-ctx.Done()
+		return nil, &failure{reason: v1.ReasonSourceUnreachable, retry: true}
+	})
+}
+
+// settle waits until n loads started (at most 5 s), then a little more, and returns how
+// many did.
+func (h *hangingLoads) settle(n int32) int32 {
+	for deadline := time.Now().Add(5 * time.Second); h.started.Load() < n && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	return h.started.Load()
+}
+
+// finishes reports whether a quick load of name from origins finishes within 5 s.
+func finishes(t *testing.T, l *loader, name types.NamespacedName, origins ...string) bool {
+	t.Helper()
+	l.load(name, "k", origins, func(context.Context) (*Loaded, *failure) { return nil, &failure{reason: v1.ReasonInvalidWasm} })
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case e := <-l.events:
+			if e.Object.GetName() == name.Name && e.Object.GetNamespace() == name.Namespace {
+				return true
+			}
+		case <-deadline:
+			return false
+		}
+	}
+}
+
+// One namespace's loads never hold every worker, whatever origins they name: a tenant
+// with black-hole sources on two hosts leaves a worker for the other tenants.
+func TestLoaderBoundsEachNamespace(t *testing.T) {
+	l := newLoader(time.Minute, time.Now)
+	defer l.stop()
+	h := &hangingLoads{l: l}
+	for i := range 3 {
+		h.start(types.NamespacedName{Namespace: "evil", Name: fmt.Sprint("a-", i)}, "hole-a:80")
+		h.start(types.NamespacedName{Namespace: "evil", Name: fmt.Sprint("b-", i)}, "hole-b:80")
+	}
+	if n := h.settle(loadsPerNamespace); n != loadsPerNamespace {
+		t.Fatalf("%d loads of one namespace run at once, want %d", n, loadsPerNamespace)
+	}
+	if !finishes(t, l, types.NamespacedName{Namespace: "good", Name: "fast"}, "registry:443") {
+		t.Fatal("another namespace's load waited behind one namespace's black holes")
+	}
+}
+
+// Loads waiting for a full origin hold no slot of another: revisions that name a shared
+// registry and a black hole cannot keep the registry from everyone else.
+func TestLoaderWaitsHoldingNoOtherOrigin(t *testing.T) {
+	l := newLoader(time.Minute, time.Now)
+	defer l.stop()
+	h := &hangingLoads{l: l}
+	for i := range loadsPerOrigin {
+		h.start(types.NamespacedName{Namespace: fmt.Sprint("hole-", i), Name: "r"}, "zz-hole:80")
+	}
+	for i := range loadsPerOrigin {
+		h.start(types.NamespacedName{Namespace: fmt.Sprint("both-", i), Name: "r"}, "a-registry:443", "zz-hole:80")
+	}
+	if n := h.settle(loadsPerOrigin); n != loadsPerOrigin {
+		t.Fatalf("%d loads started against a black hole, want %d", n, loadsPerOrigin)
+	}
+	if !finishes(t, l, types.NamespacedName{Namespace: "good", Name: "r"}, "a-registry:443") {
+		t.Fatal("a load from a shared registry waited behind loads queued for a black hole")
+	}
+}
