@@ -318,7 +318,7 @@ func (r *Revision) hintsOf(ctx context.Context, p *packRuntime) (map[string]*pac
 			hints[prov.Type] = newPackHint(Hint{ProviderType: prov.Type, Headers: prov.Identify.Headers, JSONPointers: prov.Identify.JSONPointers, Pack: p.id})
 		}
 	}
-	if p.pack.hasDescribe {
+	if p.pack.hasDescribe && len(p.pack.Manifest.Providers) > 0 { // else it may hint nothing
 		described, err := r.describe(ctx, p)
 		if err != nil {
 			return nil, err
