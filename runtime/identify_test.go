@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -38,7 +39,7 @@ func (g *guestCalls) count(pack, what string) int {
 
 // loadProbes starts a revision of copies of the identify test pack, main first: copy i
 // is pack "p<i>" and reads its settings from PROBE_<i>.
-func loadProbes(t *testing.T, e *runtime.Engine, limits runtime.Limits, ps ...probe) (*runtime.Revision, *guestCalls) {
+func loadProbes(t testing.TB, e *runtime.Engine, limits runtime.Limits, ps ...probe) (*runtime.Revision, *guestCalls) {
 	t.Helper()
 	ctx := context.Background()
 	calls := &guestCalls{n: map[string]int{}}
@@ -423,4 +424,34 @@ func TestIdentifySingleType(t *testing.T) {
 			}
 		})
 	}
+}
+
+// BenchmarkIdentify: one probe of two types over two packs (the main pack's NoMatch,
+// then the overlay's Identified: four guest calls), scoped with the main pack's hint
+// cached, and unscoped.
+func BenchmarkIdentify(b *testing.B) {
+	rev, _ := loadProbes(b, newEngine(b), runtime.Limits{},
+		probe{settings: "identify=nomatch describe=hint:x-a"}, probe{settings: "identify=echo"})
+	req := runtime.IdentifyRequest{ProviderTypes: []string{"probe", "other"}, Headers: probeHeaders}
+	for _, scoped := range []bool{true, false} {
+		b.Run(fmt.Sprintf("scoped=%v", scoped), func(b *testing.B) {
+			cpu := processCPU()
+			for b.Loop() {
+				got, err := rev.Identify(context.Background(), req, scoped)
+				if err != nil || got["other"].Outcome != runtime.Identified {
+					b.Fatalf("%+v, %v", got, err)
+				}
+			}
+			// CPU time, because on a shared machine the wall time mostly measures the
+			// other processes.
+			b.ReportMetric(float64((processCPU()-cpu).Microseconds())/float64(b.N), "cpu-µs/op")
+		})
+	}
+}
+
+// processCPU is the CPU time this process has used, user and system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
