@@ -498,7 +498,7 @@ func TestDrainingThenRetired(t *testing.T) {
 	_ = env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "old"}, old)
 	nsState := store.Namespace(state.Spec{Namespace: ns, Revision: "old", RevisionUID: old.UID, Tenant: "acme", Shards: 1})
 	txn, _ := nsState.Begin(ctx)
-	txn.SetWait("prod/acme/ann", &runtime.Wait{Pack: "small", Flow: "f", Expires: time.Now().Add(time.Hour)})
+	txn.SetWaits("prod/acme/ann", []runtime.Wait{{Pack: "small", Flow: "f", Expires: time.Now().Add(time.Hour)}})
 	if err := txn.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -518,7 +518,7 @@ func TestDrainingThenRetired(t *testing.T) {
 	}
 
 	txn, _ = nsState.Begin(ctx)
-	txn.SetWait("prod/acme/ann", nil)
+	txn.SetWaits("prod/acme/ann", nil)
 	if err := txn.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}

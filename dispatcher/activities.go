@@ -175,14 +175,73 @@ func (s *Server) route(r *http.Request, cfg *TenantConfig, table *Table, caller,
 	}
 	session := runtime.SessionKey(cfg.Env, cfg.Namespace+"/"+cfg.Name, a)
 	if session != "" && s.Pins != nil {
-		if pinned, ok := s.Pins.PinnedRevision(session, time.Now()); ok {
-			if ns, name, _ := strings.Cut(pinned, "/"); ns == cfg.Namespace && s.Revisions.Revision(ns, cfg.Name, name) != nil {
-				return name, 0, "", ""
-			}
+		name, err := s.pinned(cfg, a, session)
+		if err != nil {
+			status, code := statusOf(err)
+			return "", status, code, err.Error()
+		}
+		if name != "" {
+			return name, 0, "", ""
 		}
 	}
 	if table == nil {
 		return "", http.StatusNotFound, CodeNoSplit, "the tenant has no TrafficSplit in use"
 	}
 	return table.Pick(session).Revision, 0, "", ""
+}
+
+// pinned is the revision holding the session's parked wait that a continues, or "" to
+// route a by the table. Only waits on the tenant's revisions loaded here count. Pins
+// are per flow, as the runtime resumes them (see runtime's chooseFlow):
+//   - an activity that names its flow (flow_id or flow_type) goes where the flow it
+//     names on that revision is parked; a flow parked nowhere is routed by the table,
+//     whatever other flows of the session are parked;
+//   - one that does not goes where the session's waits (in its pack_id's pack, when it
+//     names one) are parked, when they are all on one revision, whose runtime resumes
+//     the one or refuses to choose among several; waits on several revisions get the
+//     runtime's AmbiguousFlowError here.
+func (s *Server) pinned(cfg *TenantConfig, a *runtime.Activity, session string) (string, error) {
+	pins := s.Pins.SessionPins(session, time.Now())
+	if len(pins) == 0 {
+		return "", nil
+	}
+	var live []runtime.Pin
+	loaded := map[string]*runtime.Revision{}
+	for _, p := range pins {
+		ns, name, _ := strings.Cut(p.Revision, "/")
+		if ns != cfg.Namespace {
+			continue
+		}
+		rt, seen := loaded[name]
+		if !seen {
+			rt = s.Revisions.Revision(ns, cfg.Name, name)
+			loaded[name] = rt
+		}
+		if rt != nil {
+			live = append(live, p)
+		}
+	}
+	if a.FlowID != "" || a.FlowType != "" {
+		for _, p := range live {
+			_, name, _ := strings.Cut(p.Revision, "/")
+			pack, flow, err := loaded[name].SelectFlow(a)
+			if err == nil && pack == p.Pack && flow == p.Flow {
+				return name, nil
+			}
+		}
+		return "", nil
+	}
+	if a.PackID != "" {
+		live = slices.DeleteFunc(live, func(p runtime.Pin) bool { return p.Pack != a.PackID })
+	}
+	if len(live) == 0 {
+		return "", nil
+	}
+	for _, p := range live[1:] {
+		if p.Revision != live[0].Revision {
+			return "", &runtime.AmbiguousFlowError{Parked: live}
+		}
+	}
+	_, name, _ := strings.Cut(live[0].Revision, "/")
+	return name, nil
 }

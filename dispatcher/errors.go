@@ -26,6 +26,9 @@ const (
 	CodeTimeout         = "timeout"
 	CodeNoReadyRevision = "no_ready_revision"
 	CodeNoSuchFlow      = "no_such_flow"
+	// CodeAmbiguousFlow: the activity names no flow while its session has waits parked
+	// in several (409); the message names them, and flow_id picks one.
+	CodeAmbiguousFlow = "ambiguous_flow"
 	CodeUnknownTag      = "unknown_tag"
 	CodeStateFull       = "state_full"
 	// CodeStateUnavailable answers a stateful activity whose commit the API server did
@@ -85,6 +88,8 @@ func statusOf(err error) (int, string) {
 		return http.StatusBadRequest, CodeInvalidActivity
 	case errors.Is(err, runtime.ErrNoSuchFlow):
 		return http.StatusNotFound, CodeNoSuchFlow
+	case errors.Is(err, runtime.ErrAmbiguousFlow):
+		return http.StatusConflict, CodeAmbiguousFlow
 	case errors.Is(err, runtime.ErrOverloaded):
 		return http.StatusTooManyRequests, CodeOverloaded
 	case errors.Is(err, runtime.ErrStateUnavailable):

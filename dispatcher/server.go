@@ -34,9 +34,9 @@ type BodyLimits interface {
 	MaxBodyBytes(namespace, tenant, name string) (limit int64, ok bool)
 }
 
-// Pins says which revision holds a live wait for a session key.
+// Pins says which revisions hold live waits for a session key, and for which flows.
 type Pins interface {
-	PinnedRevision(session string, now time.Time) (string, bool)
+	SessionPins(session string, now time.Time) []runtime.Pin
 }
 
 // Server is the dispatcher's HTTP server.

@@ -3,6 +3,7 @@ package runtime
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Errors a caller branches on with errors.Is. The dispatcher maps them to HTTP statuses.
@@ -11,6 +12,9 @@ var (
 	ErrNotLoaded = errors.New("revision not loaded")
 	// ErrNoSuchFlow: no flow matches the activity's flow id or type.
 	ErrNoSuchFlow = errors.New("no such flow")
+	// ErrAmbiguousFlow: the activity names no flow while its session has waits parked
+	// in several; it comes as an AmbiguousFlowError naming them.
+	ErrAmbiguousFlow = errors.New("ambiguous flow")
 	// ErrOverloaded: every instance is busy and the wait queue is full.
 	ErrOverloaded = errors.New("revision overloaded")
 	// ErrTimeout: the activity ran past its deadline and was stopped.
@@ -72,3 +76,29 @@ func (e *PackError) Unwrap() error { return e.Err }
 func invalidPack(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalidPack, fmt.Sprintf(format, args...))
 }
+
+// AmbiguousFlowError answers an activity that names no flow (flow_id or flow_type)
+// while its session has waits parked in several flows: which conversation it continues
+// is the caller's to say, so nothing runs and the error names the parked flows.
+type AmbiguousFlowError struct {
+	// Parked are the session's live waits the activity could have meant.
+	Parked []Pin
+}
+
+func (e *AmbiguousFlowError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "the session has waits parked in %d flows (", len(e.Parked))
+	for i, p := range e.Parked {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "flow %q of pack %q", p.Flow, p.Pack)
+		if p.Revision != "" {
+			fmt.Fprintf(&b, " on revision %s", p.Revision)
+		}
+	}
+	b.WriteString("): name the one this activity continues with flow_id (and pack_id)")
+	return b.String()
+}
+
+func (e *AmbiguousFlowError) Unwrap() error { return ErrAmbiguousFlow }

@@ -5,6 +5,68 @@ import (
 	"slices"
 )
 
+// chooseFlow picks the pack and flow an activity runs and the session's parked wait it
+// resumes (a copy), if any, among the session's live waits on this revision, parked:
+//   - an activity that names its flow (flow_id, or flow_type) enters that flow as
+//     selectFlow chooses it, and resumes the wait parked in it if there is one, whatever
+//     other flows of the session are parked;
+//   - one that does not resumes the session's one parked wait (of the pack its pack_id
+//     names, when it names one); with several parked it fails with an
+//     AmbiguousFlowError that names them, rather than guess which conversation a reply
+//     continues; with none it enters the flow selectFlow chooses.
+func (r *Revision) chooseFlow(a *Activity, parked []Wait) (*packRuntime, Flow, *Wait, error) {
+	if a.FlowID == "" && a.FlowType == "" {
+		var match []Pin
+		var resume Wait
+		for _, w := range parked {
+			if a.PackID == "" || w.Pack == a.PackID {
+				match = append(match, Pin{Revision: r.name, Pack: w.Pack, Flow: w.Flow, Expires: w.Expires})
+				resume = w
+			}
+		}
+		switch {
+		case len(match) == 1:
+			p := r.byID[resume.Pack]
+			return p, p.flow(resume.Flow), &resume, nil
+		case len(match) > 1:
+			return nil, Flow{}, nil, &AmbiguousFlowError{Parked: match}
+		}
+	}
+	idx, f, err := selectFlow(r.packs, a)
+	if err != nil {
+		return nil, Flow{}, nil, err
+	}
+	p := r.packs[idx]
+	for _, w := range parked {
+		if w.Pack == p.id && w.Flow == f.ID {
+			return p, f, &w, nil
+		}
+	}
+	return p, f, nil, nil
+}
+
+// SelectFlow says which pack and flow an activity that names its flow (flow_id or
+// flow_type, narrowed by pack_id) enters on this revision, or why none: the dispatcher
+// matches it against the flows a session has parked (see Pin).
+func (r *Revision) SelectFlow(a *Activity) (pack, flow string, err error) {
+	idx, f, err := selectFlow(r.packs, a)
+	if err != nil {
+		return "", "", err
+	}
+	return r.packs[idx].id, f.ID, nil
+}
+
+// flow returns the pack's flow of that id; a wait parked in a flow its manifest no
+// longer declares resumes with the id alone.
+func (p *packRuntime) flow(id string) Flow {
+	for _, f := range p.pack.Manifest.Flows {
+		if f.ID == id {
+			return f
+		}
+	}
+	return Flow{ID: id}
+}
+
 // selectFlow picks the flow an activity enters: its explicit flow id, else the unique
 // entry flow of its flow type, else the main pack's first entry flow. Flows tagged
 // internal are never entered from outside. A pack_id hint narrows the search.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	goruntime "runtime"
+	"slices"
 	"time"
 
 	"github.com/tetratelabs/wazero/api"
@@ -28,10 +29,13 @@ func (c *call) outcome(res int32, what string) error {
 
 // call is the host side of one guest call: where host functions find their scope.
 type call struct {
-	rev      *Revision
-	pack     *packRuntime
-	flow     string
-	session  string
+	rev     *Revision
+	pack    *packRuntime
+	flow    string
+	session string
+	// parked are the session's waits in other flows, which a new wait shares the
+	// session's bounds with (see hostSessionWait).
+	parked   []Wait
 	txn      Txn
 	outputs  []Activity
 	outBytes int
@@ -105,8 +109,8 @@ func (c *call) releaseHost() {
 	c.hostReserved = 0
 }
 
-// Handle runs one activity: it selects the flow, resumes the session's parked wait if
-// there is one, runs the guest on a pooled instance under the deadline, and commits the
+// Handle runs one activity: it selects the flow and the session's parked wait it
+// resumes, if any (see chooseFlow), runs the guest on a pooled instance under the deadline, and commits the
 // activity's state before returning its replies. A state conflict runs it again.
 func (r *Revision) Handle(ctx context.Context, a *Activity) ([]Activity, error) {
 	if r.closed.Load() {
@@ -163,43 +167,35 @@ func (r *Revision) handleOnce(ctx context.Context, a *Activity, session string) 
 		}
 	}()
 
-	var resumed *Wait
+	// The session's live waits; expired ones, and any of a pack this revision does not
+	// have, are dropped with this turn's commit.
+	var parked []Wait
+	stale := false
 	if r.session && session != "" {
-		w, err := txn.Wait(session)
+		ws, err := txn.Waits(session)
 		if err != nil {
-			return nil, fmt.Errorf("read session wait: %w", err)
+			return nil, fmt.Errorf("read session waits: %w", err)
 		}
-		if w != nil {
+		for _, w := range ws {
 			if r.now().Before(w.Expires) && r.byID[w.Pack] != nil {
-				resumed = w
+				parked = append(parked, w)
 			} else {
-				txn.SetWait(session, nil) // expired: clear it with this turn
+				stale = true
 			}
 		}
 	}
-	var p *packRuntime
-	var flow Flow
-	if resumed != nil {
-		p = r.byID[resumed.Pack]
-		flow = Flow{ID: resumed.Flow}
-		for _, f := range p.pack.Manifest.Flows {
-			if f.ID == resumed.Flow {
-				flow = f
-			}
-		}
-	} else {
-		idx, f, err := selectFlow(r.packs, a)
-		if err != nil {
-			return nil, err
-		}
-		p, flow = r.packs[idx], f
+	p, flow, resumed, err := r.chooseFlow(a, parked)
+	if err != nil {
+		return nil, err
 	}
+	// others are the session's waits this turn leaves as they are.
+	others := slices.DeleteFunc(parked, func(w Wait) bool { return w.Pack == p.id && w.Flow == flow.ID })
 
 	inst, err := p.get(ctx, r)
 	if err != nil {
 		return nil, err
 	}
-	c := &call{rev: r, pack: p, flow: flow.ID, session: session, txn: txn}
+	c := &call{rev: r, pack: p, flow: flow.ID, session: session, parked: others, txn: txn}
 	defer c.releaseHost() // after the commit: the transaction holds the values until then
 	in := encodeInput(inst.buf[:0], a, p.id, flow, session, resumed, r.config)
 	inst.buf = in
@@ -212,10 +208,13 @@ func (r *Revision) handleOnce(ctx context.Context, a *Activity, session string) 
 	if err := c.outcome(res, "handler of flow "+flow.ID); err != nil {
 		return nil, err
 	}
-	if c.wait != nil {
-		txn.SetWait(session, c.wait)
-	} else if resumed != nil {
-		txn.SetWait(session, nil) // the turn completed
+	// The flow's wait is parked again, or cleared when its turn completed; the
+	// session's other flows keep theirs.
+	if c.wait != nil || resumed != nil || stale {
+		if c.wait != nil {
+			others = append(others, *c.wait)
+		}
+		txn.SetWaits(session, others)
 	}
 	committed = true
 	if err := txn.Commit(ctx); err != nil {

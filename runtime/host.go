@@ -244,7 +244,15 @@ func hostSessionWait(_ context.Context, c *call, mem api.Memory, a args) int32 {
 	if c.session == "" {
 		return codeInvalid // an activity without a session cannot be resumed
 	}
-	data, code := c.read(mem, a.u(0), a.u(1), MaxValueLen)
+	// A session's waits share its bounds: MaxParkedFlows of them, MaxValueLen bytes.
+	if len(c.parked) >= MaxParkedFlows {
+		return codeTooLarge
+	}
+	held := 0
+	for _, w := range c.parked {
+		held += len(w.Data)
+	}
+	data, code := c.read(mem, a.u(0), a.u(1), MaxValueLen-held)
 	if code != 0 {
 		return code
 	}

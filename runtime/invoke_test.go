@@ -30,9 +30,9 @@ type conflictingTxn struct {
 	writes bool
 }
 
-func (t *conflictingTxn) SetWait(session string, w *runtime.Wait) {
+func (t *conflictingTxn) SetWaits(session string, ws []runtime.Wait) {
 	t.writes = true
-	t.Txn.SetWait(session, w)
+	t.Txn.SetWaits(session, ws)
 }
 
 func (t *conflictingTxn) Commit(ctx context.Context) error {

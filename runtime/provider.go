@@ -139,7 +139,7 @@ func (r *Revision) claimInvoke(ctx context.Context, session, claim string) (json
 			if err != nil {
 				return fmt.Errorf("begin state transaction: %w", err)
 			}
-			w, err := txn.Wait(session)
+			w, err := invokeRecord(txn, session)
 			if err != nil {
 				txn.Discard()
 				return fmt.Errorf("read invoke record: %w", err)
@@ -161,7 +161,7 @@ func (r *Revision) claimInvoke(ctx context.Context, session, claim string) (json
 					return fmt.Errorf("%w: %s: correlation id is being invoked by another call", ErrInProgress, r.name)
 				}
 			}
-			txn.SetWait(session, &Wait{Pack: invokePack, Flow: invokeRunning, Data: []byte(claim), Expires: now.Add(r.limits.Timeout + invokeClaimGrace)})
+			txn.SetWaits(session, []Wait{{Pack: invokePack, Flow: invokeRunning, Data: []byte(claim), Expires: now.Add(r.limits.Timeout + invokeClaimGrace)}})
 			return txn.Commit(ctx)
 		}
 	})
@@ -180,7 +180,7 @@ func (r *Revision) invokeOnce(ctx context.Context, p *packRuntime, payload []byt
 		return nil, fmt.Errorf("begin state transaction: %w", err)
 	}
 	if session != "" {
-		w, err := txn.Wait(session)
+		w, err := invokeRecord(txn, session)
 		if err != nil {
 			txn.Discard()
 			return nil, fmt.Errorf("read invoke record: %w", err)
@@ -200,7 +200,7 @@ func (r *Revision) invokeOnce(ctx context.Context, p *packRuntime, payload []byt
 		answer = outs[0].Payload
 	}
 	if session != "" {
-		txn.SetWait(session, &Wait{Pack: invokePack, Flow: invokeDone, Data: append([]byte{}, answer...), Expires: r.now().Add(IdempotencyWindow)})
+		txn.SetWaits(session, []Wait{{Pack: invokePack, Flow: invokeDone, Data: append([]byte{}, answer...), Expires: r.now().Add(IdempotencyWindow)}})
 	}
 	if err := txn.Commit(ctx); err != nil {
 		return nil, err
@@ -217,12 +217,22 @@ func (r *Revision) releaseInvoke(session, claim string) {
 	if err != nil {
 		return
 	}
-	if w, err := txn.Wait(session); err != nil || w == nil || string(w.Data) != claim || w.Flow != invokeRunning {
+	if w, err := invokeRecord(txn, session); err != nil || w == nil || string(w.Data) != claim || w.Flow != invokeRunning {
 		txn.Discard()
 		return
 	}
-	txn.SetWait(session, nil)
+	txn.SetWaits(session, nil)
 	_ = txn.Commit(ctx)
+}
+
+// invokeRecord reads what Invoke keeps of a correlation id: the one wait of its
+// session key, or nil.
+func invokeRecord(txn Txn, session string) (*Wait, error) {
+	ws, err := txn.Waits(session)
+	if err != nil || len(ws) == 0 {
+		return nil, err
+	}
+	return &ws[0], nil
 }
 
 func (p *packRuntime) provider(providerType string) *Provider {

@@ -22,7 +22,9 @@ type StateKey struct {
 	Name string
 }
 
-// Wait is a flow parked by session wait, to be resumed by the session's next activity.
+// Wait is a flow parked by session wait, to be resumed by a later activity of the
+// session for that flow. A session holds at most one wait per pack and flow, and at
+// most MaxParkedFlows of them, holding at most MaxValueLen bytes of data together.
 type Wait struct {
 	// Pack and Flow are where the wait was parked.
 	Pack string
@@ -31,6 +33,19 @@ type Wait struct {
 	Data []byte
 	// Expires is when the wait stops being resumable.
 	Expires time.Time
+}
+
+// MaxParkedFlows bounds the flows one session may have parked at once in one revision.
+const MaxParkedFlows = 16
+
+// Pin is a live wait as the dispatcher routes by it: the revision whose state holds it
+// (namespace/name) and the pack and flow that parked it. A session's activities for
+// that flow go to that revision while the wait lives.
+type Pin struct {
+	Revision string
+	Pack     string
+	Flow     string
+	Expires  time.Time
 }
 
 type attemptKey struct{}
@@ -63,11 +78,13 @@ type Txn interface {
 	Put(key StateKey, value []byte) error
 	// Delete buffers a delete.
 	Delete(key StateKey) error
-	// Wait returns the session's parked wait, or nil. The read is recorded, so two
-	// activities cannot both consume one wait.
-	Wait(session string) (*Wait, error)
-	// SetWait parks w for the session at commit, or clears the session's wait when w is nil.
-	SetWait(session string, w *Wait)
+	// Waits returns the session's parked waits, one per pack and flow, in the order
+	// they were parked (the newest last), or none. The read is of the session's whole
+	// set and is recorded, so two activities cannot both consume one wait, nor both
+	// change the set from the same starting point.
+	Waits(session string) ([]Wait, error)
+	// SetWaits replaces the session's parked waits at commit; none clears them.
+	SetWaits(session string, ws []Wait)
 	// Commit makes the writes durable and visible. It returns an error wrapping
 	// ErrConflict when something the transaction read changed since; the caller may run
 	// the activity again.
@@ -86,7 +103,7 @@ type Txn interface {
 type MemStore struct {
 	mu      sync.Mutex
 	values  map[StateKey]memValue
-	waits   map[string]memWait
+	waits   map[string]memWaits
 	version uint64
 	// Commits counts successful commits that wrote something.
 	Commits int
@@ -97,14 +114,14 @@ type memValue struct {
 	version uint64
 }
 
-type memWait struct {
-	wait    Wait
+type memWaits struct {
+	waits   []Wait
 	version uint64
 }
 
 // NewMemStore returns an empty in-memory store.
 func NewMemStore() *MemStore {
-	return &MemStore{values: map[StateKey]memValue{}, waits: map[string]memWait{}}
+	return &MemStore{values: map[StateKey]memValue{}, waits: map[string]memWaits{}}
 }
 
 // Begin implements Store.
@@ -120,11 +137,30 @@ func (s *MemStore) Value(key StateKey) ([]byte, bool) {
 	return v.data, ok
 }
 
-// Waits returns the number of parked waits.
+// Waits returns the number of parked waits, over every session.
 func (s *MemStore) Waits() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.waits)
+	n := 0
+	for _, w := range s.waits {
+		n += len(w.waits)
+	}
+	return n
+}
+
+// Parked returns a session's committed waits, for tests and inspection.
+func (s *MemStore) Parked(session string) []Wait {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return copyWaits(s.waits[session].waits)
+}
+
+// copyWaits copies the list, not the data, which nobody changes in place.
+func copyWaits(ws []Wait) []Wait {
+	if len(ws) == 0 {
+		return nil
+	}
+	return append([]Wait(nil), ws...)
 }
 
 type memTxn struct {
@@ -132,7 +168,7 @@ type memTxn struct {
 	reads      map[StateKey]uint64
 	waitReads  map[string]uint64
 	writes     map[StateKey][]byte // nil value: delete
-	waitWrites map[string]*Wait
+	waitWrites map[string][]Wait   // nil: cleared
 }
 
 func (t *memTxn) Get(key StateKey) ([]byte, bool, error) {
@@ -167,16 +203,12 @@ func (t *memTxn) Delete(key StateKey) error {
 	return nil
 }
 
-func (t *memTxn) Wait(session string) (*Wait, error) {
-	if w, ok := t.waitWrites[session]; ok {
-		if w == nil {
-			return nil, nil
-		}
-		cp := *w
-		return &cp, nil
+func (t *memTxn) Waits(session string) ([]Wait, error) {
+	if ws, ok := t.waitWrites[session]; ok {
+		return copyWaits(ws), nil
 	}
 	t.store.mu.Lock()
-	w, ok := t.store.waits[session]
+	w := t.store.waits[session]
 	t.store.mu.Unlock()
 	if t.waitReads == nil {
 		t.waitReads = map[string]uint64{}
@@ -184,18 +216,14 @@ func (t *memTxn) Wait(session string) (*Wait, error) {
 	if _, seen := t.waitReads[session]; !seen {
 		t.waitReads[session] = w.version
 	}
-	if !ok {
-		return nil, nil
-	}
-	cp := w.wait
-	return &cp, nil
+	return copyWaits(w.waits), nil
 }
 
-func (t *memTxn) SetWait(session string, w *Wait) {
+func (t *memTxn) SetWaits(session string, ws []Wait) {
 	if t.waitWrites == nil {
-		t.waitWrites = map[string]*Wait{}
+		t.waitWrites = map[string][]Wait{}
 	}
-	t.waitWrites[session] = w
+	t.waitWrites[session] = copyWaits(ws)
 }
 
 func (t *memTxn) Commit(context.Context) error {
@@ -226,12 +254,12 @@ func (t *memTxn) Commit(context.Context) error {
 		}
 		s.values[k] = memValue{data: v, version: s.version}
 	}
-	for k, w := range t.waitWrites {
-		if w == nil {
+	for k, ws := range t.waitWrites {
+		if len(ws) == 0 {
 			delete(s.waits, k)
 			continue
 		}
-		s.waits[k] = memWait{wait: *w, version: s.version}
+		s.waits[k] = memWaits{waits: ws, version: s.version}
 	}
 	s.Commits++
 	return nil

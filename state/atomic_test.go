@@ -140,14 +140,14 @@ func readAll(t *testing.T, ns runtime.Store, keys []runtime.StateKey, session st
 				}
 				seen = append(seen, string(v))
 			}
-			w, err := txn.Wait(session)
+			ws, err := txn.Waits(session)
 			if err != nil {
 				return nil, err
 			}
-			if w == nil {
-				return nil, errors.New("the wait is gone")
+			if len(ws) != 1 {
+				return nil, fmt.Errorf("the session holds %d waits, want its one", len(ws))
 			}
-			return append(seen, string(w.Data)), txn.Commit(ctx)
+			return append(seen, string(ws[0].Data)), txn.Commit(ctx)
 		}()
 		if err == nil {
 			return seen
@@ -224,7 +224,7 @@ func TestCrossShardCommitIsAllOrNothingUnderFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	txn, _ := recoverer.Namespace(spec).Begin(context.Background())
-	txn.SetWait(session, &runtime.Wait{Pack: "p", Flow: "f", Data: []byte("v0"), Expires: time.Now().Add(time.Hour)})
+	txn.SetWaits(session, []runtime.Wait{{Pack: "p", Flow: "f", Data: []byte("v0"), Expires: time.Now().Add(time.Hour)}})
 	if err := txn.Commit(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +251,7 @@ func TestCrossShardCommitIsAllOrNothingUnderFaults(t *testing.T) {
 				}
 				_ = txn.Put(k, []byte(tag))
 			}
-			txn.SetWait(session, &runtime.Wait{Pack: "p", Flow: "f", Data: []byte(tag), Expires: time.Now().Add(time.Hour)})
+			txn.SetWaits(session, []runtime.Wait{{Pack: "p", Flow: "f", Data: []byte(tag), Expires: time.Now().Add(time.Hour)}})
 			fc.arm(at, f)
 			answer := txn.Commit(ctx)
 			fc.settle()
@@ -400,7 +400,7 @@ func TestCrossShardResumeOnce(t *testing.T) {
 	const waits = 20
 	for i := range waits {
 		txn, _ := replicas[0].Begin(ctx)
-		txn.SetWait(session, &runtime.Wait{Pack: "p", Flow: "f", Data: []byte(strconv.Itoa(i)), Expires: time.Now().Add(time.Hour)})
+		txn.SetWaits(session, []runtime.Wait{{Pack: "p", Flow: "f", Data: []byte(strconv.Itoa(i)), Expires: time.Now().Add(time.Hour)}})
 		if err := txn.Commit(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -413,7 +413,7 @@ func TestCrossShardResumeOnce(t *testing.T) {
 				for attempt := 0; attempt < 1000; attempt++ {
 					actx := runtime.WithAttempt(ctx, attempt)
 					txn, _ := ns.Begin(actx)
-					w, err := txn.Wait(session)
+					ws, err := txn.Waits(session)
 					if errors.Is(err, runtime.ErrConflict) {
 						continue
 					}
@@ -421,7 +421,7 @@ func TestCrossShardResumeOnce(t *testing.T) {
 						t.Error(err)
 						return
 					}
-					if w == nil {
+					if len(ws) == 0 {
 						return // the other replica resumed it
 					}
 					v, _, err := txn.Get(count)
@@ -429,7 +429,7 @@ func TestCrossShardResumeOnce(t *testing.T) {
 						continue
 					}
 					n, _ := strconv.Atoi(string(v))
-					txn.SetWait(session, nil)
+					txn.SetWaits(session, nil)
 					_ = txn.Put(count, []byte(strconv.Itoa(n+1)))
 					err = txn.Commit(actx)
 					if err == nil {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/packhost/packhost/runtime"
 )
 
 // Entry keys in a shard's binaryData are derived from a hash of what they name, so any
@@ -23,7 +25,8 @@ const (
 	hashChars   = 40 // 160 bits of SHA-256, hex
 
 	entryValue byte = 1
-	entryWait  byte = 2
+	// entryWait is the one-wait form a session's waits had before entryWaits.
+	entryWait byte = 2
 )
 
 // errCorrupt marks an entry whose bytes are not what packhost writes.
@@ -47,7 +50,7 @@ func valueKey(pack, name string, shards int) (string, int) {
 	return valuePrefix + h, shardOf(sum, shards)
 }
 
-// waitKey is the binaryData key of a session's wait and its shard.
+// waitKey is the binaryData key of a session's waits and its shard.
 func waitKey(session string, shards int) (string, int) {
 	sum, h := digest(session)
 	return waitPrefix + h, shardOf(sum, shards)
@@ -95,58 +98,95 @@ func decodeValue(blob []byte, pack, name string) ([]byte, error) {
 	return rest, nil
 }
 
-type wait struct {
-	session string
-	pack    string
-	flow    string
-	expires time.Time
-	data    []byte
+// A session's waits are one entry, so that which flows a session has parked is one
+// read of a transaction, and two activities that park or resume flows of one session
+// serialize on it: entryWaits, the session, the number of waits, then for each its
+// pack, flow, expiry (Unix nanoseconds, big-endian) and data. packhost kept one wait per
+// session before (entryWait: session, pack, flow, expiry, then the data to the end);
+// such an entry is still read, as a session with that one wait parked, and the
+// session's next turn writes its waits back in the new form.
+const entryWaits byte = 5
+
+func encodeWaits(session string, ws []runtime.Wait) []byte {
+	n := 16 + len(session)
+	for _, w := range ws {
+		n += 24 + len(w.Pack) + len(w.Flow) + len(w.Data)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, entryWaits)
+	b = appendString(b, session)
+	b = binary.AppendUvarint(b, uint64(len(ws)))
+	for _, w := range ws {
+		b = appendString(b, w.Pack)
+		b = appendString(b, w.Flow)
+		b = binary.BigEndian.AppendUint64(b, uint64(w.Expires.UnixNano()))
+		b = appendString(b, string(w.Data))
+	}
+	return b
 }
 
-func encodeWait(w wait) []byte {
-	b := make([]byte, 0, 32+len(w.session)+len(w.pack)+len(w.flow)+len(w.data))
-	b = append(b, entryWait)
-	b = appendString(b, w.session)
-	b = appendString(b, w.pack)
-	b = appendString(b, w.flow)
-	b = binary.BigEndian.AppendUint64(b, uint64(w.expires.UnixNano()))
-	return append(b, w.data...)
-}
-
-func decodeWait(blob []byte) (wait, error) {
-	f, ok := splitWait(blob)
+// decodeWaits returns the session of a waits entry and its waits, whose data shares
+// blob's bytes.
+func decodeWaits(blob []byte) (string, []runtime.Wait, error) {
+	session, fields, ok := splitWaits(blob)
 	if !ok {
-		return wait{}, fmt.Errorf("%w: not a wait entry", errCorrupt)
+		return "", nil, fmt.Errorf("%w: not a waits entry", errCorrupt)
 	}
-	return wait{session: string(f.session), pack: string(f.pack), flow: string(f.flow), expires: f.expires, data: f.data}, nil
+	ws := make([]runtime.Wait, len(fields))
+	for i, f := range fields {
+		ws[i] = runtime.Wait{Pack: string(f.pack), Flow: string(f.flow), Data: f.data, Expires: f.expires}
+	}
+	return string(session), ws, nil
 }
 
-// waitFields are a wait entry's parts, sharing the entry's bytes.
+// waitFields are one wait's parts, sharing the entry's bytes.
 type waitFields struct {
-	session, pack, flow []byte
-	expires             time.Time
-	data                []byte
+	pack, flow []byte
+	expires    time.Time
+	data       []byte
 }
 
-// splitWait cuts a wait entry into its fields without copying them.
-func splitWait(blob []byte) (waitFields, bool) {
-	var f waitFields
-	if len(blob) == 0 || blob[0] != entryWait {
-		return f, false
+// splitWaits cuts a waits entry, of either form, into its session and waits without
+// copying them.
+func splitWaits(blob []byte) (session []byte, ws []waitFields, ok bool) {
+	if len(blob) == 0 || (blob[0] != entryWaits && blob[0] != entryWait) {
+		return nil, nil, false
 	}
-	rest := blob[1:]
-	for _, field := range []*[]byte{&f.session, &f.pack, &f.flow} {
-		var ok bool
-		if *field, rest, ok = readField(rest); !ok {
-			return f, false
+	session, rest, ok := readField(blob[1:])
+	if !ok {
+		return nil, nil, false
+	}
+	if blob[0] == entryWait {
+		var f waitFields
+		if f.pack, rest, ok = readField(rest); !ok {
+			return nil, nil, false
 		}
+		if f.flow, rest, ok = readField(rest); !ok || len(rest) < 8 {
+			return nil, nil, false
+		}
+		f.expires, f.data = time.Unix(0, int64(binary.BigEndian.Uint64(rest))), rest[8:]
+		return session, []waitFields{f}, true
 	}
-	if len(rest) < 8 {
-		return f, false
+	n, k := binary.Uvarint(rest)
+	if k <= 0 {
+		return nil, nil, false
 	}
-	f.expires = time.Unix(0, int64(binary.BigEndian.Uint64(rest)))
-	f.data = rest[8:]
-	return f, true
+	rest = rest[k:]
+	for ; n > 0; n-- { // each wait takes bytes, so a false count ends with them
+		var f waitFields
+		if f.pack, rest, ok = readField(rest); !ok {
+			return nil, nil, false
+		}
+		if f.flow, rest, ok = readField(rest); !ok || len(rest) < 8 {
+			return nil, nil, false
+		}
+		f.expires = time.Unix(0, int64(binary.BigEndian.Uint64(rest)))
+		if f.data, rest, ok = readField(rest[8:]); !ok {
+			return nil, nil, false
+		}
+		ws = append(ws, f)
+	}
+	return session, ws, len(rest) == 0
 }
 
 // Cross-shard transactions (see Commits in the package doc) keep two more kinds of

@@ -1,6 +1,12 @@
 package state
 
-import corev1 "k8s.io/api/core/v1"
+import (
+	"encoding/binary"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/packhost/packhost/runtime"
+)
 
 // ShardOfValue is the shard that holds a pack's value of name.
 func ShardOfValue(pack, name string, shards int) int {
@@ -25,4 +31,22 @@ func Entries(cm *corev1.ConfigMap) map[string][]byte {
 func PageOfValue(pack, name string) string {
 	k, _ := valueKey(pack, name, 1)
 	return pageOf(k)
+}
+
+// encodeLegacyWait encodes a session's one wait as packhost stored it before a session
+// could park several flows (entryWait).
+func encodeLegacyWait(session string, w runtime.Wait) []byte {
+	b := []byte{entryWait}
+	b = appendString(b, session)
+	b = appendString(b, w.Pack)
+	b = appendString(b, w.Flow)
+	b = binary.BigEndian.AppendUint64(b, uint64(w.Expires.UnixNano()))
+	return append(b, w.Data...)
+}
+
+// LegacyWaitEntry is the binaryData key and bytes of a session's one wait as packhost
+// stored it before a session could park several flows.
+func LegacyWaitEntry(session string, w runtime.Wait) (string, []byte) {
+	k, _ := waitKey(session, 1)
+	return k, encodeLegacyWait(session, w)
 }

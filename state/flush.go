@@ -467,11 +467,13 @@ func lockedBy(p *part, locks []*intent) error {
 // so that replicas whose clocks differ a little agree it has expired.
 const waitSweepGrace = time.Minute
 
-// sweepWaits drops from obj the waits that expired before cutoff and that no part of
-// batch and no pending intent read or wrote, and reports whether it dropped any. An
-// activity clears its session's wait only when the session comes back, so without this
-// every session that never does would keep its wait until the shard is full. Waits
-// are only swept along with a write to their shard, which is when a shard can grow.
+// sweepWaits drops from obj the sessions' waits entries whose every wait expired before
+// cutoff and that no part of batch and no pending intent read or wrote, and reports
+// whether it dropped any (an entry with a live wait keeps its expired ones until the
+// session comes back). An activity clears its session's waits only when the session
+// comes back, so without this every session that never does would keep its waits until
+// the shard is full. Waits are only swept along with a write to their shard, which is
+// when a shard can grow.
 // Entries that are not well-formed waits of their key are left for the problem report.
 func sweepWaits(obj *corev1.ConfigMap, batch []*part, locks []*intent, cutoff time.Time) bool {
 	swept := false
@@ -479,16 +481,26 @@ func sweepWaits(obj *corev1.ConfigMap, batch []*part, locks []*intent, cutoff ti
 		if !strings.HasPrefix(k, waitPrefix) {
 			continue
 		}
-		f, ok := splitWait(v)
-		if !ok || !f.expires.Before(cutoff) || touched(batch, locks, k) {
+		session, ws, ok := splitWaits(v)
+		if !ok || !expiredBefore(ws, cutoff) || touched(batch, locks, k) {
 			continue
 		}
-		if own, _ := waitKey(string(f.session), 1); own == k {
+		if own, _ := waitKey(string(session), 1); own == k {
 			delete(obj.BinaryData, k)
 			swept = true
 		}
 	}
 	return swept
+}
+
+// expiredBefore reports whether every wait of ws expired before cutoff.
+func expiredBefore(ws []waitFields, cutoff time.Time) bool {
+	for _, w := range ws {
+		if !w.expires.Before(cutoff) {
+			return false
+		}
+	}
+	return true
 }
 
 // touched reports whether a part of batch or a pending intent read or wrote entry k.

@@ -109,26 +109,26 @@ func (t *txn) Delete(k runtime.StateKey) error {
 	return nil
 }
 
-func (t *txn) Wait(session string) (*runtime.Wait, error) {
+func (t *txn) Waits(session string) ([]runtime.Wait, error) {
 	key, shard := waitKey(session, len(t.ns.shards))
 	blob, ok, err := t.entry(key, shard)
 	if err != nil || !ok {
 		return nil, err
 	}
-	w, err := decodeWait(blob)
-	if err != nil || w.session != session {
-		return nil, fmt.Errorf("wait %s in %s: %w", key, t.ns.shards[shard], errCorrupt)
+	owner, ws, err := decodeWaits(blob)
+	if err != nil || owner != session {
+		return nil, fmt.Errorf("waits %s in %s: %w", key, t.ns.shards[shard], errCorrupt)
 	}
-	return &runtime.Wait{Pack: w.pack, Flow: w.flow, Data: w.data, Expires: w.expires}, nil
+	return ws, nil
 }
 
-func (t *txn) SetWait(session string, w *runtime.Wait) {
+func (t *txn) SetWaits(session string, ws []runtime.Wait) {
 	key, shard := waitKey(session, len(t.ns.shards))
-	if w == nil {
+	if len(ws) == 0 {
 		t.put(key, shard, nil)
 		return
 	}
-	t.put(key, shard, encodeWait(wait{session: session, pack: w.Pack, flow: w.Flow, expires: w.Expires, data: w.Data}))
+	t.put(key, shard, encodeWaits(session, ws))
 }
 
 func (t *txn) Discard() { t.writes = nil }

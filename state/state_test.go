@@ -287,22 +287,32 @@ func TestRevisionsAreIsolated(t *testing.T) {
 	}
 	ctx := context.Background()
 	txn, _ := a.Begin(ctx)
-	txn.SetWait("sess-1", &runtime.Wait{Pack: "bot", Flow: "survey", Data: []byte("q1"), Expires: time.Now().Add(time.Hour)})
+	txn.SetWaits("sess-1", []runtime.Wait{{Pack: "bot", Flow: "survey", Data: []byte("q1"), Expires: time.Now().Add(time.Hour)}})
 	if err := txn.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
 	tb, _ := b.Begin(ctx)
-	if w, err := tb.Wait("sess-1"); err != nil || w != nil {
-		t.Fatalf("revision b sees revision a's wait: %+v %v", w, err)
+	if ws, err := tb.Waits("sess-1"); err != nil || len(ws) != 0 {
+		t.Fatalf("revision b sees revision a's wait: %+v %v", ws, err)
 	}
-	if rev, ok := s.Pin(nsName, "acme", "sess-1", time.Now()); !ok || rev != nsName+"/bot-a" {
-		t.Fatalf("session index: %q %v", rev, ok)
+	tb.Discard()
+	// The same session parks another flow on b: each flow is pinned to its revision.
+	tb, _ = b.Begin(ctx)
+	tb.SetWaits("sess-1", []runtime.Wait{{Pack: "bot", Flow: "echo", Expires: time.Now().Add(3 * time.Hour)}})
+	if err := tb.Commit(ctx); err != nil {
+		t.Fatal(err)
 	}
-	if _, ok := s.Pin(nsName, "acme", "sess-1", time.Now().Add(2*time.Hour)); ok {
-		t.Fatal("an expired wait still pins its session")
+	pins := s.Pins(nsName, "acme", "sess-1", time.Now())
+	if len(pins) != 2 || pins[0].Revision != nsName+"/bot-a" || pins[0].Flow != "survey" || pins[1].Revision != nsName+"/bot-b" || pins[1].Flow != "echo" {
+		t.Fatalf("session index: %+v, want survey on bot-a and echo on bot-b", pins)
 	}
-	if n := s.OpenSessions(nsName, "bot-a", time.Now()); n != 1 {
-		t.Fatalf("open sessions of bot-a: %d", n)
+	if pins := s.Pins(nsName, "acme", "sess-1", time.Now().Add(2*time.Hour)); len(pins) != 1 || pins[0].Flow != "echo" {
+		t.Fatalf("an expired wait still pins its flow: %+v", pins)
+	}
+	for _, rev := range []string{"bot-a", "bot-b"} {
+		if n := s.OpenSessions(nsName, rev, time.Now()); n != 1 {
+			t.Fatalf("open sessions of %s: %d", rev, n)
+		}
 	}
 }
 
@@ -451,6 +461,51 @@ func waitResumedOnce(t *testing.T, shards int) {
 	}
 }
 
+// A wait stored in the one-wait form of before sessions could park several flows is
+// still found: the session's next activity resumes it, and the turn stores the
+// session's waits in the new form.
+func TestLegacyWaitIsResumed(t *testing.T) {
+	testenv.Require(t, env)
+	ctx := context.Background()
+	s := newStore(t, state.Options{})
+	spec := state.Spec{Namespace: env.Namespace(t, "legacy"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 1}
+	rev := runtimeOn(t, ensure(t, s, spec), "survey")
+	a := &runtime.Activity{Kind: "message", UserID: "ann", Payload: []byte(`"operators"`)}
+	session := runtime.SessionKey("prod", "acme", a)
+	key, blob := state.LegacyWaitEntry(session, runtime.Wait{Pack: "survey", Flow: "survey", Data: []byte(`"Ann"`), Expires: time.Now().Add(time.Hour)})
+	cm := &corev1.ConfigMap{}
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: spec.Namespace, Name: state.ShardName("r", 0)}, cm); err != nil {
+		t.Fatal(err)
+	}
+	if cm.BinaryData == nil {
+		cm.BinaryData = map[string][]byte{}
+	}
+	cm.BinaryData[key] = blob
+	if err := env.Client.Update(ctx, cm); err != nil {
+		t.Fatal(err)
+	}
+	out, err := rev.Handle(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(out[0].Payload); !strings.Contains(got, `"step":3`) {
+		t.Fatalf("the legacy wait (one answer parked) was not resumed: %s", got)
+	}
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: spec.Namespace, Name: state.ShardName("r", 0)}, cm); err != nil {
+		t.Fatal(err)
+	}
+	if entry := state.Entries(cm)[key]; string(entry) == string(blob) || len(entry) == 0 {
+		t.Fatalf("the turn left the session's waits as they were: %q", entry)
+	}
+	out, err = rev.Handle(ctx, &runtime.Activity{Kind: "message", UserID: "ann", Payload: []byte(`"ann@example.com"`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(out[0].Payload); got != `{"done":true,"answers":["Ann","operators","ann@example.com"]}` {
+		t.Fatalf("the migrated wait's last turn: %s", got)
+	}
+}
+
 // Concurrent activities share updates: 64 activities writing their own keys take far
 // fewer than 64 updates.
 func TestGroupCommit(t *testing.T) {
@@ -524,10 +579,19 @@ func TestAbandonedWaitsAreSwept(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		txn.SetWait(session, &runtime.Wait{Pack: "survey", Flow: "ask", Data: bytes.Repeat([]byte("d"), 300), Expires: expires})
+		txn.SetWaits(session, []runtime.Wait{{Pack: "survey", Flow: "ask", Data: bytes.Repeat([]byte("d"), 300), Expires: expires}})
 		return txn.Commit(ctx)
 	}
 	if err := park("live", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	// A session with one flow's wait expired and another's live keeps both.
+	txn, err := ns.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	txn.SetWaits("mixed", []runtime.Wait{{Pack: "survey", Flow: "ask", Expires: time.Now().Add(-time.Hour)}, {Pack: "survey", Flow: "feedback", Expires: time.Now().Add(time.Hour)}})
+	if err := txn.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// Sixty abandoned sessions of 300 bytes each are four times the 4 KiB budget.
@@ -538,14 +602,14 @@ func TestAbandonedWaitsAreSwept(t *testing.T) {
 	}
 	// The last abandoned session comes back: its activity reads its expired wait and
 	// clears it in the same commit that would sweep it, without a conflict.
-	txn, err := ns.Begin(ctx)
+	txn, err = ns.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w, err := txn.Wait("gone-59"); err != nil || w == nil {
-		t.Fatalf("the expired wait of gone-59 before the sweep: %v %v", w, err)
+	if ws, err := txn.Waits("gone-59"); err != nil || len(ws) != 1 {
+		t.Fatalf("the expired wait of gone-59 before the sweep: %v %v", ws, err)
 	}
-	txn.SetWait("gone-59", nil)
+	txn.SetWaits("gone-59", nil)
 	if err := txn.Put(runtime.StateKey{Pack: "survey", Name: "k"}, []byte("v")); err != nil {
 		t.Fatal(err)
 	}
@@ -562,8 +626,8 @@ func TestAbandonedWaitsAreSwept(t *testing.T) {
 			waits++
 		}
 	}
-	if waits != 1 {
-		t.Errorf("the shard holds %d waits, want only the live one", waits)
+	if waits != 2 {
+		t.Errorf("the shard holds %d sessions' waits, want only the live and the mixed one", waits)
 	}
 	fresh := newStore(t, state.Options{}).Namespace(spec)
 	txn, err = fresh.Begin(ctx)
@@ -571,7 +635,10 @@ func TestAbandonedWaitsAreSwept(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer txn.Discard()
-	if w, err := txn.Wait("live"); err != nil || w == nil {
-		t.Fatalf("the live wait after the sweep: %v %v", w, err)
+	if ws, err := txn.Waits("live"); err != nil || len(ws) != 1 {
+		t.Fatalf("the live wait after the sweep: %v %v", ws, err)
+	}
+	if ws, err := txn.Waits("mixed"); err != nil || len(ws) != 2 {
+		t.Fatalf("the mixed session's waits after the sweep: %v %v", ws, err)
 	}
 }

@@ -125,7 +125,7 @@
 // it: a controller reference to that Revision's UID, the revision's tenant label, and
 // the name of its shard. Of any other labelled ConfigMap the watch keeps metadata only;
 // it pins no session and is reported by Claims. Session pins are indexed per namespace
-// and tenant (Pin), so a wait in one namespace or tenant never moves another's session.
+// and tenant (Pins), so a wait in one namespace or tenant never moves another's session.
 // Ensure adopts an existing shard only when it is this Revision's or retained
 // (AnnotationRetainedFor) for the same tenant and revision name; Remove touches only
 // what the Revision owns. resourceVersions are compared as the
@@ -133,6 +133,7 @@
 package state
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -229,7 +230,8 @@ type Store struct {
 	// intents are the cross-shard intents in each trusted shard's newest copy, by
 	// transaction id.
 	intents  map[types.NamespacedName]map[string]*intent
-	sessions map[pinKey]Pin
+	// sessions are the live waits of each session, by the revision holding them.
+	sessions map[pinKey][]runtime.Pin
 	// problems are, per state ConfigMap, its entries that packhost did not write, by
 	// entry key (the empty key stands for the data field).
 	problems map[types.NamespacedName]map[string]string
@@ -248,16 +250,9 @@ type owner struct {
 	tenant string
 }
 
-// pinKey scopes a session's pin to the namespace and tenant of the state that holds the
-// wait: a wait in another namespace's or another tenant's state never pins it.
+// pinKey scopes a session's pins to the namespace and tenant of the state that holds
+// the waits: a wait in another namespace's or another tenant's state never pins it.
 type pinKey struct{ namespace, tenant, session string }
-
-// Pin says which revision holds a live wait for a session.
-type Pin struct {
-	// Revision is namespace/name of the Revision.
-	Revision string
-	Expires  time.Time
-}
 
 // New creates a Store that watches the state ConfigMaps through cfg. Start it (it is a
 // manager Runnable) before use.
@@ -293,7 +288,7 @@ func New(cfg *rest.Config, scheme *kruntime.Scheme, opts Options) (*Store, error
 		client: c, budget: opts.ShardBudget, log: opts.Logger, onCommit: opts.OnCommit,
 		commitTimeout: opts.CommitTimeout, lockTTL: opts.LockTTL, intents: map[types.NamespacedName]map[string]*intent{},
 		view: map[types.NamespacedName]*corev1.ConfigMap{}, shards: map[types.NamespacedName]*shard{},
-		owners: map[types.NamespacedName]owner{}, sessions: map[pinKey]Pin{},
+		owners: map[types.NamespacedName]owner{}, sessions: map[pinKey][]runtime.Pin{},
 		problems: map[types.NamespacedName]map[string]string{}, suspects: map[types.NamespacedName]*metav1.ObjectMeta{},
 		claimed: make(chan types.NamespacedName, claimedBuffer),
 	}
@@ -347,36 +342,67 @@ func (s *Store) NeedLeaderElection() bool { return false }
 // Updates reports the ConfigMap updates this store sent and the object bytes they carried.
 func (s *Store) Updates() (updates, bytes int64) { return s.updates.Load(), s.bytesSent.Load() }
 
-// Pin says which revision (namespace/name) holds a live wait for the session key among
-// the waits in the state of the tenant's revisions in namespace, if any.
-func (s *Store) Pin(namespace, tenant, session string, now time.Time) (string, bool) {
+// Pins returns the live waits parked for the session key in the state of the tenant's
+// revisions in namespace, one per revision, pack and flow, in that order: where the
+// dispatcher sends the session's activities for each flow.
+func (s *Store) Pins(namespace, tenant, session string, now time.Time) []runtime.Pin {
 	s.mu.RLock()
-	p, ok := s.sessions[pinKey{namespace, tenant, session}]
-	s.mu.RUnlock()
-	if !ok || !now.Before(p.Expires) {
-		return "", false
+	all := s.sessions[pinKey{namespace, tenant, session}]
+	var out []runtime.Pin
+	for _, p := range all {
+		if now.Before(p.Expires) {
+			out = append(out, p)
+		}
 	}
-	return p.Revision, true
+	s.mu.RUnlock()
+	slices.SortFunc(out, func(a, b runtime.Pin) int {
+		return cmp.Or(cmp.Compare(a.Revision, b.Revision), cmp.Compare(a.Pack, b.Pack), cmp.Compare(a.Flow, b.Flow))
+	})
+	return out
 }
 
-// PinnedRevision is Pin for a session key made by runtime.SessionKey with
+// SessionPins is Pins for a session key made by runtime.SessionKey with
 // "<namespace>/<tenant>" as its tenant, as the dispatcher makes them: the namespace and
 // tenant are read from the key, so only that tenant's waits are looked at. A key of
 // another form pins nothing.
-func (s *Store) PinnedRevision(session string, now time.Time) (string, bool) {
+func (s *Store) SessionPins(session string, now time.Time) []runtime.Pin {
 	parts := strings.SplitN(session, "/", 3)
 	if len(parts) < 3 {
-		return "", false
+		return nil
 	}
 	scope, err := url.PathUnescape(parts[1])
 	if err != nil {
-		return "", false
+		return nil
 	}
 	namespace, tenant, ok := strings.Cut(scope, "/")
 	if !ok {
-		return "", false
+		return nil
 	}
-	return s.Pin(namespace, tenant, session, now)
+	return s.Pins(namespace, tenant, session, now)
+}
+
+// repinLocked replaces the pins revision holds for a session with its waits ws (none
+// when the session's entry is gone). Invoke's records pin nothing. s.mu is held.
+func (s *Store) repinLocked(key pinKey, revision string, ws []waitFields) {
+	if runtime.IsInvokeSession(key.session) {
+		return
+	}
+	pins := slices.DeleteFunc(s.sessions[key], func(p runtime.Pin) bool { return p.Revision == revision })
+	for _, w := range ws {
+		pins = append(pins, runtime.Pin{Revision: revision, Pack: string(w.pack), Flow: string(w.flow), Expires: w.expires})
+	}
+	if len(pins) == 0 {
+		delete(s.sessions, key)
+		return
+	}
+	s.sessions[key] = pins
+}
+
+// unpinLocked drops the pins of the waits entry blob in revision's shard. s.mu is held.
+func (s *Store) unpinLocked(namespace, tenant, revision string, blob []byte) {
+	if session, _, ok := splitWaits(blob); ok {
+		s.repinLocked(pinKey{namespace, tenant, string(session)}, revision, nil)
+	}
 }
 
 // Claims reports the ConfigMaps in namespace that carry the state labels of revision
@@ -482,14 +508,14 @@ func (s *Store) Release(namespace, revision string) {
 	}
 }
 
-// OpenSessions counts the live waits a revision holds.
+// OpenSessions counts the sessions with a live wait, in any flow, in a revision's state.
 func (s *Store) OpenSessions(namespace, revision string, now time.Time) int {
 	want := namespace + "/" + revision
 	n := 0
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	for _, p := range s.sessions {
-		if p.Revision == want && now.Before(p.Expires) {
+	for _, pins := range s.sessions {
+		if slices.ContainsFunc(pins, func(p runtime.Pin) bool { return p.Revision == want && now.Before(p.Expires) }) {
 			n++
 		}
 	}
@@ -576,18 +602,19 @@ func (s *Store) observe(cm *corev1.ConfigMap) bool {
 		delete(bad, k)
 		switch {
 		case strings.HasPrefix(k, waitPrefix):
-			w, err := decodeWait(v)
-			if err != nil {
-				bad[k] = err.Error()
+			if old != nil && old.BinaryData[k] != nil {
+				s.unpinLocked(cm.Namespace, tenant, revision, old.BinaryData[k])
+			}
+			session, ws, ok := splitWaits(v)
+			if !ok {
+				bad[k] = errCorrupt.Error() + ": not a waits entry"
 				continue
 			}
-			if expected, _ := waitKey(w.session, 1); expected != k {
-				bad[k] = "wait entry does not match its key"
+			if expected, _ := waitKey(string(session), 1); expected != k {
+				bad[k] = "waits entry does not match its key"
 				continue
 			}
-			if !runtime.IsInvokeSession(w.session) {
-				s.sessions[pinKey{cm.Namespace, tenant, w.session}] = Pin{Revision: revision, Expires: w.expires}
-			}
+			s.repinLocked(pinKey{cm.Namespace, tenant, string(session)}, revision, ws)
 		case strings.HasPrefix(k, valuePrefix):
 			if len(v) == 0 || v[0] != entryValue {
 				bad[k] = errCorrupt.Error()
@@ -612,11 +639,8 @@ func (s *Store) observe(cm *corev1.ConfigMap) bool {
 				continue
 			}
 			delete(bad, k)
-			if !strings.HasPrefix(k, waitPrefix) {
-				continue
-			}
-			if w, err := decodeWait(v); err == nil && s.sessions[pinKey{cm.Namespace, tenant, w.session}].Revision == revision {
-				delete(s.sessions, pinKey{cm.Namespace, tenant, w.session})
+			if strings.HasPrefix(k, waitPrefix) {
+				s.unpinLocked(cm.Namespace, tenant, revision, v)
 			}
 		}
 	}
@@ -674,11 +698,8 @@ func (s *Store) forgetLocked(key types.NamespacedName) {
 	revision := cm.Namespace + "/" + cm.Labels[LabelRevision]
 	tenant := cm.Labels[LabelTenant]
 	for k, v := range cm.BinaryData {
-		if !strings.HasPrefix(k, waitPrefix) {
-			continue
-		}
-		if w, err := decodeWait(v); err == nil && s.sessions[pinKey{cm.Namespace, tenant, w.session}].Revision == revision {
-			delete(s.sessions, pinKey{cm.Namespace, tenant, w.session})
+		if strings.HasPrefix(k, waitPrefix) {
+			s.unpinLocked(cm.Namespace, tenant, revision, v)
 		}
 	}
 }

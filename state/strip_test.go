@@ -7,6 +7,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+
+	"github.com/packhost/packhost/runtime"
 )
 
 // A shard the watch cache stripped while its revision was not yet served is never
@@ -14,7 +16,7 @@ import (
 // resourceVersion, a flush onto the empty copy would succeed and wipe the shard.
 func TestStrippedShardIsNeverTheShardsContent(t *testing.T) {
 	s := &Store{view: map[types.NamespacedName]*corev1.ConfigMap{}, owners: map[types.NamespacedName]owner{},
-		intents: map[types.NamespacedName]map[string]*intent{}, sessions: map[pinKey]Pin{},
+		intents: map[types.NamespacedName]map[string]*intent{}, sessions: map[pinKey][]runtime.Pin{},
 		problems: map[types.NamespacedName]map[string]string{}, suspects: map[types.NamespacedName]*metav1.ObjectMeta{}}
 	spec := Spec{Namespace: "ns", Revision: "bot", RevisionUID: "uid-1", Tenant: "acme", Shards: 1}
 	shard := func(rv string, entries map[string][]byte) *corev1.ConfigMap {

@@ -26,7 +26,7 @@ func park(t *testing.T, ns runtime.Store, session string, expires time.Time) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	txn.SetWait(session, &runtime.Wait{Pack: "bot", Flow: "ask", Expires: expires})
+	txn.SetWaits(session, []runtime.Wait{{Pack: "bot", Flow: "ask", Expires: expires}})
 	if err := txn.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -55,11 +55,11 @@ func TestWaitIndexIsPerNamespaceAndTenant(t *testing.T) {
 	}
 	check := func(when string) {
 		t.Helper()
-		if rev, ok := s.PinnedRevision(session, time.Now()); !ok || rev != nsA+"/bot" {
-			t.Errorf("%s: session pinned to %q (%v), want %s/bot", when, rev, ok, nsA)
-		}
-		if rev, ok := s.Pin(nsA, "acme", session, time.Now()); !ok || rev != nsA+"/bot" {
-			t.Errorf("%s: Pin = %q (%v), want %s/bot", when, rev, ok, nsA)
+		want := runtime.Pin{Revision: nsA + "/bot", Pack: "bot", Flow: "ask"}
+		for name, pins := range map[string][]runtime.Pin{"SessionPins": s.SessionPins(session, time.Now()), "Pins": s.Pins(nsA, "acme", session, time.Now())} {
+			if len(pins) != 1 || pins[0].Revision != want.Revision || pins[0].Pack != want.Pack || pins[0].Flow != want.Flow {
+				t.Errorf("%s: %s = %+v, want one pin of flow ask on %s/bot", when, name, pins, nsA)
+			}
 		}
 		if n := s.OpenSessions(nsA, "bot", time.Now()); n != 1 {
 			t.Errorf("%s: bot holds %d open sessions, want 1", when, n)
@@ -95,7 +95,7 @@ func TestForeignStateConfigMapsAreIgnoredAndReported(t *testing.T) {
 	}
 	entries := own.BinaryData
 	txn, _ := victim.Begin(ctx)
-	txn.SetWait(session, nil)
+	txn.SetWaits(session, nil)
 	if err := txn.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -118,13 +118,13 @@ func TestForeignStateConfigMapsAreIgnoredAndReported(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for len(s.Claims(nsName, "bot")) < 3 && time.Now().Before(deadline) {
-		if _, ok := s.PinnedRevision(session, time.Now()); ok {
+		if len(s.SessionPins(session, time.Now())) > 0 {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if rev, ok := s.PinnedRevision(session, time.Now()); ok {
-		t.Fatalf("a foreign ConfigMap pinned the session to %s", rev)
+	if pins := s.SessionPins(session, time.Now()); len(pins) > 0 {
+		t.Fatalf("a foreign ConfigMap pinned the session: %+v", pins)
 	}
 	if n := s.OpenSessions(nsName, "bot", time.Now()); n != 0 {
 		t.Fatalf("foreign ConfigMaps count as %d open sessions of bot", n)

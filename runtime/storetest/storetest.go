@@ -24,6 +24,8 @@ func Run(t *testing.T, open func(t *testing.T) runtime.Store) {
 		{"AllOrNothingOnConflict", allOrNothingOnConflict},
 		{"WriteSkewConflicts", writeSkewConflicts},
 		{"WaitConsumedOnce", waitConsumedOnce},
+		{"WaitsPerFlowRoundTrip", waitsPerFlowRoundTrip},
+		{"ParksOnTwoFlowsSerialize", parksOnTwoFlowsSerialize},
 		{"ReadOnlyIsValidated", readOnlyIsValidated},
 		{"BlindWritesInCommitOrder", blindWritesInCommitOrder},
 	} {
@@ -84,14 +86,18 @@ func readsOwnWrites(t *testing.T, s runtime.Store) {
 	if _, ok := mustGet(t, txn, k); ok {
 		t.Fatal("own delete still reads the value")
 	}
-	w := &runtime.Wait{Pack: "p", Flow: "f", Data: []byte("d"), Expires: time.Now().Add(time.Hour)}
-	txn.SetWait("s", w)
-	if got, err := txn.Wait("s"); err != nil || got == nil || string(got.Data) != "d" {
-		t.Fatalf("own wait: %+v %v", got, err)
+	ws := []runtime.Wait{
+		{Pack: "p", Flow: "f", Data: []byte("d"), Expires: time.Now().Add(time.Hour)},
+		{Pack: "p", Flow: "g", Data: []byte("e"), Expires: time.Now().Add(time.Hour)},
 	}
-	txn.SetWait("s", nil)
-	if got, err := txn.Wait("s"); err != nil || got != nil {
-		t.Fatalf("own cleared wait: %+v %v", got, err)
+	txn.SetWaits("s", ws)
+	ws[0].Data = []byte("changed after SetWaits")
+	if got, err := txn.Waits("s"); err != nil || len(got) != 2 || string(got[0].Data) != "d" || got[1].Flow != "g" {
+		t.Fatalf("own waits: %+v %v", got, err)
+	}
+	txn.SetWaits("s", nil)
+	if got, err := txn.Waits("s"); err != nil || len(got) != 0 {
+		t.Fatalf("own cleared waits: %+v %v", got, err)
 	}
 	txn.Discard()
 }
@@ -146,7 +152,7 @@ func allOrNothingOnConflict(t *testing.T, s runtime.Store) {
 	for _, k := range ks {
 		_ = txn.Put(k, []byte("x"))
 	}
-	txn.SetWait("s", &runtime.Wait{Pack: "p", Flow: "f", Expires: time.Now().Add(time.Hour)})
+	txn.SetWaits("s", []runtime.Wait{{Pack: "p", Flow: "f", Expires: time.Now().Add(time.Hour)}})
 	other := begin(t, s)
 	_ = other.Put(read, []byte("changed"))
 	commit(t, other)
@@ -160,8 +166,8 @@ func allOrNothingOnConflict(t *testing.T, s runtime.Store) {
 	}
 	check := begin(t, s)
 	defer check.Discard()
-	if w, err := check.Wait("s"); err != nil || w != nil {
-		t.Fatalf("wait of a transaction that conflicted: %+v %v", w, err)
+	if ws, err := check.Waits("s"); err != nil || len(ws) != 0 {
+		t.Fatalf("wait of a transaction that conflicted: %+v %v", ws, err)
 	}
 }
 
@@ -188,23 +194,84 @@ func writeSkewConflicts(t *testing.T, s runtime.Store) {
 
 func waitConsumedOnce(t *testing.T, s runtime.Store) {
 	txn := begin(t, s)
-	txn.SetWait("s", &runtime.Wait{Pack: "p", Flow: "f", Data: []byte("d"), Expires: time.Now().Add(time.Hour)})
+	txn.SetWaits("s", []runtime.Wait{{Pack: "p", Flow: "f", Data: []byte("d"), Expires: time.Now().Add(time.Hour)}})
 	commit(t, txn)
 	count := keys(3)[2]
 	var txns []runtime.Txn
 	for range 2 {
 		txn := begin(t, s)
-		w, err := txn.Wait("s")
-		if err != nil || w == nil {
-			t.Fatalf("wait: %+v %v", w, err)
+		ws, err := txn.Waits("s")
+		if err != nil || len(ws) != 1 {
+			t.Fatalf("waits: %+v %v", ws, err)
 		}
-		txn.SetWait("s", nil)
+		txn.SetWaits("s", nil)
 		_ = txn.Put(count, []byte("resumed"))
 		txns = append(txns, txn)
 	}
 	commit(t, txns[0])
 	if err := txns[1].Commit(context.Background()); !errors.Is(err, runtime.ErrConflict) {
 		t.Fatalf("second resume of one wait: %v, want a conflict", err)
+	}
+}
+
+// A session's waits in several flows come back as committed: order, packs, flows,
+// data and expiry, to the nanosecond; other sessions' sets are their own.
+func waitsPerFlowRoundTrip(t *testing.T, s runtime.Store) {
+	at := time.Unix(1_800_000_000, 123456789)
+	want := []runtime.Wait{
+		{Pack: "survey", Flow: "survey", Data: []byte("q1"), Expires: at},
+		{Pack: "survey", Flow: "feedback", Data: nil, Expires: at.Add(time.Second)},
+		{Pack: "quiz", Flow: "survey", Data: []byte{0, 0xff, '\n'}, Expires: at.Add(time.Hour)},
+	}
+	txn := begin(t, s)
+	txn.SetWaits("s1", want)
+	txn.SetWaits("s2", want[:1])
+	commit(t, txn)
+	check := begin(t, s)
+	defer check.Discard()
+	got, err := check.Waits("s1")
+	if err != nil || len(got) != len(want) {
+		t.Fatalf("waits of s1: %+v %v", got, err)
+	}
+	for i := range want {
+		if got[i].Pack != want[i].Pack || got[i].Flow != want[i].Flow || string(got[i].Data) != string(want[i].Data) || !got[i].Expires.Equal(want[i].Expires) {
+			t.Fatalf("wait %d came back as %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	if got, err := check.Waits("s2"); err != nil || len(got) != 1 || got[0].Flow != "survey" {
+		t.Fatalf("waits of s2: %+v %v", got, err)
+	}
+	if got, err := check.Waits("s3"); err != nil || len(got) != 0 {
+		t.Fatalf("waits of a session that parked none: %+v %v", got, err)
+	}
+}
+
+// Two activities of one session that each park another flow, from the same read of
+// the session's waits: the second to commit conflicts (it would drop the first's
+// wait), and run again on what the first committed, both waits are kept.
+func parksOnTwoFlowsSerialize(t *testing.T, s runtime.Store) {
+	park := func(txn runtime.Txn, flow string) {
+		t.Helper()
+		ws, err := txn.Waits("s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		txn.SetWaits("s", append(ws, runtime.Wait{Pack: "p", Flow: flow, Expires: time.Now().Add(time.Hour)}))
+	}
+	a, b := begin(t, s), begin(t, s)
+	park(a, "x")
+	park(b, "y")
+	commit(t, a)
+	if err := b.Commit(context.Background()); !errors.Is(err, runtime.ErrConflict) {
+		t.Fatalf("a park from a stale set of waits: %v, want a conflict", err)
+	}
+	again := begin(t, s)
+	park(again, "y")
+	commit(t, again)
+	check := begin(t, s)
+	defer check.Discard()
+	if ws, err := check.Waits("s"); err != nil || len(ws) != 2 || ws[0].Flow != "x" || ws[1].Flow != "y" {
+		t.Fatalf("waits after both parks: %+v %v", ws, err)
 	}
 }
 
