@@ -27,6 +27,7 @@ func TestStatusOf(t *testing.T) {
 		{"activity", statusOf, []mapping{
 			{runtime.ErrInvalidActivity, http.StatusBadRequest, CodeInvalidActivity},
 			{runtime.ErrNoSuchFlow, http.StatusNotFound, CodeNoSuchFlow},
+			{&runtime.AmbiguousFlowError{Parked: []runtime.Pin{{Pack: "p", Flow: "a"}, {Pack: "p", Flow: "b"}}}, http.StatusConflict, CodeAmbiguousFlow},
 			{runtime.ErrOverloaded, http.StatusTooManyRequests, CodeOverloaded},
 			{runtime.ErrTimeout, http.StatusGatewayTimeout, CodeTimeout},
 			{context.DeadlineExceeded, http.StatusGatewayTimeout, CodeTimeout},
