@@ -96,6 +96,8 @@ type tenantMemory struct {
 	// lastFutileRelieve is when relieve last found none of the idle instances it may close
 	// for this tenant (unix ns).
 	lastFutileRelieve atomic.Int64
+	// refs counts the revisions made or being made with this account (under Engine.mu).
+	refs int
 }
 
 // acquireCPU waits for one of the tenant's processor tokens, or for ctx to end.
@@ -118,7 +120,8 @@ func (t *tenantMemory) acquireCPU(ctx context.Context) error {
 
 func (t *tenantMemory) releaseCPU() { <-t.cpu }
 
-// tenantMemory returns the account of a tenant (namespace/name).
+// tenantMemory returns the account of a tenant (namespace/name) for a new revision,
+// which gives it back with releaseTenant.
 func (e *Engine) tenantMemory(key string) *tenantMemory {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -127,7 +130,24 @@ func (e *Engine) tenantMemory(key string) *tenantMemory {
 		t = &tenantMemory{cpu: make(chan struct{}, max(1, goruntime.GOMAXPROCS(0)/2))}
 		e.tenants[key] = t
 	}
+	t.refs++
 	return t
+}
+
+// releaseTenant gives back a revision's reference to t, and forgets every account that
+// no revision refers to and that holds nothing, so tenants that come and go leave
+// nothing behind. An account still held by an abandoned activity (one still running
+// past its revision's unload) is kept until a later release finds it empty: forgetting
+// it sooner would give a new revision of that tenant a second, empty account.
+func (e *Engine) releaseTenant(t *tenantMemory) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	t.refs--
+	for key, x := range e.tenants {
+		if x.refs == 0 && x.used.Load() == 0 && len(x.cpu) == 0 {
+			delete(e.tenants, key)
+		}
+	}
 }
 
 // reserve takes n bytes of kind from the budget for tenant t (nil for what no tenant

@@ -139,3 +139,10 @@ func OnInstanceTaken(t testing.TB, f func(api.Module)) {
 
 // CPUTokensHeld is how many of the revision's tenant's processor tokens are held now.
 func (r *Revision) CPUTokensHeld() int { return len(r.memory.cpu) }
+
+// TenantAccounts is how many tenants' memory and processor accounts the engine keeps.
+func (e *Engine) TenantAccounts() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.tenants)
+}

@@ -106,6 +106,11 @@ func (e *Engine) NewRevision(ctx context.Context, cfg RevisionConfig) (r *Revisi
 		logs: rate.NewLimiter(rate.Limit(50), 100), stop: make(chan struct{}),
 		memory: e.tenantMemory(namespaceOf(cfg.Name) + "/" + cfg.Tenant),
 	}
+	defer func(t *tenantMemory) {
+		if err != nil {
+			e.releaseTenant(t)
+		}
+	}(r.memory)
 	for _, p := range cfg.Packs {
 		id := p.Manifest.PackID
 		if _, dup := r.byID[id]; dup {
@@ -227,6 +232,7 @@ take:
 		}
 		r.engine.Release(ctx, p.pack)
 	}
+	r.engine.releaseTenant(r.memory)
 }
 
 func (r *Revision) acquire(ctx context.Context) error {

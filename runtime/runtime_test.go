@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -421,6 +422,37 @@ func TestUnloadFreesEverything(t *testing.T) {
 	}
 	if e.Packs() != 0 || rev.Instances()["echo"] != 0 {
 		t.Fatalf("unload left %d packs, %d instances", e.Packs(), rev.Instances()["echo"])
+	}
+}
+
+// TestTenantAccountsAreForgotten: a tenant's memory and processor account goes with its
+// last revision, loaded or failed, so tenants that come and go leave nothing behind.
+func TestTenantAccountsAreForgotten(t *testing.T) {
+	e := newEngine(t)
+	ctx := context.Background()
+	for i := range 20 {
+		rev, err := tryLoad(e, []revOpt{func(c *runtime.RevisionConfig) { c.Name, c.Tenant = fmt.Sprintf("ns-%d/rev", i), "t" }}, "echo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rev.Handle(ctx, msg(`1`)); err != nil {
+			t.Fatal(err)
+		}
+		rev.Close(ctx)
+	}
+	if _, err := tryLoad(e, []revOpt{func(c *runtime.RevisionConfig) {
+		c.Name, c.Tenant, c.Limits = "failed/rev", "t", runtime.Limits{MemoryPages: 1}
+	}}, "echo"); !errors.Is(err, runtime.ErrMemoryLimit) {
+		t.Fatalf("a revision whose pack needs more pages than it allows: %v, want ErrMemoryLimit", err)
+	}
+	if n := e.TenantAccounts(); n != 0 {
+		t.Fatalf("%d tenant accounts kept after every revision was closed or failed", n)
+	}
+	load(t, e, []revOpt{func(c *runtime.RevisionConfig) { c.Name, c.Tenant = "kept/a", "t" }}, "echo")
+	other := load(t, e, []revOpt{func(c *runtime.RevisionConfig) { c.Name, c.Tenant = "kept/b", "t" }}, "echo")
+	other.Close(ctx)
+	if n := e.TenantAccounts(); n != 1 {
+		t.Fatalf("%d tenant accounts with one revision of one tenant loaded, want 1", n)
 	}
 }
 
