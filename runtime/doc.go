@@ -14,11 +14,24 @@
 //     first entry flow. Flows tagged internal are never entered from outside.
 //   - A session key is built from env, tenant, endpoint, provider, channel, conversation
 //     (or session_id) and user, each escaped; "default" and "anonymous" fill the gaps. An
-//     activity with no user, conversation or session id has no session.
-//   - A wait is resumed by the session's next activity on the flow that parked it, is
-//     cleared when that turn completes, and expires after its TTL (default 30 minutes,
-//     at most 24 hours). The read of the wait is part of the activity's transaction, so
-//     two racing activities cannot both resume it: one of them re-runs.
+//     activity with no user, conversation or session id has no session. Pack and flow
+//     are not part of the key string but fields of each wait, taken from the manifest
+//     by the host, so no hint can name another user's wait.
+//   - A session keeps one wait per pack and flow, as the seed host keys its session
+//     store (env, tenant, user, then pack and flow): an activity that names its flow
+//     (flow_id or flow_type) runs it and resumes its wait if parked, whatever else is
+//     parked; one that names none resumes the one parked wait (in its pack_id's pack),
+//     and with several parked fails with AmbiguousFlowError rather than guess which
+//     conversation a reply continues (see chooseFlow). A wait is cleared when its
+//     flow's turn completes and expires after its TTL (default 30 minutes, at most 24
+//     hours); a session parks at most MaxParkedFlows flows holding MaxValueLen bytes.
+//   - A session's waits are one record of the Store (Txn.Waits), not one per flow: the
+//     question "which flows are parked" must be one read of the activity's transaction,
+//     or an activity naming no flow could miss a wait another replica just parked. So
+//     the read is recorded and validated at commit: two racing activities cannot both
+//     resume a wait, and two activities of one session on different flows serialize
+//     (one re-runs) rather than drop each other's wait. The cost is that rare
+//     concurrent turns of one user conflict even on different flows.
 //   - Deadlines are enforced by the guest's own code: each pack is rewritten once at
 //     load (internal/wasmguard) to check a budget at every function entry and loop
 //     header and to ask the host's tick for more, which ends the call once its context is

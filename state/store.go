@@ -8,9 +8,11 @@
 // labelled packhost.io/component=state plus tenant, revision and shard, and
 // owner-referenced to the Revision. Entries live in binaryData under keys derived from a
 // SHA-256 of what they name ("v.<hash>" for a pack's value, "w.<hash>" for a session's
-// wait); the entry's bytes carry the original pack and key, so any guest key up to 512
-// bytes round-trips exactly and a foreign or corrupted entry is reported, not trusted. A
-// key's shard is chosen by the same hash.
+// waits, one per parked pack and flow, in one entry; see entryWaits); the entry's bytes
+// carry the original pack and key, or session, so any guest key up to 512 bytes
+// round-trips exactly and a foreign or corrupted entry is reported, not trusted. A key's
+// shard is chosen by the same hash. Each parked flow pins the session's activities for
+// that flow to the revision (Pins, per revision, pack and flow).
 //
 // # Shard sizing
 //
