@@ -29,8 +29,8 @@ const (
 	// CodeAmbiguousFlow: the activity names no flow while its session has waits parked
 	// in several (409); the message names them, and flow_id picks one.
 	CodeAmbiguousFlow = "ambiguous_flow"
-	CodeUnknownTag      = "unknown_tag"
-	CodeStateFull       = "state_full"
+	CodeUnknownTag    = "unknown_tag"
+	CodeStateFull     = "state_full"
 	// CodeStateUnavailable answers a stateful activity whose commit the API server did
 	// not answer in time, or held back by the breaker while it does not (503, with
 	// Retry-After); the message says when the outcome is unknown.

@@ -231,7 +231,7 @@ type Store struct {
 	shards map[types.NamespacedName]*shard
 	// intents are the cross-shard intents in each trusted shard's newest copy, by
 	// transaction id.
-	intents  map[types.NamespacedName]map[string]*intent
+	intents map[types.NamespacedName]map[string]*intent
 	// sessions are the live waits of each session, by the revision holding them.
 	sessions map[pinKey][]runtime.Pin
 	// problems are, per state ConfigMap, its entries that packhost did not write, by
