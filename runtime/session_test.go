@@ -201,3 +201,28 @@ func TestParkedFlowsAreBounded(t *testing.T) {
 	// A parked flow still takes its turns: it replaces its own wait.
 	turn{name: "a parked flow continues", user: "ann", flow: "f0", payload: `"a"`, want: `"step":2`}.run(t, rev, store)
 }
+
+// A session's parked data, over all its flows, is at most MaxValueLen: a park that
+// would pass it is refused to the guest, and the flow keeps the wait it had.
+func TestParkedDataIsBounded(t *testing.T) {
+	store := runtime.NewMemStore()
+	rev := loadPacks(t, store, surveyAs(t, "survey", "a", "b"))
+	big := func(n int) string { return `"` + strings.Repeat("x", n) + `"` }
+	for _, tc := range []turn{
+		{name: "a starts", user: "ann", flow: "a", payload: `{}`, want: `"step":1`},
+		{name: "a parks 200 KiB", user: "ann", flow: "a", payload: big(200 << 10), want: `"step":2`},
+		{name: "b starts", user: "ann", flow: "b", payload: `{}`, want: `"step":1`},
+		{name: "b would pass the session's bound", user: "ann", flow: "b", payload: big(runtime.MaxValueLen - 200<<10), wantErr: runtime.ErrInvalidOutput},
+		{name: "b parks what fits", user: "ann", flow: "b", payload: big(1 << 10), want: `"step":2`},
+	} {
+		tc.run(t, rev, store)
+	}
+	ws := store.Parked(runtime.SessionKey("prod", "acme", userMsg("ann", "")))
+	total := 0
+	for _, w := range ws {
+		total += len(w.Data)
+	}
+	if len(ws) != 2 || total > runtime.MaxValueLen {
+		t.Fatalf("ann's waits: %d holding %d bytes", len(ws), total)
+	}
+}

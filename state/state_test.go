@@ -325,17 +325,31 @@ func runtimeOn(t testing.TB, ns runtime.Store, pack string) *runtime.Revision {
 // runtimeOnWith is runtimeOn with an activity deadline.
 func runtimeOnWith(t testing.TB, ns runtime.Store, pack string, timeout time.Duration) *runtime.Revision {
 	t.Helper()
+	b, err := packs.Build(pack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return runtimeOfPack(t, ns, b, timeout)
+}
+
+// runtimeOfPack is runtimeOnWith for a pack given as bytes.
+func runtimeOfPack(t testing.TB, ns runtime.Store, pack []byte, timeout time.Duration) *runtime.Revision {
+	t.Helper()
 	ctx := context.Background()
 	e, err := runtime.NewEngine(ctx, runtime.EngineConfig{CacheDir: packCache})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = e.Close(ctx) })
-	rev, err := packs.Revision(ctx, e, runtime.RevisionConfig{
-		Name: "r", Env: "prod", Tenant: "acme", Store: ns, Logger: logr.Discard(),
+	p, err := e.Compile(ctx, pack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := e.NewRevision(ctx, runtime.RevisionConfig{
+		Name: "r", Env: "prod", Tenant: "acme", Store: ns, Logger: logr.Discard(), Packs: []*runtime.Pack{p},
 		Policy: runtime.Policy{StateRead: true, StateWrite: true},
 		Limits: runtime.Limits{MaxConcurrency: 64, Timeout: timeout, MaxReruns: 1000},
-	}, pack)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -458,6 +472,64 @@ func waitResumedOnce(t *testing.T, shards int) {
 	// wait the winner parked (step 3): the first wait was consumed once.
 	if step2 != 1 || !strings.Contains(out[0]+out[1], `"step":3`) {
 		t.Fatalf("racing resumes: %v", out)
+	}
+}
+
+// Two flows of one session driven at once from two replicas, with the session's waits
+// and the flows' keys on one shard and on four: each replica's turn parks or resumes
+// its own flow's wait exactly once (the loser of a conflict re-runs on the winner's
+// commit), so each flow collects exactly its own three answers.
+func TestTwoFlowsOfOneSessionAcrossReplicas(t *testing.T) {
+	testenv.Require(t, env)
+	survey, err := packs.Build("survey")
+	if err != nil {
+		t.Fatal(err)
+	}
+	twoFlows := packs.WithManifest(survey, `{"abi":1,"pack_id":"survey","version":"1","flows":[{"id":"a","entry":true},{"id":"b","entry":true}],"capabilities":{"session":true}}`)
+	for _, shards := range []int{1, 4} {
+		t.Run("shards="+strconv.Itoa(shards), func(t *testing.T) {
+			spec := state.Spec{Namespace: env.Namespace(t, "flows"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: shards}
+			s1, s2 := newStore(t, state.Options{}), newStore(t, state.Options{})
+			replicas := map[string]*runtime.Revision{
+				"a": runtimeOfPack(t, ensure(t, s1, spec), twoFlows, 30*time.Second),
+				"b": runtimeOfPack(t, s2.Namespace(spec), twoFlows, 30*time.Second),
+			}
+			ctx := context.Background()
+			for round, want := range []string{`"step":1`, `"step":2`, `"step":3`, `"done":true`} {
+				var wg sync.WaitGroup
+				var mu sync.Mutex
+				got := map[string]string{}
+				for flow, rev := range replicas {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						a := &runtime.Activity{Kind: "message", UserID: "ann", FlowID: flow, Payload: []byte(`"` + flow + strconv.Itoa(round) + `"`)}
+						res, err := rev.Handle(ctx, a)
+						mu.Lock()
+						defer mu.Unlock()
+						if err != nil {
+							got[flow] = err.Error()
+							return
+						}
+						got[flow] = string(res[0].Payload)
+					}()
+				}
+				wg.Wait()
+				for flow := range replicas {
+					if !strings.Contains(got[flow], want) {
+						t.Fatalf("round %d, flow %s: %s, want %s (all: %v)", round, flow, got[flow], want, got)
+					}
+					if done := `{"done":true,"answers":["` + flow + `1","` + flow + `2","` + flow + `3"]}`; round == 3 && got[flow] != done {
+						t.Fatalf("flow %s collected %s, want %s", flow, got[flow], done)
+					}
+				}
+			}
+			txn, _ := s1.Namespace(spec).Begin(ctx)
+			defer txn.Discard()
+			if ws, err := txn.Waits(runtime.SessionKey("prod", "acme", &runtime.Activity{UserID: "ann"})); err != nil || len(ws) != 0 {
+				t.Fatalf("waits left after both flows completed: %+v %v", ws, err)
+			}
+		})
 	}
 }
 
