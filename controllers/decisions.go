@@ -343,19 +343,18 @@ func routesBlocked(tenant string, targets []routeTarget) (reason, message string
 	return "", "", false
 }
 
-// splitTable is the table a split whose routes are ready serves: current when it
-// already is that table (building one hashes every bucket, so a refresh keeps the one
-// in use), else a new one, which publish says to publish.
-func splitTable(current *dispatcher.Table, split *v1.TrafficSplit) (t *dispatcher.Table, publish bool) {
-	routes := make([]dispatcher.Route, len(split.Spec.Routes))
-	for i, rt := range split.Spec.Routes {
-		routes[i] = dispatcher.Route{Revision: rt.RevisionName, Percent: int(rt.Percent), Tag: rt.Tag}
+// splitTable is the table split serves for routes: current when it already is that
+// table (building one hashes every bucket, so a refresh keeps the one in use), else a
+// new one, which publish says to publish.
+func splitTable(current *dispatcher.Table, split string, routes []v1.RouteStatus, sticky bool) (t *dispatcher.Table, publish bool) {
+	table := make([]dispatcher.Route, len(routes))
+	for i, rt := range routes {
+		table[i] = dispatcher.Route{Revision: rt.RevisionName, Percent: int(rt.Percent), Tag: rt.Tag}
 	}
-	sticky := split.Spec.Stickiness != v1.StickinessNone
-	if current != nil && current.Split == split.Name && current.Sticky == sticky && slices.Equal(current.Routes, routes) {
+	if current != nil && current.Split == split && current.Sticky == sticky && slices.Equal(current.Routes, table) {
 		return current, false
 	}
-	return dispatcher.NewTable(split.Name, routes, sticky), true
+	return dispatcher.NewTable(split, table, sticky), true
 }
 
 // routeStatuses are a split's status.routes and status.summary for the table in use

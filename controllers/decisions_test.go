@@ -311,7 +311,11 @@ func TestSplitTable(t *testing.T) {
 	split := &v1.TrafficSplit{ObjectMeta: metav1.ObjectMeta{Name: "main"}, Spec: v1.TrafficSplitSpec{
 		Routes: []v1.Route{{RevisionName: "a", Percent: 90}, {RevisionName: "b", Percent: 10, Tag: "canary"}}}}
 	want := []dispatcher.Route{{Revision: "a", Percent: 90}, {Revision: "b", Percent: 10, Tag: "canary"}}
-	first, publish := splitTable(nil, split)
+	// tableOfSplit is the table a split without a strategy serves: its spec's.
+	tableOfSplit := func(current *dispatcher.Table, s *v1.TrafficSplit) (*dispatcher.Table, bool) {
+		return splitTable(current, s.Name, routeStatusesOf(s.Spec.Routes), s.Spec.Stickiness != v1.StickinessNone)
+	}
+	first, publish := tableOfSplit(nil, split)
 	if !publish || first.Split != "main" || !first.Sticky || !slices.Equal(first.Routes, want) {
 		t.Fatalf("from nothing: %+v publish=%v", first, publish)
 	}
@@ -332,7 +336,7 @@ func TestSplitTable(t *testing.T) {
 		{"no stickiness", random, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, publish := splitTable(first, tc.split)
+			got, publish := tableOfSplit(first, tc.split)
 			if publish != tc.publish || (got == first) == tc.publish {
 				t.Fatalf("publish=%v, same table %v; want publish=%v", publish, got == first, tc.publish)
 			}

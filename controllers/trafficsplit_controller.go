@@ -38,6 +38,13 @@ type TrafficSplitReconciler struct {
 	// CountsRefresh is how often the dispatched counts reach status under traffic;
 	// zero means DefaultCountsRefresh.
 	CountsRefresh time.Duration
+	// APIReader reads the replicas' analysis counts (uncached) for a rollout's analysis.
+	APIReader client.Reader
+	// Counts publishes this replica's analysis counts of the splits under rollout; nil
+	// publishes none.
+	Counts *CountsPublisher
+	// Clock is the time rollouts are judged by; nil is time.Now.
+	Clock func() time.Time
 
 	mu        sync.Mutex
 	published map[types.NamespacedName]types.NamespacedName // split -> tenant
@@ -54,8 +61,18 @@ type splitScope struct {
 	active *v1.TrafficSplit
 	// current is the table this replica serves for the tenant, when it is this split's.
 	current *dispatcher.Table
-	// targets are what each route names, when this split is the active one.
+	// targets are what each route of spec.routes names, when this split is the active one.
 	targets []routeTarget
+	// found is what each revision the split routes to (spec and status) names.
+	found map[string]routeTarget
+	// effective is the table to serve: spec.routes, or with a canary strategy the table
+	// the rollout decided (status.routes).
+	effective []v1.RouteStatus
+	// follows: this replica serves the table the leader wrote to status.routes, as it
+	// does for a split with a canary strategy unless it leads.
+	follows bool
+	// rolling: the leader decided the table by the split's canary strategy.
+	rolling bool
 	// done ends the list of phases.
 	done bool
 }
@@ -90,13 +107,20 @@ func (r *TrafficSplitReconciler) Reconcile(ctx context.Context, req ctrl.Request
 // reconcileNormal publishes the split's table once every route's revision is loaded
 // here, keeping the last good table until then, and reports the table in use.
 func (r *TrafficSplitReconciler) reconcileNormal(ctx context.Context, s *splitScope) (ctrl.Result, error) {
-	return runPhases(ctx, s, r.phaseGather, r.phaseConflict, r.phaseTable, r.phaseRoutes)
+	return runPhases(ctx, s, r.phaseGather, r.phaseConflict, r.phaseRollout, r.phaseTable, r.phaseRoutes)
 }
 
 // reconcileDelete withdraws a deleted split's table; its status is not written.
 func (r *TrafficSplitReconciler) reconcileDelete(key types.NamespacedName) (ctrl.Result, error) {
 	r.unpublish(key)
 	return ctrl.Result{}, nil
+}
+
+func (r *TrafficSplitReconciler) now() time.Time {
+	if r.Clock != nil {
+		return r.Clock()
+	}
+	return time.Now()
 }
 
 // phaseGather reads which split routes the tenant, the table this replica serves for
@@ -116,21 +140,32 @@ func (r *TrafficSplitReconciler) phaseGather(ctx context.Context, s *splitScope)
 	if _, t := r.Router.Tenant(split.Namespace, split.Spec.TenantRef.Name); t != nil && t.Split == split.Name {
 		s.current = t // another split's table no longer routes this tenant
 	}
-	for _, rt := range split.Spec.Routes {
-		key := types.NamespacedName{Namespace: split.Namespace, Name: rt.RevisionName}
-		t := routeTarget{name: rt.RevisionName}
+	s.found = map[string]routeTarget{}
+	for _, name := range routedNames(split) {
+		key := types.NamespacedName{Namespace: split.Namespace, Name: name}
+		t := routeTarget{name: name}
 		rev := &v1.Revision{}
 		switch err := r.Get(ctx, key, rev); {
 		case apierrors.IsNotFound(err):
 		case err != nil:
-			return ctrl.Result{}, fmt.Errorf("get revision %q: %w", rt.RevisionName, err)
+			return ctrl.Result{}, fmt.Errorf("get revision %q: %w", name, err)
 		default:
 			l := r.Runtimes.Get(key)
 			t.rev, t.loaded = rev, l != nil && l.UID == rev.UID
 		}
-		s.targets = append(s.targets, t)
+		s.found[name] = t
 	}
+	s.targets = s.targetsOf(routeStatusesOf(split.Spec.Routes))
 	return ctrl.Result{}, nil
+}
+
+// targetsOf is what was found for each route of table, in its order.
+func (s *splitScope) targetsOf(table []v1.RouteStatus) []routeTarget {
+	out := make([]routeTarget, 0, len(table))
+	for _, rt := range table {
+		out = append(out, s.found[rt.RevisionName])
+	}
+	return out
 }
 
 // phaseConflict withdraws the table of a split that another, older split of the same
@@ -146,18 +181,24 @@ func (r *TrafficSplitReconciler) phaseConflict(ctx context.Context, s *splitScop
 	return ctrl.Result{}, nil
 }
 
-// phaseTable publishes the split's table when routesBlocked finds nothing in its way,
-// and otherwise says what it waits for while the last good table keeps serving.
+// phaseTable publishes the effective table when nothing is in its way, and otherwise
+// says what it waits for while the last good table keeps serving. On the leader (or
+// without a strategy) the spec's revisions must be loaded here first; a replica that
+// follows the leader's table needs that table's revisions loaded.
 func (r *TrafficSplitReconciler) phaseTable(ctx context.Context, s *splitScope) (ctrl.Result, error) {
 	split, g := s.split, s.split.Generation
-	reason, message, stalled := routesBlocked(split.Spec.TenantRef.Name, s.targets)
+	tenant := split.Spec.TenantRef.Name
+	blocking := s.targets
+	if s.follows || s.rolling {
+		blocking = s.targetsOf(s.effective)
+	}
+	reason, message, stalled := routesBlocked(tenant, blocking)
 	if reason != "" {
 		split.Status.MarkRoutesNotReady(g, reason, message, s.current != nil, stalled)
 		return ctrl.Result{RequeueAfter: waitForRevision}, nil
 	}
-	t, publish := splitTable(s.current, split)
+	t, publish := splitTable(s.current, split.Name, s.effective, split.Spec.Stickiness != v1.StickinessNone)
 	if publish {
-		tenant := split.Spec.TenantRef.Name
 		r.Router.PublishTable(split.Namespace, tenant, t)
 		r.remember(s.key, types.NamespacedName{Namespace: split.Namespace, Name: tenant})
 		if r.Recorder != nil && s.leader {
@@ -165,7 +206,13 @@ func (r *TrafficSplitReconciler) phaseTable(ctx context.Context, s *splitScope) 
 		}
 	}
 	s.current = t
-	split.Status.MarkPublished(g)
+	if reason, message, stalled := routesBlocked(tenant, s.targets); reason != "" {
+		// A rollout goes on (or was rolled back) while a revision of the spec cannot
+		// load: that is what needs fixing.
+		split.Status.MarkRoutesNotReady(g, reason, message, true, stalled)
+	} else {
+		markTable(&split.Status, g)
+	}
 	return ctrl.Result{RequeueAfter: cmp.Or(r.CountsRefresh, DefaultCountsRefresh)}, nil
 }
 
@@ -188,8 +235,12 @@ func (r *TrafficSplitReconciler) remember(split, tenant types.NamespacedName) {
 	r.published[split] = tenant
 }
 
-// unpublish removes the table a split published, if it is still the tenant's table.
+// unpublish removes the table a split published, if it is still the tenant's table,
+// and its analysis counts.
 func (r *TrafficSplitReconciler) unpublish(split types.NamespacedName) {
+	if r.Counts != nil {
+		r.Counts.Untrack(split)
+	}
 	r.mu.Lock()
 	tenant, ok := r.published[split]
 	delete(r.published, split)
@@ -199,5 +250,6 @@ func (r *TrafficSplitReconciler) unpublish(split types.NamespacedName) {
 	}
 	if _, t := r.Router.Tenant(tenant.Namespace, tenant.Name); t != nil && t.Split == split.Name {
 		r.Router.PublishTable(tenant.Namespace, tenant.Name, nil)
+		r.Router.StopAnalysis(tenant.Namespace, tenant.Name)
 	}
 }

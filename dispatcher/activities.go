@@ -45,7 +45,11 @@ func (s *Server) serveActivity(rw http.ResponseWriter, r *http.Request, ns, tena
 	}
 	revision := ""
 	// Every authenticated answer is counted once, with the status it actually had.
-	defer func() { s.Metrics.request(ns, tenant, revision, w.status, start) }()
+	defer func() {
+		s.Metrics.request(ns, tenant, revision, w.status, start)
+		now := time.Now()
+		s.Router.Observe(ns, tenant, revision, w.status, now.Sub(start), now)
+	}()
 	release, ok := s.tenantSlot(w, cfg)
 	if !ok {
 		return

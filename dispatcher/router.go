@@ -46,6 +46,9 @@ type tenantEntry struct {
 	config atomic.Pointer[TenantConfig]
 	table  atomic.Pointer[Table]
 	counts sync.Map // revision name -> *atomic.Int64
+	// tally counts activities for a canary rollout's analysis (see Analyze); nil when
+	// the tenant's split has no analysis.
+	tally atomic.Pointer[tally]
 }
 
 // NewRouter returns an empty router.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -69,6 +70,16 @@ func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger) err
 	}); err != nil {
 		return err
 	}
+	// Each replica publishes its dispatcher's counts of the splits under rollout for the
+	// leader's analysis, named by its pod (the hostname Kubernetes gives it).
+	replica, err := os.Hostname()
+	if err != nil {
+		return fmt.Errorf("name this replica for its analysis counts: %w", err)
+	}
+	counts := &controllers.CountsPublisher{Client: mgr.GetClient(), Router: router, Replica: replica, Clock: time.Now, Log: log.WithName("counts")}
+	if err := mgr.Add(counts); err != nil {
+		return err
+	}
 	if err := controllers.Setup(mgr,
 		&controllers.RevisionReconciler{
 			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("packhost-revision"),
@@ -81,6 +92,7 @@ func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger) err
 		&controllers.TrafficSplitReconciler{
 			Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("packhost-trafficsplit"),
 			Router: router, Runtimes: runtimes, IsLeader: isLeader,
+			APIReader: mgr.GetAPIReader(), Counts: counts, Clock: time.Now,
 		},
 	); err != nil {
 		return err

@@ -1,0 +1,131 @@
+package controllers
+
+import (
+	"context"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	v1 "github.com/packhost/packhost/api/v1alpha1"
+)
+
+// phaseRollout decides the table a split with a canary strategy serves. The leader
+// walks the rollout (decideRollout) and writes the table to status.routes; every
+// other replica serves what the leader wrote, so that all replicas route by one table
+// and the leader's analysis judges what was served. Every replica counts the tenant's
+// activities for analysis while the strategy has one, and publishes its counts while
+// a rollout runs. Without a strategy the spec's table is served, as it always was.
+func (r *TrafficSplitReconciler) phaseRollout(ctx context.Context, s *splitScope) (ctrl.Result, error) {
+	split := s.split
+	tenant := split.Spec.TenantRef.Name
+	s.effective = routeStatusesOf(split.Spec.Routes)
+	var canary *v1.CanaryStrategy
+	if split.Spec.Strategy != nil {
+		canary = split.Spec.Strategy.Canary
+	}
+	if canary == nil {
+		r.Router.StopAnalysis(split.Namespace, tenant)
+		r.trackCounts(split, nil)
+		split.Status.Rollout = nil
+		return ctrl.Result{}, nil
+	}
+	now := r.now()
+	if canary.Analysis != nil {
+		r.Router.Analyze(split.Namespace, tenant, analysisInterval(canary.Analysis), now)
+	} else {
+		r.Router.StopAnalysis(split.Namespace, tenant)
+	}
+	if !s.leader {
+		if len(split.Status.Routes) > 0 {
+			s.effective, s.follows = tableOf(split.Status.Routes), true
+		}
+		r.trackCounts(split, split.Status.Rollout)
+		return ctrl.Result{}, nil
+	}
+
+	prev := split.Status.Rollout
+	target := routeStatusesOf(split.Spec.Routes)
+	goesOn := prev != nil && (rolloutRunning(prev) || prev.Phase == v1.RolloutAborted) && slices.Equal(tableOf(prev.TargetRoutes), target)
+	if reason, _, _ := routesBlocked(tenant, s.targets); reason != "" && !goesOn {
+		// Nothing starts before the spec's revisions are loaded: phaseTable says what it
+		// waits for, and the table in use keeps serving.
+		return ctrl.Result{}, nil
+	}
+	var figures *intervalFigures
+	if start, end, ok := judgedWindow(prev, analysisInterval(canary.Analysis), now); ok && canary.Analysis != nil {
+		reports, err := readReports(ctx, r.APIReader, split)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		f := sumReports(reports, start, end)
+		figures = &f
+		r.deleteGone(ctx, split, f.gone)
+	}
+	d := decideRollout(rolloutInput{
+		spec: split.Spec.Routes, canary: canary, current: split.Status.Routes, prev: prev,
+		annotations: split.Annotations, now: now, figures: figures,
+	})
+	split.Status.Rollout = d.status
+	s.effective, s.rolling = d.routes, true
+	for _, e := range d.events {
+		if r.Recorder != nil {
+			typ := corev1.EventTypeNormal
+			if e.warning {
+				typ = corev1.EventTypeWarning
+			}
+			r.Recorder.Eventf(split, nil, typ, e.reason, e.action, "%s", e.message)
+		}
+	}
+	r.trackCounts(split, d.status)
+	return ctrl.Result{RequeueAfter: d.requeue}, nil
+}
+
+// trackCounts publishes this replica's counts of split while its rollout runs with an
+// analysis, and withdraws them otherwise.
+func (r *TrafficSplitReconciler) trackCounts(split *v1.TrafficSplit, ro *v1.RolloutStatus) {
+	if r.Counts == nil {
+		return
+	}
+	key := types.NamespacedName{Namespace: split.Namespace, Name: split.Name}
+	if !rolloutRunning(ro) || split.Spec.Strategy == nil || split.Spec.Strategy.Canary == nil || split.Spec.Strategy.Canary.Analysis == nil {
+		r.Counts.Untrack(key)
+		return
+	}
+	var revisions []string
+	for _, rt := range slices.Concat(ro.StableRoutes, ro.TargetRoutes) {
+		if !slices.Contains(revisions, rt.RevisionName) {
+			revisions = append(revisions, rt.RevisionName)
+		}
+	}
+	r.Counts.Track(split, revisions)
+}
+
+// deleteGone deletes the counts objects of replicas that stopped publishing long ago (a
+// pod replaced by a rollout of the manager), so status stops naming them missing.
+func (r *TrafficSplitReconciler) deleteGone(ctx context.Context, split *v1.TrafficSplit, replicas []string) {
+	for _, replica := range replicas {
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: split.Namespace, Name: countsName(split.Name, replica)}}
+		if err := r.Delete(ctx, cm); err != nil && !apierrors.IsNotFound(err) {
+			ctrl.LoggerFrom(ctx).Error(err, "Cannot delete a gone replica's analysis counts", "replica", replica)
+		}
+	}
+}
+
+// markTable records the conditions of the table a split serves: a running rollout is
+// InProgress, an aborted one Stalled, otherwise the spec's table is in use (Ready).
+func markTable(s *v1.TrafficSplitStatus, generation int64) {
+	switch ro := s.Rollout; {
+	case rolloutRunning(ro) && ro.Phase == v1.RolloutPaused:
+		s.MarkRolloutRunning(generation, v1.ReasonRolloutPaused, ro.Message)
+	case rolloutRunning(ro):
+		s.MarkRolloutRunning(generation, v1.ReasonRolloutProgressing, ro.Message)
+	case ro != nil && ro.Phase == v1.RolloutAborted:
+		s.MarkRolloutAborted(generation, ro.Message)
+	default:
+		s.MarkPublished(generation)
+	}
+}
