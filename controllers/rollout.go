@@ -496,8 +496,10 @@ func rolloutRequeue(ro *v1.RolloutStatus, step v1.CanaryStep, a *v1.CanaryAnalys
 	if a != nil {
 		interval := analysisInterval(a)
 		grace := analysisGrace(interval)
-		n := now.Add(-grace).UnixNano()/int64(interval) + 1
-		judge := time.Unix(0, n*int64(interval)).Add(grace).Sub(now)
+		// The next interval to close that began in the step.
+		end := (now.Add(-grace).UnixNano()/int64(interval) + 1) * int64(interval)
+		first := (ro.StepStartTime.UnixNano()+int64(interval)-1)/int64(interval)*int64(interval) + int64(interval)
+		judge := time.Unix(0, max(end, first)).Add(grace).Sub(now)
 		if next == 0 || judge < next {
 			next = judge
 		}

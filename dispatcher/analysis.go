@@ -104,8 +104,8 @@ type tally struct {
 	interval time.Duration
 	cur      atomic.Pointer[liveWindow]
 
-	mu     sync.Mutex // rolling the window over
-	closed []Window   // oldest first, at most closedWindows
+	mu     sync.Mutex     // rolling the window over
+	closed []*liveWindow // oldest first, at most closedWindows
 }
 
 // liveWindow is the window being counted: revision name -> *liveCounts.
@@ -140,13 +140,13 @@ func (t *tally) window(now time.Time) *liveWindow {
 	if w.index >= idx {
 		return w
 	}
-	t.closed = append(t.closed, t.freeze(w))
+	t.closed = append(t.closed, w)
 	if idx-1 > w.index {
 		// Windows without an activity in between: the latest of them closed empty.
-		t.closed = append(t.closed, t.frame(idx-1))
+		t.closed = append(t.closed, &liveWindow{index: idx - 1})
 	}
 	if n := len(t.closed); n > closedWindows {
-		t.closed = append([]Window(nil), t.closed[n-closedWindows:]...)
+		t.closed = append([]*liveWindow(nil), t.closed[n-closedWindows:]...)
 	}
 	next := &liveWindow{index: idx}
 	t.cur.Store(next)
@@ -158,9 +158,10 @@ func (t *tally) frame(idx int64) Window {
 	return Window{Start: start, End: start.Add(t.interval)}
 }
 
-// freeze copies a window that no activity will be counted in any more. (One that was
-// just being counted when the window rolled over lands a moment late; it is in the
-// window's copy or lost, never counted twice.)
+// freeze copies a closed window. It is copied when read, not when it closes, so an
+// activity that found the window just before it closed and is counted a moment later
+// is in it; one counted after a copy was read is only in later copies, never in two
+// windows.
 func (t *tally) freeze(w *liveWindow) Window {
 	out := t.frame(w.index)
 	w.revs.Range(func(k, v any) bool {
@@ -244,6 +245,11 @@ func (r *Router) ClosedWindows(namespace, tenant string, now time.Time) ([]Windo
 	}
 	t.window(now)
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	return append([]Window(nil), t.closed...), t.interval
+	closed := append([]*liveWindow(nil), t.closed...)
+	t.mu.Unlock()
+	out := make([]Window, len(closed))
+	for i, w := range closed {
+		out[i] = t.freeze(w)
+	}
+	return out, t.interval
 }
