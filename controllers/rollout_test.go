@@ -111,9 +111,9 @@ func TestCanaryRevisions(t *testing.T) {
 	}{
 		{table("a", 100), table("b", 100), []string{"b"}},
 		{table("a", 100), table("a", 90, "b", 10), []string{"b"}},
-		{table("a", 90, "b", 10), table("a", 10, "b", 90), nil}, // re-weighting known revisions
+		{table("a", 90, "b", 10), table("a", 10, "b", 90), nil},           // re-weighting known revisions
 		{table("a", 100, "b", 0), table("a", 50, "b", 50), []string{"b"}}, // b had no weight
-		{table("a", 100), table("a", 100, "dark", 0), nil},              // a tag-only route brings no traffic
+		{table("a", 100), table("a", 100, "dark", 0), nil},                // a tag-only route brings no traffic
 		{table("a", 100), table("b", 50, "c", 50), []string{"b", "c"}},
 	} {
 		if got := canaryRevisions(tc.stable, tc.target); !slices.Equal(got, tc.want) {

@@ -104,7 +104,7 @@ type tally struct {
 	interval time.Duration
 	cur      atomic.Pointer[liveWindow]
 
-	mu     sync.Mutex     // rolling the window over
+	mu     sync.Mutex    // rolling the window over
 	closed []*liveWindow // oldest first, at most closedWindows
 }
 
