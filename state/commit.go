@@ -82,12 +82,15 @@ func (t *txn) validate(ctx context.Context) error {
 	defer cancel()
 	for i, keys := range byShard {
 		key := t.ns.shards[i]
-		var cm *corev1.ConfigMap
+		var c *composition
 		var err error
 		if len(byShard) == 1 {
-			cm, err = s.latest(ctx, key)
+			c, err = s.latestComp(ctx, key)
 		} else {
-			cm, err = s.fetch(ctx, key)
+			c, err = s.fetchComp(ctx, key)
+		}
+		if err == nil {
+			err = c.check(key)
 		}
 		if err != nil {
 			if uncertain(err) {
@@ -96,6 +99,7 @@ func (t *txn) validate(ctx context.Context) error {
 			}
 			return err
 		}
+		cm := c.logical
 		var intents []*intent
 		for k, v := range cm.BinaryData {
 			if strings.HasPrefix(k, intentPrefix) {
@@ -264,10 +268,14 @@ func (e *lockedError) Unwrap() error { return &e.ConflictError }
 func (s *Store) read(ctx context.Context, key types.NamespacedName, entry string) ([]byte, bool, error) {
 	deadline := time.Now().Add(pendingWait)
 	for {
-		cm, err := s.latest(ctx, key)
+		c, err := s.latestComp(ctx, key)
+		if err == nil {
+			err = c.check(key)
+		}
 		if err != nil {
 			return nil, false, err
 		}
+		cm := c.logical
 		blob, ok := cm.BinaryData[entry]
 		if !ok {
 			if _, bad := cm.BinaryData[pageOf(entry)]; bad {

@@ -229,8 +229,14 @@ func encodeIntent(in *intent) []byte {
 	for k := range in.reads {
 		b = appendString(b, k)
 	}
-	b = binary.AppendUvarint(b, uint64(len(in.writes)))
-	for k, v := range in.writes {
+	return appendWrites(b, in.writes)
+}
+
+// appendWrites encodes a set of writes (a nil value deletes its entry), as intents and
+// journal records carry them.
+func appendWrites(b []byte, writes map[string][]byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(writes)))
+	for k, v := range writes {
 		b = appendString(b, k)
 		if v == nil {
 			b = append(b, 0)
@@ -240,6 +246,34 @@ func encodeIntent(in *intent) []byte {
 		b = appendString(b, string(v))
 	}
 	return b
+}
+
+// readWrites decodes what appendWrites wrote, which must end rest.
+func readWrites(rest []byte) (map[string][]byte, bool) {
+	count, n := binary.Uvarint(rest)
+	if n <= 0 || count > uint64(len(rest)) {
+		return nil, false
+	}
+	rest = rest[n:]
+	writes := make(map[string][]byte, count)
+	for range count {
+		k, r, ok := readField(rest)
+		if !ok || len(r) == 0 {
+			return nil, false
+		}
+		del := r[0] == 0
+		rest = r[1:]
+		if del {
+			writes[string(k)] = nil
+			continue
+		}
+		var v []byte
+		if v, rest, ok = readField(rest); !ok {
+			return nil, false
+		}
+		writes[string(k)] = append([]byte{}, v...)
+	}
+	return writes, len(rest) == 0
 }
 
 func decodeIntent(blob []byte) (*intent, error) {
@@ -257,7 +291,7 @@ func decodeIntent(blob []byte) (*intent, error) {
 	}
 	rest = rest[n:]
 	in := &intent{id: string(id), primary: int(primary), created: time.Unix(0, int64(binary.BigEndian.Uint64(rest))),
-		reads: map[string]bool{}, writes: map[string][]byte{}}
+		reads: map[string]bool{}}
 	rest = rest[8:]
 	count, n := binary.Uvarint(rest)
 	if n <= 0 || count > uint64(len(rest)) {
@@ -271,28 +305,7 @@ func decodeIntent(blob []byte) (*intent, error) {
 		}
 		in.reads[string(k)] = true
 	}
-	count, n = binary.Uvarint(rest)
-	if n <= 0 || count > uint64(len(rest)) {
-		return nil, bad
-	}
-	rest = rest[n:]
-	for range count {
-		var k, v []byte
-		if k, rest, ok = readField(rest); !ok || len(rest) == 0 {
-			return nil, bad
-		}
-		del := rest[0] == 0
-		rest = rest[1:]
-		if del {
-			in.writes[string(k)] = nil
-			continue
-		}
-		if v, rest, ok = readField(rest); !ok {
-			return nil, bad
-		}
-		in.writes[string(k)] = append([]byte{}, v...)
-	}
-	if len(rest) != 0 {
+	if in.writes, ok = readWrites(rest); !ok {
 		return nil, bad
 	}
 	return in, nil
@@ -356,9 +369,13 @@ func decodeRecord(blob []byte) (record, error) {
 // reading from and writing to the API server deal with pages. Entries kept one per key,
 // as packhost wrote them before, are read as well, and packed by the next commit.
 const (
-	pagePrefix       = "p."
-	pages            = 16
-	pageVersion byte = 1
+	pagePrefix = "p."
+	pages      = 16
+	// pageVersion marks a page; a journalled shard (see journal.go) writes
+	// journalPageVersion instead, which a packhost that knows no journal cannot decode:
+	// it then refuses to read or write the shard rather than ignore its journal.
+	pageVersion        byte = 1
+	journalPageVersion byte = 2
 )
 
 // pageOf is the page key an entry key is packed into, or "" for a key that is not an
@@ -403,13 +420,13 @@ func unhex(c byte) (byte, bool) {
 	return 0, false
 }
 
-func encodePage(keys []string, entries map[string][]byte) []byte {
+func encodePage(version byte, keys []string, entries map[string][]byte) []byte {
 	n := 1
 	for _, k := range keys {
 		n += len(k) + len(entries[k]) + 6
 	}
 	b := make([]byte, 0, n)
-	b = append(b, pageVersion)
+	b = append(b, version)
 	for _, k := range keys {
 		b = appendString(b, k)
 		b = appendString(b, string(entries[k]))
@@ -419,7 +436,7 @@ func encodePage(keys []string, entries map[string][]byte) []byte {
 
 // decodePage adds a page's entries to into, or reports that it is not a page.
 func decodePage(page string, blob []byte, into map[string][]byte) bool {
-	if len(blob) == 0 || blob[0] != pageVersion {
+	if len(blob) == 0 || (blob[0] != pageVersion && blob[0] != journalPageVersion) {
 		return false
 	}
 	got := map[string][]byte{}
@@ -472,6 +489,10 @@ func unpack(cm *corev1.ConfigMap) {
 func pack(cm *corev1.ConfigMap) *corev1.ConfigMap {
 	out := &corev1.ConfigMap{TypeMeta: cm.TypeMeta, Immutable: cm.Immutable}
 	cm.ObjectMeta.DeepCopyInto(&out.ObjectMeta)
+	version := pageVersion
+	if _, journalled := foldedThrough(cm); journalled {
+		version = journalPageVersion
+	}
 	byPage := map[string][]string{}
 	bin := make(map[string][]byte, pages)
 	for k, v := range cm.BinaryData {
@@ -484,7 +505,7 @@ func pack(cm *corev1.ConfigMap) *corev1.ConfigMap {
 	}
 	for page, keys := range byPage {
 		slices.Sort(keys)
-		bin[page] = encodePage(keys, cm.BinaryData)
+		bin[page] = encodePage(version, keys, cm.BinaryData)
 	}
 	out.BinaryData = bin
 	return out

@@ -1,9 +1,11 @@
 package state
 
 import (
+	"context"
 	"encoding/binary"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/packhost/packhost/runtime"
 )
@@ -49,4 +51,15 @@ func encodeLegacyWait(session string, w runtime.Wait) []byte {
 func LegacyWaitEntry(session string, w runtime.Wait) (string, []byte) {
 	k, _ := waitKey(session, 1)
 	return k, encodeLegacyWait(session, w)
+}
+
+// Fold folds the journal of a revision's n-th shard now.
+func (s *Store) Fold(ctx context.Context, namespace, revision string, n int) error {
+	return s.shard(types.NamespacedName{Namespace: namespace, Name: ShardName(revision, n)}).fold(ctx)
+}
+
+// ValueRecord is a journal record, and its key, that sets a pack's value of name.
+func ValueRecord(seq uint64, pack, name string, value []byte) (string, []byte) {
+	k, _ := valueKey(pack, name, 1)
+	return recordKey(seq), encodeChange("forged", map[string][]byte{k: encodeValue(pack, name, value)})
 }

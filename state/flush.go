@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -75,6 +76,8 @@ type shard struct {
 	queueMu  sync.Mutex
 	queue    []*part
 	flushing bool
+	// folding is set while a fold of the shard's journal runs in the background.
+	folding atomic.Bool
 }
 
 // submit queues p and waits until a group commit has taken it. The first submitter with
@@ -187,36 +190,36 @@ func (sh *shard) flush(batch []*part) {
 	// starve one of them.
 	slices.SortStableFunc(batch, func(a, b *part) int { return b.attempt - a.attempt })
 	var unanswered []*merged
-	base, err := s.latest(ctx, sh.key)
+	c, err := s.latestComp(ctx, sh.key)
 	for attempt := 0; err == nil && attempt < maxFlushAttempts; attempt++ {
-		m := sh.merge(base, batch)
+		if err = c.check(sh.key); err != nil {
+			break
+		}
+		m := sh.merge(c.logical, batch)
 		if len(m.accepted) == 0 || !m.changed {
 			m.finish()
 			s.breaker.succeed()
 			return
 		}
-		wire := pack(m.obj)
-		err = s.client.Update(ctx, wire)
+		err = sh.write(ctx, c, m)
 		if err == nil {
 			s.updates.Add(1)
-			s.bytesSent.Add(int64(objectBytes(wire)))
-			m.obj.ResourceVersion = wire.ResourceVersion
-			s.observe(m.obj)
 			s.breaker.succeed()
 			m.finish()
+			sh.foldIfDue()
 			return
 		}
-		if !apierrors.IsConflict(err) {
+		if !apierrors.IsConflict(err) && !errors.Is(err, errRefetch) {
 			if !uncertain(err) {
 				break
 			}
 			unanswered = append(unanswered, m)
 		}
-		base, err = sh.refetch(ctx)
+		c, err = sh.refetch(ctx)
 		if err != nil {
 			break
 		}
-		if landed := landedOf(base, unanswered); landed != nil {
+		if landed := landedOf(c.logical, unanswered); landed != nil {
 			s.updates.Add(1)
 			s.breaker.succeed()
 			landed.finish()
@@ -243,11 +246,37 @@ func (sh *shard) flush(batch []*part) {
 	}
 }
 
+// write sends one group commit: to the journal of a journalled shard, else the shard
+// whole (which becomes journalled with it once it is large enough), conditioned on
+// the resourceVersion of what it was merged onto.
+func (sh *shard) write(ctx context.Context, c *composition, m *merged) error {
+	if c.journalled() {
+		return sh.writeJournal(ctx, c, m)
+	}
+	s := sh.store
+	sh.startJournal(ctx, c, m)
+	wire := pack(m.obj)
+	if err := s.client.Update(ctx, wire); err != nil {
+		return err
+	}
+	s.bytesSent.Add(int64(objectBytes(wire)))
+	m.obj.ResourceVersion = wire.ResourceVersion
+	s.observe(m.obj)
+	return nil
+}
+
+// errRefetch: the shard must be read again before the group commit is merged again;
+// nothing was applied. errRefused marks a commit refused before anything was sent.
+var (
+	errRefetch = errors.New("read the shard again")
+	errRefused = errors.New("refused")
+)
+
 // refetch reads the shard from the API server, trying again while it does not answer,
 // until ctx ends.
-func (sh *shard) refetch(ctx context.Context) (*corev1.ConfigMap, error) {
+func (sh *shard) refetch(ctx context.Context) (*composition, error) {
 	for {
-		cm, err := sh.store.fetch(ctx, sh.key)
+		cm, err := sh.store.fetchComp(ctx, sh.key)
 		if err == nil || !uncertain(err) || ctx.Err() != nil {
 			return cm, err
 		}
@@ -264,7 +293,7 @@ func (sh *shard) refetch(ctx context.Context) (*corev1.ConfigMap, error) {
 func uncertain(err error) bool {
 	return !(apierrors.IsConflict(err) || apierrors.IsInvalid(err) || apierrors.IsNotFound(err) ||
 		apierrors.IsForbidden(err) || apierrors.IsRequestEntityTooLargeError(err) || apierrors.IsBadRequest(err) ||
-		apierrors.IsUnauthorized(err) || apierrors.IsAlreadyExists(err) || errors.Is(err, errNotState))
+		apierrors.IsUnauthorized(err) || apierrors.IsAlreadyExists(err) || errors.Is(err, errNotState) || errors.Is(err, errRefused))
 }
 
 // landedOf returns the attempt among unanswered whose id cm's AnnotationCommits lists.
@@ -350,7 +379,7 @@ func (sh *shard) merge(base *corev1.ConfigMap, batch []*part) *merged {
 				refuse(p, &runtime.ConflictError{Key: "cross-shard commit " + p.txn + " (aborted by a resolver)"})
 				continue
 			}
-			add = maps(p.writes, recordPrefix+p.txn, encodeRecord(record{id: p.txn, status: committed, created: p.created, secondaries: p.secondaries}))
+			add = withEntry(p.writes, recordPrefix+p.txn, encodeRecord(record{id: p.txn, status: committed, created: p.created, secondaries: p.secondaries}))
 		}
 		grown := size
 		for k, v := range add {
@@ -367,21 +396,13 @@ func (sh *shard) merge(base *corev1.ConfigMap, batch []*part) *merged {
 		m.accepted = append(m.accepted, p)
 	}
 	if m.changed {
-		ids := strings.Fields(obj.Annotations[AnnotationCommits])
-		ids = append(ids, m.id)
-		if len(ids) > commitRing {
-			ids = ids[len(ids)-commitRing:]
-		}
-		if obj.Annotations == nil {
-			obj.Annotations = map[string]string{}
-		}
-		obj.Annotations[AnnotationCommits] = strings.Join(ids, " ")
+		remember(obj, m.id)
 	}
 	return m
 }
 
-// maps returns a copy of w with k set to v.
-func maps(w map[string][]byte, k string, v []byte) map[string][]byte {
+// withEntry returns a copy of w with k set to v.
+func withEntry(w map[string][]byte, k string, v []byte) map[string][]byte {
 	out := make(map[string][]byte, len(w)+1)
 	for wk, wv := range w {
 		out[wk] = wv

@@ -209,6 +209,13 @@ type Options struct {
 	// WrapClient, when set, wraps the client every read and write of state goes
 	// through (fault-injection tests use it).
 	WrapClient func(client.Client) client.Client
+	// JournalAbove is the size of a shard's entries, in bytes, from which its commits
+	// go to its journal (see Journal); 0 takes DefaultJournalAbove, a negative value
+	// journals every shard from its first commit.
+	JournalAbove int
+	// FoldAfter is how many records a shard's journal holds before it is folded; 0
+	// takes DefaultFoldAfter.
+	FoldAfter int
 }
 
 // Store is the process's view of every revision's state namespace.
@@ -221,10 +228,18 @@ type Store struct {
 
 	commitTimeout time.Duration
 	lockTTL       time.Duration
+	journalAbove  int
+	foldAfter     int
 	breaker       breaker
 
-	mu   sync.RWMutex
-	view map[types.NamespacedName]*corev1.ConfigMap
+	mu sync.RWMutex
+	// raw are the newest copies of the trusted state ConfigMaps, shards (unpacked) and
+	// journals, by their own key.
+	raw map[types.NamespacedName]*corev1.ConfigMap
+	// comps compose each shard from raw, by the shard's key; view holds their logical
+	// content.
+	comps map[types.NamespacedName]*composition
+	view  map[types.NamespacedName]*corev1.ConfigMap
 	// owners are the revisions whose state this process reads, by namespace/revision:
 	// only ConfigMaps they own are trusted (see Trust).
 	owners map[types.NamespacedName]owner
@@ -283,12 +298,20 @@ func New(cfg *rest.Config, scheme *kruntime.Scheme, opts Options) (*Store, error
 	case opts.LockTTL < 0:
 		opts.LockTTL = 0
 	}
+	if opts.JournalAbove == 0 {
+		opts.JournalAbove = DefaultJournalAbove
+	}
+	if opts.FoldAfter <= 0 {
+		opts.FoldAfter = DefaultFoldAfter
+	}
 	if opts.WrapClient != nil {
 		c = opts.WrapClient(c)
 	}
 	s := &Store{
 		client: c, budget: opts.ShardBudget, log: opts.Logger, onCommit: opts.OnCommit,
 		commitTimeout: opts.CommitTimeout, lockTTL: opts.LockTTL, intents: map[types.NamespacedName]map[string]*intent{},
+		journalAbove: opts.JournalAbove, foldAfter: opts.FoldAfter,
+		raw: map[types.NamespacedName]*corev1.ConfigMap{}, comps: map[types.NamespacedName]*composition{},
 		view: map[types.NamespacedName]*corev1.ConfigMap{}, shards: map[types.NamespacedName]*shard{},
 		owners: map[types.NamespacedName]owner{}, sessions: map[pinKey][]runtime.Pin{},
 		problems: map[types.NamespacedName]map[string]string{}, suspects: map[types.NamespacedName]*metav1.ObjectMeta{},
@@ -455,7 +478,7 @@ func (s *Store) judge(meta metav1.Object) (string, string) {
 		return "", "not owned by the Revision (no controller reference to its UID)"
 	}
 	n, err := strconv.Atoi(l[LabelShard])
-	if err != nil || meta.GetName() != ShardName(revision, n) {
+	if name := meta.GetName(); err != nil || (name != ShardName(revision, n) && name != JournalName(revision, n)) {
 		return "", fmt.Sprintf("not named %s for its shard label %q", ShardName(revision, n), l[LabelShard])
 	}
 	return o.tenant, ""
@@ -577,15 +600,41 @@ func (s *Store) observe(cm *corev1.ConfigMap) bool {
 		return false
 	}
 	delete(s.suspects, key)
-	old := s.view[key]
-	if old != nil && rv(old) >= rv(cm) {
+	if s.raw == nil {
+		s.raw, s.comps = map[types.NamespacedName]*corev1.ConfigMap{}, map[types.NamespacedName]*composition{}
+	}
+	if old := s.raw[key]; old != nil && rv(old) >= rv(cm) {
 		return true
 	}
+	shard, _ := shardKeyOf(key)
 	if cm.Annotations[annotationStripped] != "" {
 		// Trusted only since the watch cache stripped it: forget what is known, so that
 		// the next read fetches the shard whole (latest).
-		delete(s.view, key)
+		delete(s.raw, key)
+		delete(s.comps, shard)
+		delete(s.view, shard)
 		return true
+	}
+	s.raw[key] = cm
+	s.installLocked(shard, tenant)
+	return true
+}
+
+// installLocked composes shard key again from the newest copies of its ConfigMaps and
+// keeps the session index and the problem list current with its content. s.mu is held.
+func (s *Store) installLocked(key types.NamespacedName, tenant string) {
+	c := s.composeLocked(key)
+	if c == nil {
+		// Its journal was trimmed past the known base: read again when next needed.
+		delete(s.comps, key)
+		delete(s.view, key)
+		return
+	}
+	s.comps[key] = c
+	cm := c.logical
+	old := s.view[key]
+	if old == cm {
+		return
 	}
 	s.view[key] = cm
 	revision := cm.Namespace + "/" + cm.Labels[LabelRevision]
@@ -631,6 +680,8 @@ func (s *Store) observe(cm *corev1.ConfigMap) bool {
 			}
 		case strings.HasPrefix(k, pagePrefix):
 			bad[k] = "corrupt page of entries: " + errCorrupt.Error()
+		case strings.HasPrefix(k, journalPrefix):
+			bad[k] = "journal record does not decode: " + errCorrupt.Error()
 		default:
 			bad[k] = "foreign key in a state ConfigMap"
 		}
@@ -655,7 +706,6 @@ func (s *Store) observe(cm *corev1.ConfigMap) bool {
 	if len(bad) > 0 {
 		s.log.Info("State ConfigMap has content packhost did not write; it is not trusted", "configMap", key.String(), "problems", len(bad))
 	}
-	return true
 }
 
 // suspectLocked remembers an untrusted ConfigMap by its metadata, drops what was
@@ -690,6 +740,18 @@ func (s *Store) forget(key types.NamespacedName) {
 }
 
 func (s *Store) forgetLocked(key types.NamespacedName) {
+	if shard, journal := shardKeyOf(key); journal {
+		if _, known := s.raw[key]; known {
+			delete(s.raw, key)
+			if base := s.raw[shard]; base != nil {
+				s.installLocked(shard, base.Labels[LabelTenant])
+			}
+		}
+		return
+	}
+	delete(s.raw, key)
+	delete(s.raw, journalKeyOf(key))
+	delete(s.comps, key)
 	cm := s.view[key]
 	delete(s.view, key)
 	delete(s.problems, key)
@@ -722,7 +784,18 @@ func (s *Store) latest(ctx context.Context, key types.NamespacedName) (*corev1.C
 // refusal, never an outcome to wait for.
 var errNotState = errors.New("not trusted state")
 
+// fetch reads a shard from the API server and returns what it holds (its journal
+// applied).
 func (s *Store) fetch(ctx context.Context, key types.NamespacedName) (*corev1.ConfigMap, error) {
+	c, err := s.fetchComp(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return c.logical, nil
+}
+
+// fetchObject reads one state ConfigMap from the API server, as stored (unpacked).
+func (s *Store) fetchObject(ctx context.Context, key types.NamespacedName) (*corev1.ConfigMap, error) {
 	cm := &corev1.ConfigMap{}
 	if err := s.client.Get(ctx, key, cm); err != nil {
 		return nil, fmt.Errorf("read state ConfigMap %s: %w", key, err)
@@ -823,6 +896,11 @@ func (s *Store) Ensure(ctx context.Context, spec Spec) ([]string, error) {
 		if !s.observe(existing) {
 			return nil, fmt.Errorf("ConfigMap %s/%s exists and is not revision %s's state: rename or delete it", spec.Namespace, names[i], spec.Revision)
 		}
+		if _, journalled := foldedThrough(existing); journalled {
+			if err := s.adoptJournal(ctx, spec, i); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if s.leftovers(spec) {
 		// A writer stopped in the middle of a cross-shard commit: settle what is old
@@ -853,6 +931,27 @@ func (s *Store) leftovers(spec Spec) bool {
 		}
 	}
 	return false
+}
+
+// adoptJournal takes over the journal of a journalled shard n that already existed: it
+// holds commits not folded into the shard yet, so it is judged and adopted as the
+// shard was. A journal that does not exist is created by the next commit.
+func (s *Store) adoptJournal(ctx context.Context, spec Spec, n int) error {
+	j := &corev1.ConfigMap{}
+	key := types.NamespacedName{Namespace: spec.Namespace, Name: JournalName(spec.Revision, n)}
+	if err := s.client.Get(ctx, key, j); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("read state journal %s: %w", key, err)
+	}
+	if err := s.adopt(ctx, spec, n, j); err != nil {
+		return err
+	}
+	if !s.observe(j) {
+		return fmt.Errorf("ConfigMap %s exists and is not revision %s's state journal: rename or delete it", key, spec.Revision)
+	}
+	return nil
 }
 
 // adopt checks that an existing ConfigMap may serve as shard n of spec's namespace, and

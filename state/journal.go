@@ -1,0 +1,514 @@
+package state
+
+import (
+	"bytes"
+	"context"
+	"cmp"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/packhost/packhost/runtime"
+)
+
+// A shard whose entries pass Options.JournalAbove is journalled (see Journal in the
+// package doc): its group commits append their changes to a small journal ConfigMap,
+// <revision>-state-<n>-journal, and a fold now and then writes the journal into the
+// shard and trims it.
+const (
+	// AnnotationFoldedThrough on a shard says it is journalled, and that the journal's
+	// records up to this sequence number are folded into it (readers skip them).
+	AnnotationFoldedThrough = "packhost.io/folded-through"
+	// AnnotationTrimmedThrough on a journal says its records up to this sequence number
+	// were dropped: a copy of the shard folded through less is older than the journal.
+	AnnotationTrimmedThrough = "packhost.io/trimmed-through"
+
+	journalSuffix = "-journal"
+	// journalPrefix starts the key of a journal record: "j." and its sequence number in
+	// 16 hex digits, so keys sort in sequence.
+	journalPrefix = "j."
+
+	entryChange byte = 5
+)
+
+// DefaultJournalAbove is the size of a shard's entries from which its commits go to a
+// journal: below it, rewriting the shard costs about what a journal write does.
+const DefaultJournalAbove = 16 << 10
+
+// DefaultFoldAfter is how many records a journal holds before it is folded: a fold
+// rewrites the shard once for that many commits.
+const DefaultFoldAfter = 64
+
+// foldBytes also has a journal folded once its records hold that many bytes, so each
+// journal write stays small; maxJournalBytes is the most a journal holds (a fold runs
+// first), well under the 1 MiB object limit.
+const (
+	foldBytes       = 32 << 10
+	maxJournalBytes = 512 << 10
+)
+
+// JournalName is the name of the journal of a revision's n-th state ConfigMap.
+func JournalName(revision string, n int) string { return ShardName(revision, n) + journalSuffix }
+
+func journalKeyOf(shard types.NamespacedName) types.NamespacedName {
+	return types.NamespacedName{Namespace: shard.Namespace, Name: shard.Name + journalSuffix}
+}
+
+// shardKeyOf is the shard a state ConfigMap belongs to (itself, or the shard whose
+// journal it is) and whether it is a journal. Only names judge accepted are passed.
+func shardKeyOf(key types.NamespacedName) (types.NamespacedName, bool) {
+	if name, ok := strings.CutSuffix(key.Name, journalSuffix); ok {
+		return types.NamespacedName{Namespace: key.Namespace, Name: name}, true
+	}
+	return key, false
+}
+
+// foldedThrough reports whether a shard is journalled, and through which record.
+func foldedThrough(cm *corev1.ConfigMap) (uint64, bool) {
+	v, ok := cm.Annotations[AnnotationFoldedThrough]
+	if !ok {
+		return 0, false
+	}
+	n, _ := strconv.ParseUint(v, 10, 64)
+	return n, true
+}
+
+func trimmedThrough(j *corev1.ConfigMap) uint64 {
+	n, _ := strconv.ParseUint(j.Annotations[AnnotationTrimmedThrough], 10, 64)
+	return n
+}
+
+func recordKey(seq uint64) string { return fmt.Sprintf("%s%016x", journalPrefix, seq) }
+
+func seqOf(key string) (uint64, bool) {
+	h, ok := strings.CutPrefix(key, journalPrefix)
+	if !ok || len(h) != 16 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(h, 16, 64)
+	return n, err == nil
+}
+
+// lastSeq is the sequence number of a journal's newest record, kept or trimmed.
+func lastSeq(j *corev1.ConfigMap) uint64 {
+	last := trimmedThrough(j)
+	for k := range j.BinaryData {
+		if seq, ok := seqOf(k); ok && seq > last {
+			last = seq
+		}
+	}
+	return last
+}
+
+// journalRecord is one group commit's changes in a journal, as stored.
+type journalRecord struct {
+	seq  uint64
+	key  string
+	blob []byte
+}
+
+// recordsAfter returns a journal's records after seq, in order.
+func recordsAfter(j *corev1.ConfigMap, seq uint64) []journalRecord {
+	var out []journalRecord
+	for k, v := range j.BinaryData {
+		if n, ok := seqOf(k); ok && n > seq {
+			out = append(out, journalRecord{seq: n, key: k, blob: v})
+		}
+	}
+	slices.SortFunc(out, func(a, b journalRecord) int { return cmp.Compare(a.seq, b.seq) })
+	return out
+}
+
+// encodeChange is a journal record: a group commit's id and the entries it changed (a
+// nil value deletes one).
+func encodeChange(id string, writes map[string][]byte) []byte {
+	b := appendString([]byte{entryChange}, id)
+	return appendWrites(b, writes)
+}
+
+func decodeChange(blob []byte) (string, map[string][]byte, error) {
+	bad := fmt.Errorf("%w: not a journal record", errCorrupt)
+	if len(blob) == 0 || blob[0] != entryChange {
+		return "", nil, bad
+	}
+	id, rest, ok := readField(blob[1:])
+	if !ok {
+		return "", nil, bad
+	}
+	writes, ok := readWrites(rest)
+	if !ok {
+		return "", nil, bad
+	}
+	for k := range writes {
+		if pageOf(k) == "" {
+			return "", nil, fmt.Errorf("%w: journal record writes %q, which is no entry's key", errCorrupt, k)
+		}
+	}
+	return string(id), writes, nil
+}
+
+// replay applies a journal's records after seq to entries, in order, and returns the
+// ids of the group commits they hold and the key of the first record that does not
+// decode, which is kept in entries under its own key (so it is reported, and nothing
+// it held is taken for absent).
+func replay(entries map[string][]byte, j *corev1.ConfigMap, seq uint64) (ids []string, broken string) {
+	for _, r := range recordsAfter(j, seq) {
+		id, writes, err := decodeChange(r.blob)
+		if err != nil {
+			entries[r.key] = r.blob
+			if broken == "" {
+				broken = r.key
+			}
+			continue
+		}
+		for k, v := range writes {
+			if v == nil {
+				delete(entries, k)
+			} else {
+				entries[k] = v
+			}
+		}
+		ids = append(ids, id)
+	}
+	return ids, broken
+}
+
+// remember appends group-commit ids to obj's AnnotationCommits, keeping the last
+// commitRing.
+func remember(obj *corev1.ConfigMap, ids ...string) {
+	ring := append(strings.Fields(obj.Annotations[AnnotationCommits]), ids...)
+	if len(ring) > commitRing {
+		ring = ring[len(ring)-commitRing:]
+	}
+	if obj.Annotations == nil {
+		obj.Annotations = map[string]string{}
+	}
+	obj.Annotations[AnnotationCommits] = strings.Join(ring, " ")
+}
+
+// composition is what a shard holds: its base ConfigMap (unpacked) with its journal's
+// records after the base's AnnotationFoldedThrough applied (logical), as the newest
+// copies of both known here compose it.
+type composition struct {
+	logical *corev1.ConfigMap
+	base    *corev1.ConfigMap
+	// journal is nil for a shard that is not journalled, or whose journal is not known.
+	journal *corev1.ConfigMap
+	// broken is the key of a journal record that does not decode: the shard's content
+	// is not known, so nothing is read from or written to it.
+	broken string
+}
+
+// check refuses a shard whose journal holds a record that does not decode: what the
+// shard holds is not known.
+func (c *composition) check(key types.NamespacedName) error {
+	if c.broken == "" {
+		return nil
+	}
+	return fmt.Errorf("%w: %s: journal record %s: %w (see the revision's state problems)", errRefused, key, c.broken, errCorrupt)
+}
+
+// journalled reports whether the shard's commits go to its journal.
+func (c *composition) journalled() bool {
+	_, ok := foldedThrough(c.base)
+	return ok
+}
+
+// composeLocked composes shard key from the newest copies of its base and journal, or
+// returns nil when the journal was trimmed past what the known base folded (a fold
+// landed that this process has not seen yet). s.mu is held.
+func (s *Store) composeLocked(key types.NamespacedName) *composition {
+	base := s.raw[key]
+	if base == nil {
+		return nil
+	}
+	c := &composition{logical: base, base: base}
+	folded, on := foldedThrough(base)
+	if !on {
+		return c
+	}
+	j := s.raw[journalKeyOf(key)]
+	if j == nil {
+		return c
+	}
+	if trimmedThrough(j) > folded {
+		return nil
+	}
+	c.journal = j
+	if lastSeq(j) <= folded {
+		return c
+	}
+	logical := &corev1.ConfigMap{TypeMeta: base.TypeMeta}
+	base.ObjectMeta.DeepCopyInto(&logical.ObjectMeta)
+	logical.BinaryData = maps.Clone(base.BinaryData)
+	if logical.BinaryData == nil {
+		logical.BinaryData = map[string][]byte{}
+	}
+	var ids []string
+	ids, c.broken = replay(logical.BinaryData, j, folded)
+	remember(logical, ids...)
+	c.logical = logical
+	return c
+}
+
+// latestComp returns the newest known composition of a shard, reading it from the API
+// server when the watch has not delivered it yet.
+func (s *Store) latestComp(ctx context.Context, key types.NamespacedName) (*composition, error) {
+	s.mu.RLock()
+	c := s.comps[key]
+	s.mu.RUnlock()
+	if c != nil {
+		return c, nil
+	}
+	return s.fetchComp(ctx, key)
+}
+
+// fetchComp reads a shard from the API server: the base, then, when it is journalled,
+// the journal, then the base again if a fold landed in between (the journal trimmed
+// past what the first read folded).
+func (s *Store) fetchComp(ctx context.Context, key types.NamespacedName) (*composition, error) {
+	for range 3 {
+		base, err := s.fetchObject(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		if _, on := foldedThrough(base); on {
+			jkey := journalKeyOf(key)
+			j := &corev1.ConfigMap{}
+			switch err := s.client.Get(ctx, jkey, j); {
+			case apierrors.IsNotFound(err):
+				s.forget(jkey)
+			case err != nil:
+				return nil, fmt.Errorf("read state journal %s: %w", jkey, err)
+			default:
+				// Not trusted: not this shard's journal, which then does not exist (it
+				// would have its name); the stranger is reported by Claims.
+				s.observe(j)
+			}
+		}
+		s.mu.RLock()
+		c := s.comps[key]
+		s.mu.RUnlock()
+		if c != nil {
+			return c, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: shard %s was folded again while it was read", runtime.ErrConflict, key)
+}
+
+// journal returns the shard's journal, creating it when it does not exist yet, with
+// its records starting after seq. A ConfigMap of its name that this process does not
+// trust is an error: it is never written to.
+func (sh *shard) journal(ctx context.Context, base *corev1.ConfigMap, seq uint64) (*corev1.ConfigMap, error) {
+	s := sh.store
+	jkey := journalKeyOf(sh.key)
+	j := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{
+		Namespace: jkey.Namespace, Name: jkey.Name, Labels: maps.Clone(base.Labels),
+		Annotations:     map[string]string{AnnotationTrimmedThrough: strconv.FormatUint(seq, 10)},
+		OwnerReferences: slices.Clone(base.OwnerReferences),
+	}}
+	err := s.client.Create(ctx, j)
+	if apierrors.IsAlreadyExists(err) {
+		j = &corev1.ConfigMap{}
+		err = s.client.Get(ctx, jkey, j)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create state journal %s: %w", jkey, err)
+	}
+	if !s.observe(j) {
+		s.mu.RLock()
+		_, why := s.judge(j)
+		s.mu.RUnlock()
+		return nil, fmt.Errorf("%w: ConfigMap %s is not this shard's journal (%s): rename or delete it", errNotState, jkey, why)
+	}
+	return j, nil
+}
+
+// writeJournal appends m's changes to the shard's journal as one record, conditioned
+// on the journal's resourceVersion: the journal is where a journalled shard's commits
+// are serialised. It returns errRefetch when the shard must be read again first (its
+// journal was just created, or folded to make room).
+func (sh *shard) writeJournal(ctx context.Context, c *composition, m *merged) error {
+	s := sh.store
+	if c.journal == nil {
+		folded, _ := foldedThrough(c.base)
+		if _, err := sh.journal(ctx, c.base, folded); err != nil {
+			return err
+		}
+		return errRefetch
+	}
+	rec := encodeChange(m.id, diff(c.logical.BinaryData, m.obj.BinaryData))
+	if len(rec) > maxJournalBytes/2 {
+		return fmt.Errorf("%w: %w: one commit of %d bytes to %s is more than its journal takes (%d): write less at once",
+			errRefused, runtime.ErrStateFull, len(rec), sh.key, maxJournalBytes/2)
+	}
+	if entryBytes(c.journal)+len(rec) > maxJournalBytes {
+		if err := sh.fold(ctx); err != nil {
+			return err
+		}
+		return errRefetch
+	}
+	j := c.journal.DeepCopy()
+	if j.BinaryData == nil {
+		j.BinaryData = map[string][]byte{}
+	}
+	j.BinaryData[recordKey(lastSeq(c.journal)+1)] = rec
+	if err := s.client.Update(ctx, j); err != nil {
+		return err
+	}
+	s.bytesSent.Add(int64(objectBytes(j)))
+	s.observe(j)
+	return nil
+}
+
+// diff returns the writes that turn entries old into new.
+func diff(old, new map[string][]byte) map[string][]byte {
+	d := map[string][]byte{}
+	for k, v := range new {
+		if ov, ok := old[k]; !ok || !bytes.Equal(ov, v) {
+			d[k] = v
+		}
+	}
+	for k := range old {
+		if _, ok := new[k]; !ok {
+			d[k] = nil
+		}
+	}
+	return d
+}
+
+// foldDue reports whether a shard's journal should be folded.
+func (s *Store) foldDue(c *composition) bool {
+	if c == nil || c.journal == nil || c.broken != "" {
+		return false
+	}
+	folded, _ := foldedThrough(c.base)
+	return len(recordsAfter(c.journal, folded)) >= s.foldAfter || entryBytes(c.journal) >= foldBytes
+}
+
+// foldIfDue starts a fold of the shard when its journal is due one and no fold of it
+// runs here; it runs in the background, so no commit's answer waits for it.
+func (sh *shard) foldIfDue() {
+	s := sh.store
+	s.mu.RLock()
+	c := s.comps[sh.key]
+	s.mu.RUnlock()
+	if !s.foldDue(c) || !sh.folding.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer sh.folding.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), s.commitTimeout)
+		defer cancel()
+		if err := sh.fold(ctx); err != nil {
+			s.log.V(1).Info("Could not fold a state journal yet", "shard", sh.key.String(), "error", err.Error())
+		}
+	}()
+}
+
+// fold writes the shard's journal into its base, marked folded through the journal's
+// last record (one update conditioned on the base's resourceVersion, which changes no
+// content: readers skip folded records), then trims the folded records from the
+// journal (conditioned on the journal's, read again on conflict). A fold stopped
+// between the two leaves records that readers skip and the next fold trims.
+func (sh *shard) fold(ctx context.Context) error {
+	s := sh.store
+	c, err := s.latestComp(ctx, sh.key)
+	for attempt := 0; ; attempt++ {
+		if err != nil {
+			return err
+		}
+		if c.journal == nil {
+			return nil
+		}
+		folded, _ := foldedThrough(c.base)
+		last := lastSeq(c.journal)
+		if last <= folded {
+			break
+		}
+		if c.broken != "" {
+			return fmt.Errorf("fold %s: record %s: %w", sh.key, c.broken, errCorrupt)
+		}
+		base := c.base.DeepCopy()
+		if base.BinaryData == nil {
+			base.BinaryData = map[string][]byte{}
+		}
+		ids, _ := replay(base.BinaryData, c.journal, folded)
+		remember(base, ids...)
+		base.Annotations[AnnotationFoldedThrough] = strconv.FormatUint(last, 10)
+		wire := pack(base)
+		if err = s.client.Update(ctx, wire); err == nil {
+			s.updates.Add(1)
+			s.bytesSent.Add(int64(objectBytes(wire)))
+			base.ResourceVersion = wire.ResourceVersion
+			s.observe(base)
+			break
+		}
+		if !apierrors.IsConflict(err) || attempt >= maxFlushAttempts {
+			return fmt.Errorf("fold %s: %w", sh.key, err)
+		}
+		c, err = s.fetchComp(ctx, sh.key)
+	}
+	for attempt := 0; ; attempt++ {
+		s.mu.RLock()
+		c = s.comps[sh.key]
+		s.mu.RUnlock()
+		if c == nil || c.journal == nil {
+			return nil
+		}
+		folded, _ := foldedThrough(c.base)
+		j := c.journal.DeepCopy()
+		for k := range j.BinaryData {
+			if seq, ok := seqOf(k); ok && seq <= folded {
+				delete(j.BinaryData, k)
+			}
+		}
+		if len(j.BinaryData) == len(c.journal.BinaryData) {
+			return nil
+		}
+		if j.Annotations == nil {
+			j.Annotations = map[string]string{}
+		}
+		j.Annotations[AnnotationTrimmedThrough] = strconv.FormatUint(max(folded, trimmedThrough(c.journal)), 10)
+		err := s.client.Update(ctx, j)
+		if err == nil {
+			s.updates.Add(1)
+			s.bytesSent.Add(int64(objectBytes(j)))
+			s.observe(j)
+			return nil
+		}
+		if !apierrors.IsConflict(err) || attempt >= maxFlushAttempts {
+			return fmt.Errorf("trim the journal of %s: %w", sh.key, err)
+		}
+		if _, err := s.fetchComp(ctx, sh.key); err != nil {
+			return err
+		}
+	}
+}
+
+// startJournal makes the shard journalled with the commit m writes onto it, when its
+// entries reach the journal threshold: it creates the journal (an empty one) and marks
+// m's object folded through the journal's last record. Failing that, the commit
+// writes the shard whole, as before.
+func (sh *shard) startJournal(ctx context.Context, c *composition, m *merged) {
+	s := sh.store
+	if s.journalAbove >= 0 && entryBytes(m.obj) < s.journalAbove {
+		return
+	}
+	j, err := sh.journal(ctx, c.base, 0)
+	if err != nil {
+		s.log.Info("State shard stays unjournalled", "shard", sh.key.String(), "error", err.Error())
+		return
+	}
+	if m.obj.Annotations == nil {
+		m.obj.Annotations = map[string]string{}
+	}
+	m.obj.Annotations[AnnotationFoldedThrough] = strconv.FormatUint(lastSeq(j), 10)
+}
