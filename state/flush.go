@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -312,7 +313,7 @@ func landedOf(cm *corev1.ConfigMap, unanswered []*merged) *merged {
 // update), expired waits are swept, and each part is accepted or refused.
 func (sh *shard) merge(base *corev1.ConfigMap, batch []*part) *merged {
 	s := sh.store
-	m := &merged{id: newID(6), obj: base.DeepCopy()}
+	m := &merged{id: newID(6), obj: clone(base)}
 	obj := m.obj
 	if obj.BinaryData == nil {
 		obj.BinaryData = map[string][]byte{}
@@ -399,6 +400,17 @@ func (sh *shard) merge(base *corev1.ConfigMap, batch []*part) *merged {
 		remember(obj, m.id)
 	}
 	return m
+}
+
+// clone copies a shard's ConfigMap for a commit to change: its maps are copied, the
+// entries' bytes shared (nothing changes them in place), so copying costs a map copy,
+// not an allocation per entry, and diff tells unchanged entries by their address.
+func clone(cm *corev1.ConfigMap) *corev1.ConfigMap {
+	out := &corev1.ConfigMap{TypeMeta: cm.TypeMeta, Immutable: cm.Immutable}
+	cm.ObjectMeta.DeepCopyInto(&out.ObjectMeta)
+	out.Data = maps.Clone(cm.Data)
+	out.BinaryData = maps.Clone(cm.BinaryData)
+	return out
 }
 
 // withEntry returns a copy of w with k set to v.
