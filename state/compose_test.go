@@ -7,6 +7,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+
+	"github.com/packhost/packhost/runtime"
 )
 
 // A reader composes a shard only from copies of its base and journal that fit: a
@@ -15,7 +17,7 @@ import (
 // (stopped before its trim) still composes with the folded base.
 func TestReaderNeverComposesAHalfSeenFold(t *testing.T) {
 	s := &Store{owners: map[types.NamespacedName]owner{}, view: map[types.NamespacedName]*corev1.ConfigMap{},
-		intents: map[types.NamespacedName]map[string]*intent{}, sessions: map[pinKey]Pin{},
+		intents: map[types.NamespacedName]map[string]*intent{}, sessions: map[pinKey][]runtime.Pin{},
 		problems: map[types.NamespacedName]map[string]string{}, suspects: map[types.NamespacedName]*metav1.ObjectMeta{}}
 	s.serve(Spec{Namespace: "ns", Revision: "bot", RevisionUID: "uid-1", Tenant: "acme", Shards: 1})
 	k1, _ := valueKey("p", "one", 1)

@@ -35,7 +35,7 @@ const (
 	// 16 hex digits, so keys sort in sequence.
 	journalPrefix = "j."
 
-	entryChange byte = 5
+	entryChange byte = 6
 )
 
 // DefaultJournalAbove is the size of a shard's entries from which its commits go to a
