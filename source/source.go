@@ -60,6 +60,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	packhostv1alpha1 "github.com/packhost/packhost/api/v1alpha1"
 )
 
@@ -95,7 +96,7 @@ type Fetcher struct {
 	holds  holds
 	// grants records which source gave which pack (see Fetch).
 	grantsMu sync.Mutex
-	grants   map[string]struct{}
+	grants   map[string]string // key NUL digest: the image it resolved to, if any
 	// rootCAs and tryTimeout replace the system's roots and tryTimeout in tests.
 	rootCAs    *x509.CertPool
 	tryTimeout time.Duration
@@ -117,9 +118,14 @@ func (f *Fetcher) transport() http.RoundTripper {
 // more than the cache. So pinning another tenant's digest gets nothing from the cache.
 func (f *Fetcher) Fetch(ctx context.Context, namespace string, pack packhostv1alpha1.Pack, pullSecrets []packhostv1alpha1.LocalObjectReference, resolvedImage string) (*Fetched, error) {
 	grant := grantKey(namespace, pack, pullSecrets)
-	if pack.SHA256 != "" && grant != "" && f.granted(grant, pack.SHA256) {
-		if b, err := f.cached(pack.SHA256); err == nil {
-			return &Fetched{Bytes: b, Digest: "sha256:" + pack.SHA256, ResolvedImage: resolvedImage}, nil
+	if pack.SHA256 != "" && grant != "" {
+		if resolved, ok := f.granted(grant, pack.SHA256); ok {
+			if b, err := f.cached(pack.SHA256); err == nil {
+				if resolvedImage == "" {
+					resolvedImage = resolved // what the tag resolved to when the source gave it
+				}
+				return &Fetched{Bytes: b, Digest: "sha256:" + pack.SHA256, ResolvedImage: resolvedImage}, nil
+			}
 		}
 	}
 	var (
@@ -160,7 +166,7 @@ func (f *Fetcher) Fetch(ctx context.Context, namespace string, pack packhostv1al
 		return nil, err
 	}
 	if grant != "" {
-		f.grant(grant, digest)
+		f.grant(grant, digest, out.ResolvedImage)
 	}
 	out.Bytes, out.Digest = b, "sha256:"+digest
 	return out, nil
@@ -188,33 +194,43 @@ func (f *Fetcher) grantPath(key, hexDigest string) string {
 	return filepath.Join(f.CacheDir, "packs", "granted", hex.EncodeToString(sum[:]))
 }
 
-// granted reports whether source key gave the pack hexDigest before.
-func (f *Fetcher) granted(key, hexDigest string) bool {
+// granted reports whether source key gave the pack hexDigest before, and for an image
+// source the digest-pinned image it was resolved to then.
+func (f *Fetcher) granted(key, hexDigest string) (resolvedImage string, ok bool) {
 	f.grantsMu.Lock()
-	_, ok := f.grants[key+"\x00"+hexDigest]
+	resolvedImage, ok = f.grants[key+"\x00"+hexDigest]
 	f.grantsMu.Unlock()
 	if ok || f.CacheDir == "" {
-		return ok
+		return resolvedImage, ok
 	}
-	_, err := os.Stat(f.grantPath(key, hexDigest))
-	return err == nil
+	b, err := os.ReadFile(f.grantPath(key, hexDigest))
+	if err != nil {
+		return "", false
+	}
+	// The record is the fetcher's own file, but what goes to a Revision's status must be
+	// a digest reference: anything else is taken as no record.
+	if _, err := name.NewDigest(string(b)); err == nil && len(b) > 0 {
+		return string(b), true
+	}
+	return "", len(b) == 0
 }
 
-// grant records that source key gave the pack hexDigest. A record lost on disk (the
-// cache pruner may remove it) only costs a fetch.
-func (f *Fetcher) grant(key, hexDigest string) {
+// grant records that source key gave the pack hexDigest, resolved from resolvedImage
+// for an image source. A record lost on disk (the cache pruner may remove it) only
+// costs a fetch.
+func (f *Fetcher) grant(key, hexDigest, resolvedImage string) {
 	f.grantsMu.Lock()
 	if f.grants == nil {
-		f.grants = map[string]struct{}{}
+		f.grants = map[string]string{}
 	}
-	f.grants[key+"\x00"+hexDigest] = struct{}{}
+	f.grants[key+"\x00"+hexDigest] = resolvedImage
 	f.grantsMu.Unlock()
 	if f.CacheDir == "" {
 		return
 	}
 	p := f.grantPath(key, hexDigest)
 	if err := os.MkdirAll(filepath.Dir(p), 0o750); err == nil {
-		_ = os.WriteFile(p, nil, 0o640)
+		_ = os.WriteFile(p, []byte(resolvedImage), 0o640)
 	}
 }
 

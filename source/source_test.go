@@ -159,8 +159,23 @@ func TestImageSource(t *testing.T) {
 		t.Fatalf("by tag: resolved %q (want %q), %d bytes", got.ResolvedImage, wantPinned, len(got.Bytes))
 	}
 
+	pinned := packhostv1alpha1.Pack{Name: "bot", Image: tagged, SHA256: sum(module)}
+	if _, err := f.Fetch(ctx, "ns", pinned, nil, ""); err != nil {
+		t.Fatal(err)
+	}
 	// The tag moves; a Revision that resolved it keeps its digest.
 	pushArtifact(t, host, "packs/bot", "v1", []byte("\x00asm\x01\x00\x00\x00 a newer pack"))
+	// Served from the cache to the source that gave it (the tag has moved: a fetch would
+	// find other bytes), a pinned pack still tells what its tag resolved to, after a
+	// restart too (a new fetcher on the same cache).
+	restarted := &source.Fetcher{CacheDir: f.CacheDir, Insecure: true, Egress: f.Egress}
+	for name, f := range map[string]*source.Fetcher{"cache hit": f, "cache hit after a restart": restarted} {
+		hit, err := f.Fetch(ctx, "ns", pinned, nil, "")
+		if err != nil || hit.ResolvedImage != wantPinned {
+			t.Fatalf("%s: resolved %q (want %q): %v", name, hit.ResolvedImage, wantPinned, err)
+		}
+	}
+
 	again, err := fetcher(t).Fetch(ctx, "ns", packhostv1alpha1.Pack{Name: "bot", Image: tagged}, nil, got.ResolvedImage)
 	if err != nil || string(again.Bytes) != string(module) || again.ResolvedImage != wantPinned {
 		t.Fatalf("re-fetch of a resolved tag followed the moved tag: %v %q", err, again.ResolvedImage)
