@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"go.opentelemetry.io/otel/trace"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -53,6 +54,8 @@ type RevisionReconciler struct {
 	// IsLeader says whether this replica writes status.
 	IsLeader func() bool
 	Clock    func() time.Time
+	// Tracing records a span per pack fetched; nil turns tracing off.
+	Tracing trace.TracerProvider
 
 	// loader fetches and compiles off the reconcile path; Setup makes it.
 	loader *loader

@@ -42,7 +42,7 @@ func (r *RevisionReconciler) load(ctx context.Context, in loadInput) (*Loaded, *
 	}
 	for _, p := range rev.Spec.Packs {
 		p, resolved := pinned(p, rev.Status.Packs)
-		fetched, err := r.Fetcher.Fetch(ctx, rev.Namespace, p, rev.Spec.ImagePullSecrets, resolved)
+		fetched, err := r.fetch(ctx, rev, p, resolved)
 		if err != nil {
 			release()
 			return nil, fetchFailure(p.Name, err)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/packhost/packhost/internal/tracing"
 	"github.com/packhost/packhost/runtime"
 )
 
@@ -64,14 +65,24 @@ func (s *Server) serveActivity(rw http.ResponseWriter, r *http.Request, ns, tena
 		writeError(w, http.StatusBadRequest, CodeInvalidActivity, err.Error())
 		return
 	}
+	if a.TraceID == "" {
+		a.TraceID = tracing.TraceID(r.Context()) // the caller's own trace_id wins
+	}
 	var status int
 	var code, msg string
+	_, span := tracing.Start(r.Context(), s.tracer, spanRoute)
 	revision, status, code, msg = s.route(r, cfg, table, caller, tag, a)
+	var rt *runtime.Revision
+	if status == 0 {
+		if rt = s.Revisions.Revision(ns, tenant, revision); rt == nil {
+			code = CodeNoReadyRevision
+		}
+	}
+	endRoute(span, ns, tenant, tag, revision, code)
 	if status != 0 {
 		writeError(w, status, code, msg)
 		return
 	}
-	rt := s.Revisions.Revision(ns, tenant, revision)
 	if bl, ok := s.Revisions.(BodyLimits); ok && rt != nil {
 		// The body was read under the tenant's limit; the revision's may be lower.
 		if limit, ok := bl.MaxBodyBytes(ns, tenant, revision); ok && limit > 0 && int64(len(body)) > limit {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/packhost/packhost/internal/tracing"
 	"github.com/packhost/packhost/runtime"
 )
 
@@ -87,6 +88,9 @@ func (s *Server) invoke(w http.ResponseWriter, r *http.Request) {
 	if req.ProviderType == "" || req.Op == "" {
 		writeError(w, http.StatusBadRequest, CodeInvalidActivity, "invoke request needs provider_type and op")
 		return
+	}
+	if req.TraceID == "" {
+		req.TraceID = tracing.TraceID(r.Context()) // the caller's own trace_id wins
 	}
 	out, err := c.rt.Invoke(r.Context(), req)
 	if err != nil {

@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/packhost/packhost/internal/tracing"
 	"github.com/packhost/packhost/runtime"
 )
 
@@ -53,6 +55,9 @@ type Server struct {
 	Ready   func(*http.Request) error
 	Metrics *Metrics
 	Log     logr.Logger
+	// Tracing records a span per request, activity routing, guest call and state
+	// commit (see tracing.go); nil turns tracing off.
+	Tracing trace.TracerProvider
 	// ShutdownTimeout bounds how long in-flight activities may finish on shutdown.
 	ShutdownTimeout time.Duration
 	// ReadTimeout bounds reading a whole request, headers and body (default 30 s): a
@@ -63,6 +68,7 @@ type Server struct {
 
 	inFlight atomic.Int64
 	listener net.Listener
+	tracer   trace.Tracer // from Tracing, set by Handler; nil: off
 }
 
 // Handler returns the dispatcher's routes: activities, the provider endpoints and
@@ -70,6 +76,7 @@ type Server struct {
 // port, behind authentication. Every other answer is the JSON error body, 404 and 405
 // included, and nothing here names a tenant or revision to a caller not authenticated.
 func (s *Server) Handler() http.Handler {
+	s.tracer = tracing.Tracer(s.Tracing, tracerScope)
 	mux := http.NewServeMux()
 	routes := []struct {
 		path     string
@@ -98,13 +105,14 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, CodeNotFound, "no such path: see the README's HTTP API")
 	})
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return s.traced(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ns, tenant, ok := activityPath(r); ok {
+			r.Pattern = activityPattern
 			s.serveActivity(w, r, ns, tenant, "")
 			return
 		}
 		mux.ServeHTTP(w, r)
-	})
+	}))
 }
 
 func methodNotAllowed(allow string) http.HandlerFunc {

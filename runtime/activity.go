@@ -22,6 +22,11 @@ const maxHintLen = 256
 
 // Activity is the JSON envelope packhost serves: a kind, optional routing hints and a
 // payload kept as raw JSON.
+//
+// TraceID is the caller's trace id, handed to the guest as it is (input field 15,
+// ABI.md). When the caller sends none, the dispatcher puts the request's W3C trace id
+// there (its traceparent's, or that of the trace packhost started); a caller's own
+// value wins over its traceparent. It plays no part in routing or the session key.
 type Activity struct {
 	Kind           string          `json:"kind"`
 	Action         string          `json:"action,omitempty"`
@@ -34,6 +39,7 @@ type Activity struct {
 	UserID         string          `json:"user_id,omitempty"`
 	ChannelID      string          `json:"channel_id,omitempty"`
 	ConversationID string          `json:"conversation_id,omitempty"`
+	TraceID        string          `json:"trace_id,omitempty"`
 	Payload        json.RawMessage `json:"payload,omitempty"`
 
 	// session is the last key SessionKey derived for this activity: the dispatcher
@@ -106,6 +112,7 @@ func (a *Activity) validateFields() error {
 		{"action", a.Action}, {"pack_id", a.PackID}, {"flow_id", a.FlowID}, {"flow_type", a.FlowType},
 		{"session_id", a.SessionID}, {"provider_id", a.ProviderID}, {"endpoint_id", a.EndpointID},
 		{"user_id", a.UserID}, {"channel_id", a.ChannelID}, {"conversation_id", a.ConversationID},
+		{"trace_id", a.TraceID},
 	}
 	for _, h := range hints {
 		if len(h.v) > maxHintLen {

@@ -56,6 +56,8 @@ func parseFast(data []byte) (a Activity, ok bool) {
 			field, bit = &a.ChannelID, 1<<9
 		case "conversation_id":
 			field, bit = &a.ConversationID, 1<<10
+		case "trace_id":
+			field, bit = &a.TraceID, 1<<12
 		case "payload":
 			bit = 1 << 11
 		default:

@@ -14,7 +14,9 @@ import (
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/packhost/packhost/internal/tracing"
 	"github.com/packhost/packhost/internal/wasmguard"
 )
 
@@ -53,6 +55,9 @@ type EngineConfig struct {
 	MemoryBudget int64
 	// Logger receives guest logs and engine events.
 	Logger logr.Logger
+	// Tracing records a span per guest call and per state commit, as children of the
+	// caller's span; nil (tracing off) records nothing and costs nothing.
+	Tracing trace.TracerProvider
 }
 
 // Engine owns the wazero runtime and the compiled packs, shared by every revision and
@@ -63,6 +68,7 @@ type Engine struct {
 	log       logr.Logger
 	unguarded bool
 	cacheDir  string
+	tracer    trace.Tracer // nil: tracing is off
 
 	mem memoryBudget
 	// lastFutileRelieve is when relieve last found no idle instance to close for what no
@@ -105,7 +111,7 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 		rc = rc.WithCompilationCache(c)
 	}
 	rt := wazero.NewRuntimeWithConfig(ctx, rc)
-	e := &Engine{rt: rt, cache: cache, log: cfg.Logger, unguarded: cfg.Unguarded, cacheDir: cfg.CacheDir,
+	e := &Engine{rt: rt, cache: cache, log: cfg.Logger, unguarded: cfg.Unguarded, cacheDir: cfg.CacheDir, tracer: tracing.Tracer(cfg.Tracing, tracerScope),
 		packs: map[string]*Pack{}, inflight: map[string]*compileCall{}, revisions: map[*Revision]struct{}{}, tenants: map[string]*tenantMemory{}}
 	e.mem.limit = cfg.MemoryBudget
 	if err := e.instantiateWASI(ctx); err != nil {

@@ -254,11 +254,15 @@ func (r *Revision) invoke(ctx context.Context, inst *instance, c *call, fn api.F
 		}
 		args = []uint64{uint64(inst.inPtr), uint64(len(in))}
 	}
+	ctx, span := startGuestCall(ctx, c, fn)
 	ctx = context.WithValue(ctx, callKey{}, c)
 	res, err := fn.Call(ctx, args...)
 	if err != nil {
-		return 0, classify(ctx, err, r.name)
+		err = classify(ctx, err, r.name)
+		endSpan(span, err)
+		return 0, err
 	}
+	span.End()
 	return api.DecodeI32(res[0]), nil
 }
 

@@ -147,10 +147,10 @@ func hostOutput(_ context.Context, c *call, mem api.Memory, a args) int32 {
 	return 0
 }
 
-func hostLog(_ context.Context, c *call, mem api.Memory, a args) int32 {
+func hostLog(ctx context.Context, c *call, mem api.Memory, a args) int32 {
 	msg, code := c.read(mem, a.u(1), min(a.u(2), maxLogLineBytes), maxLogLineBytes)
 	if code == 0 {
-		c.rev.guestLog(c.pack.id, int(api.DecodeI32(a[0])), msg)
+		c.rev.guestLog(ctx, c.pack.id, int(api.DecodeI32(a[0])), msg)
 	}
 	return 0
 }

@@ -21,6 +21,7 @@ const (
 	fieldPayload
 	fieldWaitData
 	fieldConfig
+	fieldTraceID
 	numFields
 )
 
@@ -47,6 +48,7 @@ func encodeInput(buf []byte, a *Activity, pack string, flow Flow, session string
 	fields[fieldSessionID] = []byte(a.SessionID)
 	fields[fieldPayload] = a.Payload
 	fields[fieldConfig] = config
+	fields[fieldTraceID] = []byte(a.TraceID)
 	var flags uint32
 	if w != nil {
 		fields[fieldWaitData] = w.Data

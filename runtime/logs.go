@@ -1,15 +1,23 @@
 package runtime
 
 import (
+	"context"
 	"io"
+
+	"github.com/packhost/packhost/internal/tracing"
 )
 
-// guestLog writes a guest's log line, rate limited per revision.
-func (r *Revision) guestLog(pack string, level int, msg []byte) {
+// guestLog writes a guest's log line, rate limited per revision. A line written during
+// a traced request carries its trace id (ctx is the guest call's).
+func (r *Revision) guestLog(ctx context.Context, pack string, level int, msg []byte) {
 	if !r.logs.Allow() {
 		return
 	}
-	r.log.V(max(0, level)).Info("Guest log", "revision", r.name, "pack", pack, "message", string(msg))
+	log := r.log.V(max(0, level))
+	if id := tracing.TraceID(ctx); id != "" {
+		log = log.WithValues("trace_id", id)
+	}
+	log.Info("Guest log", "revision", r.name, "pack", pack, "message", string(msg))
 }
 
 // guestWriter captures a guest's stdout or stderr into the log.
@@ -27,7 +35,7 @@ func (w *guestWriter) Write(p []byte) (int, error) {
 	if len(p) > maxLogLineBytes {
 		p = p[:maxLogLineBytes]
 	}
-	w.r.guestLog(w.pack, level, p)
+	w.r.guestLog(context.Background(), w.pack, level, p) // outside a call: no trace
 	return len(p), nil
 }
 

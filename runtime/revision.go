@@ -91,6 +91,9 @@ func (e *Engine) NewRevision(ctx context.Context, cfg RevisionConfig) (r *Revisi
 	if cfg.Store == nil {
 		cfg.Store = NewMemStore()
 	}
+	if e.tracer != nil {
+		cfg.Store = &tracedStore{Store: cfg.Store, tracer: e.tracer, revision: cfg.Name}
+	}
 	cfg.Limits.defaults()
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now

@@ -81,7 +81,7 @@ func fdWrite(ctx context.Context, mod api.Module, stack []uint64) {
 		if fd == 2 {
 			level = 0
 		}
-		c.rev.guestLog(c.pack.id, level, line)
+		c.rev.guestLog(ctx, c.pack.id, level, line)
 	}
 	errno(errnoSuccess)
 }

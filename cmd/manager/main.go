@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"go.opentelemetry.io/otel/trace"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -28,6 +29,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	packhostv1alpha1 "github.com/packhost/packhost/api/v1alpha1"
+	"github.com/packhost/packhost/internal/tracing"
 	"github.com/packhost/packhost/source"
 )
 
@@ -200,10 +202,33 @@ func cacheOptions(o options) cache.Options {
 	return cache.Options{DefaultNamespaces: namespaces}
 }
 
+// traceFlushTimeout bounds sending the last spans on exit: a collector that does not
+// answer must not hold the replica's shutdown.
+const traceFlushTimeout = 5 * time.Second
+
+// flushTraces sends the spans still queued and stops the provider.
+func flushTraces(tp *tracing.Provider, log logr.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), traceFlushTimeout)
+	defer cancel()
+	if err := tp.Shutdown(ctx); err != nil {
+		log.Error(err, "Cannot flush the last spans", "timeout", traceFlushTimeout)
+	}
+}
+
 // run builds the manager and runs it until ctx is done.
 func run(ctx context.Context, cfg *rest.Config, o options, log logr.Logger) error {
 	if err := os.MkdirAll(o.cacheDir, 0o750); err != nil {
 		return fmt.Errorf("create cache directory %q: %w", o.cacheDir, err)
+	}
+	tp, err := tracing.FromEnv(ctx, log.WithName("tracing"))
+	if err != nil {
+		return fmt.Errorf("tracing from the OTEL_* environment: %w", err)
+	}
+	var traces trace.TracerProvider // nil: off
+	if tp != nil {
+		traces = tp
+		defer flushTraces(tp, log)
+		log.Info("Exporting traces over OTLP", "protocol", tp.Protocol)
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  newScheme(),
@@ -223,7 +248,7 @@ func run(ctx context.Context, cfg *rest.Config, o options, log logr.Logger) erro
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
-	if err := wire(ctx, mgr, o, log); err != nil {
+	if err := wire(ctx, mgr, o, log, traces); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -23,12 +24,13 @@ import (
 
 // wire builds packhost's parts and registers them with the manager: the wazero engine,
 // the state store, the pack fetcher, the registry of loaded runtimes, the dispatcher's
-// router and the three controllers.
-func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger) error {
+// router and the three controllers. traces, when not nil, records their spans.
+func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger, traces trace.TracerProvider) error {
 	engine, err := runtime.NewEngine(ctx, runtime.EngineConfig{
 		CacheDir:     filepath.Join(o.cacheDir, "compiled"),
 		MemoryBudget: o.memoryBudget,
 		Logger:       log.WithName("guest"),
+		Tracing:      traces,
 	})
 	if err != nil {
 		return fmt.Errorf("start the wasm engine: %w", err)
@@ -84,6 +86,7 @@ func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger) err
 		&controllers.RevisionReconciler{
 			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("packhost-revision"),
 			Engine: engine, State: store, Fetcher: fetcher, Runtimes: runtimes, IsLeader: isLeader, Clock: time.Now,
+			Tracing: traces,
 		},
 		&controllers.TenantReconciler{
 			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("packhost-tenant"),
@@ -125,6 +128,6 @@ func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger) err
 	return mgr.Add(&dispatcher.Server{
 		Addr: o.dispatcherAddr, Router: router, Revisions: runtimes, Pins: store,
 		MaxInFlight: o.maxInFlight, Ready: ready.Check, Metrics: metrics,
-		Log: log.WithName("dispatcher"), ShutdownTimeout: o.gracefulShutdown,
+		Log: log.WithName("dispatcher"), ShutdownTimeout: o.gracefulShutdown, Tracing: traces,
 	})
 }

@@ -2,8 +2,9 @@
 
 // Command webhook is a provider pack: it identifies inbound webhooks by an id header
 // (X-Webhook-Id, or the header the revision's config names in ID_HEADER), handles them
-// as activities, and runs the provider ops "send", "sign" (with the signing-key secret)
-// and "env" (what WASI environment it sees).
+// as activities (answering with the activity's trace id when it has one), and runs the
+// provider ops "send", "sign" (with the signing-key secret) and "env" (what WASI
+// environment it sees).
 //
 // Its manifest's identify hint names X-Webhook-Id; a revision configured with another
 // ID_HEADER reads that one instead, which only the pack knows, so it tells the host
@@ -73,7 +74,15 @@ func init() {
 		return nil, errors.New("unknown op " + req.Op)
 	})
 	packhost.Handle(func(a *packhost.Activity) error {
-		return packhost.Reply([]byte(`{"received":true}`))
+		if a.TraceID == "" {
+			return packhost.Reply([]byte(`{"received":true}`))
+		}
+		// The trace id to pass on to what the webhook calls, so its trace continues.
+		out, err := json.Marshal(map[string]any{"received": true, "trace_id": a.TraceID})
+		if err != nil {
+			return err
+		}
+		return packhost.Reply(out)
 	})
 }
 

@@ -42,6 +42,10 @@ type Activity struct {
 	WaitData []byte
 	// Config is the revision's config as a JSON object of strings.
 	Config []byte
+	// TraceID is the activity's trace id: the caller's trace_id as sent, else the W3C
+	// trace id of the request (empty when there is none, or from a host that predates
+	// it). Pass it on to what the handler calls, so one trace follows the activity.
+	TraceID string
 }
 
 // Handler handles one activity. Returning an error fails the activity: nothing it wrote

@@ -119,7 +119,12 @@ func handle(p, n uint32) int32 {
 	return 0
 }
 
-const numFields = 15
+// numFields is how many input fields the SDK needs; fieldTraceID, added later, is read
+// when the host sends it.
+const (
+	numFields    = 15
+	fieldTraceID = 15
+)
 
 func decode(in []byte, a *Activity) bool {
 	if len(in) < 12 || binary.LittleEndian.Uint32(in) != 1 {
@@ -130,8 +135,8 @@ func decode(in []byte, a *Activity) bool {
 	if n < numFields || uint64(len(in)) < 12+8*uint64(n) {
 		return false
 	}
-	var f [numFields][]byte
-	for i := range f {
+	var f [fieldTraceID + 1][]byte
+	for i := range min(int(n), len(f)) {
 		off := binary.LittleEndian.Uint32(in[12+8*i:])
 		l := binary.LittleEndian.Uint32(in[16+8*i:])
 		if uint64(off)+uint64(l) > uint64(len(in)) {
@@ -145,6 +150,7 @@ func decode(in []byte, a *Activity) bool {
 		SessionKey: str(f[4]), PackID: str(f[5]), ProviderID: str(f[6]), EndpointID: str(f[7]),
 		UserID: str(f[8]), ChannelID: str(f[9]), ConversationID: str(f[10]), SessionID: str(f[11]),
 		Payload: f[12], Resumed: flags&1 != 0, WaitData: f[13], Config: f[14],
+		TraceID: str(f[fieldTraceID]),
 	}
 	return true
 }
