@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -56,6 +57,8 @@ type replicaConfig struct {
 	restConfig *rest.Config
 	// egress, when set, is the pack sources' egress policy.
 	egress *source.EgressPolicy
+	// tracing, when set, records the replica's spans.
+	tracing trace.TracerProvider
 }
 
 // startReplica starts a replica that acts as leader or follower as told, unless an
@@ -104,7 +107,8 @@ func startReplica(t *testing.T, leader bool, options ...func(*replicaConfig)) *r
 	err = controllers.Setup(mgr,
 		&controllers.RevisionReconciler{Client: mgr.GetClient(), APIReader: apiReader, Engine: engine, State: store,
 			Recorder: mgr.GetEventRecorder("packhost-revision"),
-			Fetcher:  &source.Fetcher{Reader: apiReader, CacheDir: t.TempDir(), Egress: cfg.egress}, Runtimes: r.runtimes, IsLeader: isLeader, Clock: time.Now},
+			Fetcher:  &source.Fetcher{Reader: apiReader, CacheDir: t.TempDir(), Egress: cfg.egress}, Runtimes: r.runtimes, IsLeader: isLeader, Clock: time.Now,
+			Tracing: cfg.tracing},
 		&controllers.TenantReconciler{Client: mgr.GetClient(), APIReader: apiReader, Router: r.router, IsLeader: isLeader,
 			Recorder: mgr.GetEventRecorder("packhost-tenant")},
 		splits,

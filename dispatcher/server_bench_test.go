@@ -11,8 +11,11 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/packhost/packhost/internal/packs"
+	"github.com/packhost/packhost/internal/tracing"
 	"github.com/packhost/packhost/runtime"
 )
 
@@ -25,10 +28,15 @@ func (o oneRevision) Revision(_, _, name string) *runtime.Revision {
 	return nil
 }
 
-// newEngine starts a wasm engine that is closed when the test ends.
-func newEngine(tb testing.TB) *runtime.Engine {
+// newEngine starts a wasm engine that is closed when the test ends; tp, when not nil,
+// records its spans.
+func newEngine(tb testing.TB, tp ...trace.TracerProvider) *runtime.Engine {
 	tb.Helper()
-	e, err := runtime.NewEngine(context.Background(), runtime.EngineConfig{Logger: logr.Discard()})
+	cfg := runtime.EngineConfig{Logger: logr.Discard()}
+	if len(tp) > 0 {
+		cfg.Tracing = tp[0]
+	}
+	e, err := runtime.NewEngine(context.Background(), cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -38,8 +46,13 @@ func newEngine(tb testing.TB) *runtime.Engine {
 
 // newTestServer serves tenant default/acme (token "tok") with one revision v1 of pack.
 func newTestServer(tb testing.TB, pack string) (*Server, *runtime.Revision) {
+	return newTracedServer(tb, pack, nil)
+}
+
+// newTracedServer is newTestServer recording spans with tp; nil turns tracing off.
+func newTracedServer(tb testing.TB, pack string, tp trace.TracerProvider) (*Server, *runtime.Revision) {
 	tb.Helper()
-	rev, err := packs.Revision(context.Background(), newEngine(tb), runtime.RevisionConfig{Name: "default/v1", Env: "prod", Tenant: "default/acme",
+	rev, err := packs.Revision(context.Background(), newEngine(tb, tp), runtime.RevisionConfig{Name: "default/v1", Env: "prod", Tenant: "default/acme",
 		Policy: runtime.Policy{StateRead: true, StateWrite: true}, Logger: logr.Discard()}, pack)
 	if err != nil {
 		tb.Fatal(err)
@@ -49,14 +62,30 @@ func newTestServer(tb testing.TB, pack string) (*Server, *runtime.Revision) {
 		Tokens: map[string]string{"tok": "ci", "ops": "ops"}, RoutingCallers: []string{"ops"}, MaxBodyBytes: 4096})
 	router.PublishTable("default", "acme", NewTable("s", []Route{{Revision: "v1", Percent: 100, Tag: "stable"}}, true))
 	reg := prometheus.NewRegistry()
-	return &Server{Router: router, Revisions: oneRevision{rev}, MaxInFlight: 1024, Metrics: NewMetrics(reg), Log: logr.Discard()}, rev
+	return &Server{Router: router, Revisions: oneRevision{rev}, MaxInFlight: 1024, Metrics: NewMetrics(reg), Log: logr.Discard(), Tracing: tp}, rev
 }
 
 // BenchmarkServe is one activity request through the dispatcher's handler, without a
-// network: auth, body, parse, routing, Handle, encoding, metrics.
+// network: auth, body, parse, routing, Handle, encoding, metrics. Tracing is off.
 func BenchmarkServe(b *testing.B) {
 	s, _ := newTestServer(b, "echo")
-	h := s.Handler()
+	benchmarkServe(b, s.Handler())
+}
+
+// BenchmarkServeTraced is BenchmarkServe with tracing on, every span sampled and
+// handed to an exporter that drops it: what recording spans costs.
+func BenchmarkServeTraced(b *testing.B) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(dropSpans{}), sdktrace.WithSpanLimits(tracing.SpanLimits()))
+	s, _ := newTracedServer(b, "echo", tp)
+	benchmarkServe(b, s.Handler())
+}
+
+type dropSpans struct{}
+
+func (dropSpans) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (dropSpans) Shutdown(context.Context) error                             { return nil }
+
+func benchmarkServe(b *testing.B, h http.Handler) {
 	body := `{"kind":"message","user_id":"u1","payload":{"text":"` + strings.Repeat("x", 900) + `"}}`
 	b.ResetTimer()
 	for range b.N {

@@ -50,7 +50,9 @@ func (s *Server) traced(h http.Handler) http.Handler {
 		})
 	}
 	return otelhttp.NewHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeHTTP(w, r.WithContext(s.withTraceLog(r.Context())))
+		rl := r.WithContext(s.withTraceLog(r.Context()))
+		h.ServeHTTP(w, rl)
+		r.Pattern = rl.Pattern // the route, which otelhttp names the span by
 	}), "dispatcher",
 		otelhttp.WithTracerProvider(s.Tracing),
 		otelhttp.WithPropagators(tracing.Propagator),

@@ -262,7 +262,7 @@ func (r *Revision) invoke(ctx context.Context, inst *instance, c *call, fn api.F
 		endSpan(span, err)
 		return 0, err
 	}
-	span.End()
+	endSpan(span, c.outcome(api.DecodeI32(res[0]), "the export"))
 	return api.DecodeI32(res[0]), nil
 }
 

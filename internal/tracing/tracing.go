@@ -144,15 +144,15 @@ func FromEnv(ctx context.Context, log logr.Logger) (*Provider, error) {
 		TracerProvider: sdktrace.NewTracerProvider(
 			sdktrace.WithBatcher(exp), // OTEL_BSP_* bound its queue and batches
 			sdktrace.WithResource(res),
-			sdktrace.WithSpanLimits(spanLimits()),
+			sdktrace.WithSpanLimits(SpanLimits()),
 		),
 		Protocol: protocol,
 	}, nil
 }
 
-// spanLimits are the SDK's limits from the environment, with values bounded to
-// DefaultAttributeValueLimit unless the environment sets that bound itself.
-func spanLimits() sdktrace.SpanLimits {
+// SpanLimits are the SDK's span limits from the environment, with attribute values
+// bounded to DefaultAttributeValueLimit unless the environment sets that bound itself.
+func SpanLimits() sdktrace.SpanLimits {
 	l := sdktrace.NewSpanLimits()
 	if firstSet("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT") == "" {
 		l.AttributeValueLengthLimit = DefaultAttributeValueLimit
