@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -12,8 +11,13 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	packhostv1alpha1 "github.com/packhost/packhost/api/v1alpha1"
+	"github.com/packhost/packhost/internal/packs"
 	"github.com/packhost/packhost/internal/testenv"
 )
 
@@ -28,8 +32,8 @@ func TestRunRefusesBadTracingConfig(t *testing.T) {
 	}
 }
 
-// With OTEL_EXPORTER_OTLP_ENDPOINT set, the manager exports the dispatcher's spans in
-// the caller's trace, and flushes them when it stops.
+// With OTEL_EXPORTER_OTLP_ENDPOINT set, the manager records its spans (here a
+// revision's pack fetch) and flushes them to the collector when it stops.
 func TestManagerExportsTracesOnExit(t *testing.T) {
 	testenv.Require(t, env)
 	var mu sync.Mutex
@@ -45,22 +49,36 @@ func TestManagerExportsTracesOnExit(t *testing.T) {
 	defer collector.Close()
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.URL)
 	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "3600000") // nothing is sent before the exit
-	o := options{metricsAddr: "0", dispatcherAddr: freeAddr(t), probeAddr: freeAddr(t), cacheDir: t.TempDir(), gracefulShutdown: 5 * time.Second}
+	ns := env.Namespace(t, "traced")
+	// The dispatcher stays off: its metrics are registered once per process, and
+	// another test of this process runs it; its spans are tested in ./dispatcher.
+	o := options{metricsAddr: "0", dispatcherAddr: "0", probeAddr: "0", cacheDir: t.TempDir(), gracefulShutdown: 5 * time.Second,
+		watchNamespaces: []string{ns}, skipNameValidation: true}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, env.Config, o, zap.New()) }()
-	if err := waitOK(ctx, "http://"+o.dispatcherAddr+"/readyz", done); err != nil {
-		t.Fatal(err)
+	pack := packs.WithManifest(packs.Synthetic(8<<10), `{"abi":1,"pack_id":"small","version":"1","flows":[{"id":"f","entry":true}]}`)
+	for _, obj := range []client.Object{
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "packs", Namespace: ns}, BinaryData: map[string][]byte{"ok.wasm": pack}},
+		&packhostv1alpha1.Tenant{ObjectMeta: metav1.ObjectMeta{Name: "acme", Namespace: ns}},
+		&packhostv1alpha1.Revision{ObjectMeta: metav1.ObjectMeta{Name: "traced-rev", Namespace: ns}, Spec: packhostv1alpha1.RevisionSpec{
+			TenantRef: packhostv1alpha1.LocalObjectReference{Name: "acme"},
+			Packs:     []packhostv1alpha1.Pack{{Name: "main", ConfigMapRef: &packhostv1alpha1.ConfigMapKeyReference{Name: "packs", Key: "ok.wasm"}}},
+			State:     packhostv1alpha1.RevisionState{Shards: 1},
+		}},
+	} {
+		if err := env.Client.Create(ctx, obj); err != nil {
+			t.Fatal(err)
+		}
 	}
-	const trace = "4bf92f3577b34da6a3ce929d0e0e4736"
-	req, _ := http.NewRequest(http.MethodPost, "http://"+o.dispatcherAddr+"/v1/namespaces/nowhere/tenants/nobody/activities", strings.NewReader(`{"kind":"message"}`))
-	req.Header.Set("traceparent", "00-"+trace+"-00f067aa0ba902b7-01")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	rev := &packhostv1alpha1.Revision{}
+	for deadline := time.Now().Add(90 * time.Second); rev.Status.Phase != packhostv1alpha1.RevisionReady; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the revision is not Ready: %+v", rev.Status)
+		}
+		_ = env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "traced-rev"}, rev)
 	}
-	resp.Body.Close()
 	cancel()
 	select {
 	case err := <-done:
@@ -70,11 +88,10 @@ func TestManagerExportsTracesOnExit(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("manager did not stop within 30s of its context ending")
 	}
-	id, _ := hex.DecodeString(trace)
 	mu.Lock()
 	defer mu.Unlock()
 	all := bytes.Join(exports, nil)
-	if !bytes.Contains(all, id) || !bytes.Contains(all, []byte("POST /v1/namespaces/{ns}/tenants/{tenant}/activities")) {
-		t.Errorf("the collector got %d exports without the request's server span in the caller's trace", len(exports))
+	if !bytes.Contains(all, []byte("packhost.pack_fetch")) || !bytes.Contains(all, []byte("traced-rev")) {
+		t.Errorf("the collector got %d exports without the revision's pack fetch span", len(exports))
 	}
 }
