@@ -51,6 +51,10 @@ type replica struct {
 type replicaConfig struct {
 	manager       ctrl.Options // with LeaderElection, the replica leads once it holds the lease
 	countsRefresh time.Duration
+	// clock, when set, is the time rollouts are judged and counted by.
+	clock func() time.Time
+	// replicaName, when set, names the replica and runs its analysis counts publisher.
+	replicaName string
 	// apiReader, when set, wraps the manager's API reader for the controllers.
 	apiReader func(client.Reader) client.Reader
 	// restConfig, when set, is who the replica acts as; a cluster admin otherwise.
@@ -103,7 +107,18 @@ func startReplica(t *testing.T, leader bool, options ...func(*replicaConfig)) *r
 		apiReader = cfg.apiReader(apiReader)
 	}
 	splits := &controllers.TrafficSplitReconciler{Client: mgr.GetClient(), Router: r.router, Runtimes: r.runtimes, IsLeader: isLeader,
-		CountsRefresh: cfg.countsRefresh}
+		CountsRefresh: cfg.countsRefresh, APIReader: apiReader, Clock: cfg.clock, Recorder: mgr.GetEventRecorder("packhost-trafficsplit")}
+	if cfg.replicaName != "" {
+		clock := cfg.clock
+		if clock == nil {
+			clock = time.Now
+		}
+		splits.Counts = &controllers.CountsPublisher{Client: mgr.GetClient(), Router: r.router, Replica: cfg.replicaName,
+			Clock: clock, Log: logr.Discard()}
+		if err := mgr.Add(splits.Counts); err != nil {
+			t.Fatal(err)
+		}
+	}
 	err = controllers.Setup(mgr,
 		&controllers.RevisionReconciler{Client: mgr.GetClient(), APIReader: apiReader, Engine: engine, State: store,
 			Recorder: mgr.GetEventRecorder("packhost-revision"),
