@@ -137,7 +137,7 @@ func publishCounts(t *testing.T, sp *v1.TrafficSplit, replica string, windows ..
 		t.Fatal(err)
 	}
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: sp.Namespace, Name: sp.Name + "-analysis-" + replica,
-		Labels: map[string]string{state.LabelComponent: "analysis"},
+		Labels:          map[string]string{state.LabelComponent: "analysis"},
 		OwnerReferences: []metav1.OwnerReference{{APIVersion: v1.GroupVersion.String(), Kind: "TrafficSplit", Name: sp.Name, UID: sp.UID, Controller: ptr.To(true)}}},
 		Data: map[string]string{"counts.json": string(data)}}
 	if err := env.Client.Update(ctx, cm); apierrors.IsNotFound(err) {
@@ -354,7 +354,9 @@ func TestCanaryAbortRetryPromote(t *testing.T) {
 	waitSplit(t, sp, "retried", func(s *v1.TrafficSplit) bool { return s.Status.Rollout.Phase == v1.RolloutProgressing })
 	for i, table := range []string{"a=50,b=50", "a=0,b=100", "a=0,b=100"} {
 		annotate(t, sp, v1.AnnotationPromote, strconv.Itoa(3+i))
-		waitSplit(t, sp, "promoted to "+table, func(s *v1.TrafficSplit) bool { return s.Status.Summary == table && s.Status.Rollout.Promote == strconv.Itoa(3+i) })
+		waitSplit(t, sp, "promoted to "+table, func(s *v1.TrafficSplit) bool {
+			return s.Status.Summary == table && s.Status.Rollout.Promote == strconv.Itoa(3+i)
+		})
 	}
 	sp = waitSplit(t, sp, "promoted to the end", func(s *v1.TrafficSplit) bool { return s.Status.Rollout.Phase == v1.RolloutSucceeded })
 	waitKstatus(t, sp, status.CurrentStatus)
@@ -365,11 +367,13 @@ func TestCanaryAbortRetryPromote(t *testing.T) {
 
 // Real replicas count what their dispatchers serve and publish it; the leader sums
 // both, a follower serves the leader's table, and the counts go when the rollout ends.
+// Both run with the manager's generated RBAC and nothing more.
 func TestReplicasPublishTheirCounts(t *testing.T) {
 	testenv.Require(t, env)
 	clock := newTestClock()
-	leader := startReplica(t, true, func(c *replicaConfig) { c.clock, c.replicaName = clock.Now, "pod-1" })
-	follower := startReplica(t, false, func(c *replicaConfig) { c.clock, c.replicaName = clock.Now, "pod-2" })
+	rbac := managerRoleConfig(t)
+	leader := startReplica(t, true, func(c *replicaConfig) { c.clock, c.replicaName, c.restConfig = clock.Now, "pod-1", rbac })
+	follower := startReplica(t, false, func(c *replicaConfig) { c.clock, c.replicaName, c.restConfig = clock.Now, "pod-2", rbac })
 	ns := env.Namespace(t, "canary-replicas")
 	sp := startCanary(t, ns, canaryStrategy(1, false))
 	waitTable(t, follower, ns, "a=90,b=10")
