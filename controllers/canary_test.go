@@ -150,11 +150,7 @@ func publishCounts(t *testing.T, sp *v1.TrafficSplit, replica string, windows ..
 // activities is n activities of d, errs of them errors.
 func activities(n, errs int64, d time.Duration) dispatcher.Counts {
 	c := dispatcher.Counts{Activities: n, Errors: errs}
-	b := 0
-	for b < len(dispatcher.LatencyBounds) && d > dispatcher.LatencyBounds[b] {
-		b++
-	}
-	c.Latency[b] = n
+	c.Latency[dispatcher.LatencyBucket(d)] = n
 	return c
 }
 

@@ -41,11 +41,7 @@ func specOf(t []v1.RouteStatus) []v1.Route {
 // counts is n activities, errs of them errors, all taking d.
 func counts(n, errs int64, d time.Duration) dispatcher.Counts {
 	c := dispatcher.Counts{Activities: n, Errors: errs}
-	b := 0
-	for b < len(dispatcher.LatencyBounds) && d > dispatcher.LatencyBounds[b] {
-		b++
-	}
-	c.Latency[b] = n
+	c.Latency[dispatcher.LatencyBucket(d)] = n
 	return c
 }
 

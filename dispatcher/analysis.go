@@ -27,6 +27,15 @@ var LatencyBounds = [...]time.Duration{
 // LatencyBuckets is the number of buckets of the analysis histogram.
 const LatencyBuckets = len(LatencyBounds) + 1
 
+// LatencyBucket is the analysis histogram's bucket of a latency.
+func LatencyBucket(d time.Duration) int {
+	b := 0
+	for b < len(LatencyBounds) && d > LatencyBounds[b] {
+		b++
+	}
+	return b
+}
+
 // IsAnalysisError says whether an answer counts as an error for analysis: every 5xx,
 // which includes guest_error (502) and timeout (504). 4xx answers are the caller's
 // doing (a bad activity, a conflict, 429 overload) and not the revision's.
@@ -190,11 +199,7 @@ func (t *tally) observe(revision string, status int, elapsed time.Duration, now 
 	if IsAnalysisError(status) {
 		c.errors.Add(1)
 	}
-	b := 0
-	for b < len(LatencyBounds) && elapsed > LatencyBounds[b] {
-		b++
-	}
-	c.latency[b].Add(1)
+	c.latency[LatencyBucket(elapsed)].Add(1)
 }
 
 // Analyze starts counting a tenant's activities in windows of interval, for a canary

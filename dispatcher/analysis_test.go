@@ -153,3 +153,32 @@ func TestCountsQuantile(t *testing.T) {
 		t.Errorf("sum %+v", sum)
 	}
 }
+
+func TestLatencyBucket(t *testing.T) {
+	for d, want := range map[time.Duration]int{0: 0, 250 * time.Microsecond: 0, 250*time.Microsecond + 1: 1,
+		5 * time.Millisecond: 4, 5*time.Millisecond + 1: 5, 5 * time.Minute: LatencyBuckets - 2, time.Hour: LatencyBuckets - 1} {
+		if got := LatencyBucket(d); got != want {
+			t.Errorf("LatencyBucket(%v) = %d, want %d", d, got, want)
+		}
+	}
+}
+
+// What counting an answered activity for analysis costs the dispatcher's hot path, with
+// and without a rollout's analysis (go test ./dispatcher -run '^$' -bench Observe).
+func BenchmarkObserve(b *testing.B) {
+	for _, analyzed := range []bool{false, true} {
+		b.Run(map[bool]string{false: "idle", true: "analyzed"}[analyzed], func(b *testing.B) {
+			r := NewRouter()
+			r.PublishTenant("ns", "acme", &TenantConfig{Namespace: "ns", Name: "acme"})
+			if analyzed {
+				r.Analyze("ns", "acme", time.Minute, time.Now())
+			}
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					now := time.Now()
+					r.Observe("ns", "acme", "rev-b", 200, 3*time.Millisecond, now)
+				}
+			})
+		})
+	}
+}
