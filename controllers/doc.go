@@ -19,9 +19,9 @@
 // counted and status names it. What it costs: per replica, one ConfigMap write per split
 // under rollout per interval (a few hundred bytes per revision); for the leader, one
 // uncached List of the namespace's counts ConfigMaps per interval; on the dispatcher's hot
-// path, about 40 ns per activity while the tenant's split has an analysis
-// (go test ./dispatcher -run '^$' -bench Observe: 127 ns/op without, 168 with, most of
-// it the tenant lookup and the clock read that both pay).
+// path, per activity, 2 ns while no split anywhere has an analysis, 74 ns while another
+// tenant's has (the tenant lookup and a clock read), 103 ns while its own has
+// (go test ./dispatcher -run '^$' -bench Observe, 2 shared cores).
 //
 // A step ends when its pause has passed and, with analysis, one interval of the step has
 // passed; an interval is judged only when it began within the step. failureLimit failed

@@ -48,8 +48,10 @@ func (s *Server) serveActivity(rw http.ResponseWriter, r *http.Request, ns, tena
 	// Every authenticated answer is counted once, with the status it actually had.
 	defer func() {
 		s.Metrics.request(ns, tenant, revision, w.status, start)
-		now := time.Now()
-		s.Router.Observe(ns, tenant, revision, w.status, now.Sub(start), now)
+		if s.Router.Analyzing() {
+			now := time.Now()
+			s.Router.Observe(ns, tenant, revision, w.status, now.Sub(start), now)
+		}
 	}()
 	release, ok := s.tenantSlot(w, cfg)
 	if !ok {

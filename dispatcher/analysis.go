@@ -212,15 +212,21 @@ func (r *Router) Analyze(namespace, tenant string, interval time.Duration, now t
 	if t := e.tally.Load(); t != nil && t.interval == interval {
 		return
 	}
-	e.tally.Store(newTally(interval, now))
+	if e.tally.Swap(newTally(interval, now)) == nil {
+		r.analyzed.Add(1)
+	}
 }
 
 // StopAnalysis stops counting a tenant's activities for analysis.
 func (r *Router) StopAnalysis(namespace, tenant string) {
-	if e := r.entry(namespace, tenant, false); e != nil {
-		e.tally.Store(nil)
+	if e := r.entry(namespace, tenant, false); e != nil && e.tally.Swap(nil) != nil {
+		r.analyzed.Add(-1)
 	}
 }
+
+// Analyzing says whether any tenant's activities are counted for analysis: while none
+// is, the dispatcher skips Observe (and the clock read it needs) altogether.
+func (r *Router) Analyzing() bool { return r.analyzed.Load() > 0 }
 
 // Observe counts one answered activity of a revision for analysis, when the tenant's
 // split is being analyzed: its status and how long it took.

@@ -66,9 +66,16 @@ func TestAnalysisWindows(t *testing.T) {
 	if windows, got = r.ClosedWindows("ns", "acme", t0.Add(52*time.Second)); len(windows) != 0 || got != 20*time.Second {
 		t.Fatalf("another interval kept the old windows: %+v", windows)
 	}
+	if !r.Analyzing() {
+		t.Fatal("Analyzing is false while a tenant is analyzed")
+	}
+	r.StopAnalysis("ns", "acme")
 	r.StopAnalysis("ns", "acme")
 	if windows, _ = r.ClosedWindows("ns", "acme", t0.Add(2*time.Minute)); windows != nil {
 		t.Fatalf("stopped analysis still counts: %+v", windows)
+	}
+	if r.Analyzing() {
+		t.Fatal("Analyzing is true after the only analysis stopped (twice)")
 	}
 }
 
@@ -163,20 +170,27 @@ func TestLatencyBucket(t *testing.T) {
 	}
 }
 
-// What counting an answered activity for analysis costs the dispatcher's hot path, with
-// and without a rollout's analysis (go test ./dispatcher -run '^$' -bench Observe).
+// What counting an answered activity for analysis costs the dispatcher's hot path, as
+// serveActivity pays it: with no split under analysis anywhere, with another tenant's
+// split under analysis, and with this tenant's (go test ./dispatcher -run '^$' -bench Observe).
 func BenchmarkObserve(b *testing.B) {
-	for _, analyzed := range []bool{false, true} {
-		b.Run(map[bool]string{false: "idle", true: "analyzed"}[analyzed], func(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		tenant string // whose split is analyzed
+	}{{"none", ""}, {"another", "beta"}, {"this", "acme"}} {
+		b.Run(tc.name, func(b *testing.B) {
 			r := NewRouter()
 			r.PublishTenant("ns", "acme", &TenantConfig{Namespace: "ns", Name: "acme"})
-			if analyzed {
-				r.Analyze("ns", "acme", time.Minute, time.Now())
+			if tc.tenant != "" {
+				r.Analyze("ns", tc.tenant, time.Minute, time.Now())
 			}
+			start := time.Now()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
-					now := time.Now()
-					r.Observe("ns", "acme", "rev-b", 200, 3*time.Millisecond, now)
+					if r.Analyzing() {
+						now := time.Now()
+						r.Observe("ns", "acme", "rev-b", 200, now.Sub(start), now)
+					}
 				}
 			})
 		})

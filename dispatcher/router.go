@@ -37,6 +37,8 @@ type Router struct {
 
 	mu      sync.RWMutex
 	tenants map[string]*tenantEntry
+	// analyzed counts the tenants whose activities are counted for analysis.
+	analyzed atomic.Int64
 }
 
 type tenantEntry struct {
