@@ -61,6 +61,7 @@ func TestErrorsAreTypedAndChangeNothing(t *testing.T) {
 		{Revision: "counter", Percent: 100, Tag: "stable"}, {Revision: "trap", Percent: 0, Tag: "trap"},
 		{Revision: "loop", Percent: 0, Tag: "loop"}, {Revision: "gone", Percent: 0, Tag: "gone"}}, true))
 	router.PublishTenant("default", "nosplit", &TenantConfig{Namespace: "default", Name: "nosplit", Tokens: map[string]string{"tok": "app"}})
+	router.Analyze("default", "acme", time.Hour, time.Now())
 	reg := prometheus.NewRegistry()
 	s := &Server{Router: router, Revisions: revs, Metrics: NewMetrics(reg), Log: logr.Discard()}
 	h := s.Handler()
@@ -156,6 +157,18 @@ func TestErrorsAreTypedAndChangeNothing(t *testing.T) {
 	}
 	if got := router.Dispatched("default", "acme")["counter"]; got != 2 {
 		t.Errorf("dispatched count %d, want 2", got)
+	}
+	// A rollout's analysis counted every answer of a loaded revision, the trap's 502 and
+	// the loop's 504 as errors, the unknown flow's 404 not; nothing for revisions that
+	// are not loaded here or answers given before a revision was chosen.
+	windows, _ := router.ClosedWindows("default", "acme", time.Now().Add(time.Hour))
+	if len(windows) != 1 {
+		t.Fatalf("analysis windows: %+v", windows)
+	}
+	got := windows[0].Revisions
+	if c := got["counter"]; c.Activities != 3 || c.Errors != 0 || len(got) != 3 ||
+		got["trap"].Activities != 1 || got["trap"].Errors != 1 || got["loop"].Activities != 1 || got["loop"].Errors != 1 {
+		t.Errorf("analysis counts: %+v", got)
 	}
 
 	// Past the replica's in-flight limit: 429 with Retry-After.
