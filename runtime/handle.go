@@ -185,6 +185,15 @@ func (r *Revision) handleOnce(ctx context.Context, a *Activity, session string) 
 		}
 	}
 	p, flow, resumed, err := r.chooseFlow(a, parked)
+	if errors.Is(err, ErrAmbiguousFlow) {
+		// A refusal read from state is answered only once the read is validated (the
+		// commit writes nothing): a wait cleared meanwhile elsewhere re-runs the
+		// activity rather than refuse it for a choice that is no longer there.
+		committed = true
+		if cerr := txn.Commit(ctx); cerr != nil {
+			return nil, cerr
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/go-logr/logr"
@@ -224,5 +226,58 @@ func TestParkedDataIsBounded(t *testing.T) {
 	}
 	if len(ws) != 2 || total > runtime.MaxValueLen {
 		t.Fatalf("ann's waits: %d holding %d bytes", len(ws), total)
+	}
+}
+
+// racingStore runs race once, right after an activity armed for it reads a session's
+// waits: another writer changes them before that activity commits.
+type racingStore struct {
+	*runtime.MemStore
+	race atomic.Pointer[func()]
+}
+
+func (s *racingStore) Begin(ctx context.Context) (runtime.Txn, error) {
+	txn, err := s.MemStore.Begin(ctx)
+	return &racingTxn{Txn: txn, s: s}, err
+}
+
+type racingTxn struct {
+	runtime.Txn
+	s *racingStore
+}
+
+func (t *racingTxn) Waits(session string) ([]runtime.Wait, error) {
+	ws, err := t.Txn.Waits(session)
+	if race := t.s.race.Swap(nil); race != nil {
+		(*race)()
+	}
+	return ws, err
+}
+
+// An activity naming no flow is refused as ambiguous only on a read that still holds
+// at commit: when another activity completes one of two parked flows in between, it
+// runs again and resumes the one left.
+func TestAmbiguityIsDecidedOnCommittedWaits(t *testing.T) {
+	store := &racingStore{MemStore: runtime.NewMemStore()}
+	rev := loadPacks(t, store, surveyAs(t, "survey", "a", "b"))
+	for _, tc := range []turn{
+		{name: "a parks", user: "ann", flow: "a", payload: `{}`, want: `"step":1`},
+		{name: "b parks", user: "ann", flow: "b", payload: `{}`, want: `"step":1`},
+	} {
+		tc.run(t, rev, store.MemStore)
+	}
+	session := runtime.SessionKey("prod", "acme", userMsg("ann", ""))
+	race := func() {
+		txn, _ := store.MemStore.Begin(context.Background())
+		ws, _ := txn.Waits(session)
+		txn.SetWaits(session, slices.DeleteFunc(ws, func(w runtime.Wait) bool { return w.Flow == "a" }))
+		if err := txn.Commit(context.Background()); err != nil {
+			t.Error(err)
+		}
+	}
+	store.race.Store(&race)
+	out, err := rev.Handle(context.Background(), userMsg("ann", `"B1"`))
+	if err != nil || !strings.Contains(string(out[0].Payload), `"step":2`) {
+		t.Fatalf("no flow, after a's wait was cleared under it: %+v %v; want b's step 2", out, err)
 	}
 }
