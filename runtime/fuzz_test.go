@@ -97,6 +97,7 @@ func FuzzHostBounds(f *testing.F) {
 func FuzzParseFastMatchesEncodingJSON(f *testing.F) {
 	f.Add(activity1KiB())
 	f.Add([]byte(`{"kind":"message","user_id":"u","payload":{"a":[1,"x\"y"]}}`))
+	f.Add([]byte(`{"kind":"message","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","trace_id":"x"}`))
 	f.Add([]byte(` { "kind" : "custom" , "action":"go", "payload": 12.5e3 } `))
 	f.Add([]byte(`{"kind":"message","payload":"str","payload":1}`))
 	f.Add([]byte(`{"kind":"message","payload":null}`))

@@ -162,3 +162,15 @@ func TestGuestReadsTraceID(t *testing.T) {
 		t.Fatalf("webhook answered %+v, want %s", out, want)
 	}
 }
+
+// A caller's trace_id is bounded like the routing hints: it reaches the guest, never
+// a span, but an activity still may not make the host copy an unbounded string.
+func TestTraceIDIsBounded(t *testing.T) {
+	for n, ok := range map[int]bool{256: true, 257: false} {
+		body := `{"kind":"message","trace_id":"` + strings.Repeat("t", n) + `"}`
+		a, err := runtime.ParseActivity([]byte(body))
+		if ok != (err == nil) || (ok && len(a.TraceID) != n) {
+			t.Errorf("a %d-byte trace_id: %v", n, err)
+		}
+	}
+}
