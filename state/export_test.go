@@ -53,9 +53,9 @@ func LegacyWaitEntry(session string, w runtime.Wait) (string, []byte) {
 	return k, encodeLegacyWait(session, w)
 }
 
-// Fold folds the journal of a revision's n-th shard now.
+// Fold folds the journal of a revision's n-th shard now, and trims it.
 func (s *Store) Fold(ctx context.Context, namespace, revision string, n int) error {
-	return s.shard(types.NamespacedName{Namespace: namespace, Name: ShardName(revision, n)}).fold(ctx)
+	return s.shard(types.NamespacedName{Namespace: namespace, Name: ShardName(revision, n)}).fold(ctx, true)
 }
 
 // ValueRecord is a journal record, and its key, that sets a pack's value of name.

@@ -196,7 +196,7 @@ func (sh *shard) flush(batch []*part) {
 		if err = c.check(sh.key); err != nil {
 			break
 		}
-		m := sh.merge(c.logical, batch)
+		m := sh.merge(c, batch)
 		if len(m.accepted) == 0 || !m.changed {
 			m.finish()
 			s.breaker.succeed()
@@ -311,9 +311,9 @@ func landedOf(cm *corev1.ConfigMap, unanswered []*merged) *merged {
 // merge applies what it can of batch onto a copy of base: decided cross-shard
 // transactions of others are rolled forward or back first (for free, with this
 // update), expired waits are swept, and each part is accepted or refused.
-func (sh *shard) merge(base *corev1.ConfigMap, batch []*part) *merged {
+func (sh *shard) merge(c *composition, batch []*part) *merged {
 	s := sh.store
-	m := &merged{id: newID(6), obj: clone(base)}
+	m := &merged{id: newID(6), obj: clone(c.logical)}
 	obj := m.obj
 	if obj.BinaryData == nil {
 		obj.BinaryData = map[string][]byte{}
@@ -323,7 +323,10 @@ func (sh *shard) merge(base *corev1.ConfigMap, batch []*part) *merged {
 	if sweepWaits(obj, batch, locks, time.Now().Add(-waitSweepGrace)) {
 		m.changed = true
 	}
-	size := entryBytes(obj)
+	size := c.size
+	if m.changed { // settled or swept: counted again
+		size = entryBytes(obj)
+	}
 	refuse := func(p *part, err error) {
 		m.refused, m.errs = append(m.refused, p), append(m.errs, err)
 	}

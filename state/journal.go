@@ -153,30 +153,44 @@ func decodeChange(blob []byte) (string, map[string][]byte, error) {
 	return string(id), writes, nil
 }
 
-// replay applies a journal's records after seq to entries, in order, and returns the
-// ids of the group commits they hold and the key of the first record that does not
-// decode, which is kept in entries under its own key (so it is reported, and nothing
-// it held is taken for absent).
-func replay(entries map[string][]byte, j *corev1.ConfigMap, seq uint64) (ids []string, broken string) {
-	for _, r := range recordsAfter(j, seq) {
-		id, writes, err := decodeChange(r.blob)
+// replayed is what replay did.
+type replayed struct {
+	// ids are the group commits of the records applied, in order.
+	ids []string
+	// broken is the key of the first record that does not decode.
+	broken string
+	// touched are the entries the records wrote; grew is by how many bytes they grew.
+	touched map[string]bool
+	grew    int
+}
+
+// replay applies a journal's records after seq to entries, in order. A record that does
+// not decode is kept in entries under its own key (so it is reported, and nothing it
+// held is taken for absent).
+func replay(entries map[string][]byte, j *corev1.ConfigMap, seq uint64) replayed {
+	r := replayed{touched: map[string]bool{}}
+	for _, rec := range recordsAfter(j, seq) {
+		id, writes, err := decodeChange(rec.blob)
 		if err != nil {
-			entries[r.key] = r.blob
-			if broken == "" {
-				broken = r.key
+			r.grew += entryDelta(entries[rec.key], rec.blob, rec.key)
+			entries[rec.key], r.touched[rec.key] = rec.blob, true
+			if r.broken == "" {
+				r.broken = rec.key
 			}
 			continue
 		}
 		for k, v := range writes {
+			r.grew += entryDelta(entries[k], v, k)
+			r.touched[k] = true
 			if v == nil {
 				delete(entries, k)
 			} else {
 				entries[k] = v
 			}
 		}
-		ids = append(ids, id)
+		r.ids = append(r.ids, id)
 	}
-	return ids, broken
+	return r
 }
 
 // remember appends group-commit ids to obj's AnnotationCommits, keeping the last
@@ -203,6 +217,11 @@ type composition struct {
 	// broken is the key of a journal record that does not decode: the shard's content
 	// is not known, so nothing is read from or written to it.
 	broken string
+	// baseBytes and size are the entry bytes of base and logical.
+	baseBytes, size int
+	// touched are the entries the journal's records write (nil without records): all
+	// that logical holds otherwise than base.
+	touched map[string]bool
 }
 
 // check refuses a shard whose journal holds a record that does not decode: what the
@@ -229,6 +248,13 @@ func (s *Store) composeLocked(key types.NamespacedName) *composition {
 		return nil
 	}
 	c := &composition{logical: base, base: base}
+	// The base's size is counted once per copy of it, not once per journal write.
+	if prev := s.comps[key]; prev != nil && prev.base == base {
+		c.baseBytes = prev.baseBytes
+	} else {
+		c.baseBytes = entryBytes(base)
+	}
+	c.size = c.baseBytes
 	folded, on := foldedThrough(base)
 	if !on {
 		return c
@@ -250,11 +276,26 @@ func (s *Store) composeLocked(key types.NamespacedName) *composition {
 	if logical.BinaryData == nil {
 		logical.BinaryData = map[string][]byte{}
 	}
-	var ids []string
-	ids, c.broken = replay(logical.BinaryData, j, folded)
-	remember(logical, ids...)
-	c.logical = logical
+	r := replay(logical.BinaryData, j, folded)
+	remember(logical, r.ids...)
+	c.logical, c.broken, c.touched, c.size = logical, r.broken, r.touched, c.baseBytes+r.grew
 	return c
+}
+
+// changedSince returns the entries that may differ between what prev and c hold, or
+// nil when any may (they compose different copies of the base).
+func (c *composition) changedSince(prev *composition) map[string]bool {
+	if prev == nil || prev.base != c.base {
+		return nil
+	}
+	keys := make(map[string]bool, len(prev.touched)+len(c.touched))
+	for k := range prev.touched {
+		keys[k] = true
+	}
+	for k := range c.touched {
+		keys[k] = true
+	}
+	return keys
 }
 
 // latestComp returns the newest known composition of a shard, reading it from the API
@@ -332,12 +373,14 @@ func (sh *shard) journal(ctx context.Context, base *corev1.ConfigMap, seq uint64
 
 // writeJournal appends m's changes to the shard's journal as one record, conditioned
 // on the journal's resourceVersion: the journal is where a journalled shard's commits
-// are serialised. It returns errRefetch when the shard must be read again first (its
-// journal was just created, or folded to make room).
+// are serialised. The same write trims the records the shard has folded since (a fold
+// rewrites only the shard, so no commit ever waits for or conflicts with one). It
+// returns errRefetch when the shard must be read again first (its journal was just
+// created, or folded to make room).
 func (sh *shard) writeJournal(ctx context.Context, c *composition, m *merged) error {
 	s := sh.store
+	folded, _ := foldedThrough(c.base)
 	if c.journal == nil {
-		folded, _ := foldedThrough(c.base)
 		if _, err := sh.journal(ctx, c.base, folded); err != nil {
 			return err
 		}
@@ -348,15 +391,12 @@ func (sh *shard) writeJournal(ctx context.Context, c *composition, m *merged) er
 		return fmt.Errorf("%w: %w: one commit of %d bytes to %s is more than its journal takes (%d): write less at once",
 			errRefused, runtime.ErrStateFull, len(rec), sh.key, maxJournalBytes/2)
 	}
-	if entryBytes(c.journal)+len(rec) > maxJournalBytes {
-		if err := sh.fold(ctx); err != nil {
+	j := trim(c.journal, folded)
+	if entryBytes(j)+len(rec) > maxJournalBytes {
+		if err := sh.fold(ctx, true); err != nil {
 			return err
 		}
 		return errRefetch
-	}
-	j := c.journal.DeepCopy()
-	if j.BinaryData == nil {
-		j.BinaryData = map[string][]byte{}
 	}
 	j.BinaryData[recordKey(lastSeq(c.journal)+1)] = rec
 	if err := s.client.Update(ctx, j); err != nil {
@@ -365,6 +405,27 @@ func (sh *shard) writeJournal(ctx context.Context, c *composition, m *merged) er
 	s.bytesSent.Add(int64(objectBytes(j)))
 	s.observe(j)
 	return nil
+}
+
+// trim returns a copy of journal j without the records up to folded, which the shard
+// holds.
+func trim(j *corev1.ConfigMap, folded uint64) *corev1.ConfigMap {
+	out := j.DeepCopy()
+	if out.BinaryData == nil {
+		out.BinaryData = map[string][]byte{}
+	}
+	if out.Annotations == nil {
+		out.Annotations = map[string]string{}
+	}
+	for k := range out.BinaryData {
+		if seq, ok := seqOf(k); ok && seq <= folded {
+			delete(out.BinaryData, k)
+		}
+	}
+	if folded > trimmedThrough(j) {
+		out.Annotations[AnnotationTrimmedThrough] = strconv.FormatUint(folded, 10)
+	}
+	return out
 }
 
 // diff returns the writes that turn entries old into new.
@@ -402,8 +463,13 @@ func (s *Store) foldDue(c *composition) bool {
 		return false
 	}
 	folded, _ := foldedThrough(c.base)
-	n, size := len(recordsAfter(c.journal, folded)), entryBytes(c.journal)
-	return n >= s.foldAfter || size >= foldBytes || n*size >= 2*entryBytes(c.base)
+	records := recordsAfter(c.journal, folded)
+	size := 0
+	for _, r := range records {
+		size += len(r.key) + len(r.blob)
+	}
+	n := len(records)
+	return n >= s.foldAfter || size >= foldBytes || n*size >= 2*c.baseBytes
 }
 
 // foldIfDue starts a fold of the shard when its journal is due one and no fold of it
@@ -420,18 +486,19 @@ func (sh *shard) foldIfDue() {
 		defer sh.folding.Store(false)
 		ctx, cancel := context.WithTimeout(context.Background(), s.commitTimeout)
 		defer cancel()
-		if err := sh.fold(ctx); err != nil {
+		if err := sh.fold(ctx, false); err != nil {
 			s.log.V(1).Info("Could not fold a state journal yet", "shard", sh.key.String(), "error", err.Error())
 		}
 	}()
 }
 
-// fold writes the shard's journal into its base, marked folded through the journal's
-// last record (one update conditioned on the base's resourceVersion, which changes no
-// content: readers skip folded records), then trims the folded records from the
-// journal (conditioned on the journal's, read again on conflict). A fold stopped
-// between the two leaves records that readers skip and the next fold trims.
-func (sh *shard) fold(ctx context.Context) error {
+// fold writes the shard's journal into the shard, marked folded through the journal's
+// last record: one update conditioned on the shard's resourceVersion, which changes
+// nothing it holds (readers skip folded records). The next commit's journal write
+// trims the folded records; with trim set, the fold trims them itself (conditioned on
+// the journal's resourceVersion, read again on conflict). A fold stopped between the
+// two leaves records that readers skip and the next journal write trims.
+func (sh *shard) fold(ctx context.Context, trimNow bool) error {
 	s := sh.store
 	c, err := s.latestComp(ctx, sh.key)
 	for attempt := 0; ; attempt++ {
@@ -453,8 +520,7 @@ func (sh *shard) fold(ctx context.Context) error {
 		if base.BinaryData == nil {
 			base.BinaryData = map[string][]byte{}
 		}
-		ids, _ := replay(base.BinaryData, c.journal, folded)
-		remember(base, ids...)
+		remember(base, replay(base.BinaryData, c.journal, folded).ids...)
 		base.Annotations[AnnotationFoldedThrough] = strconv.FormatUint(last, 10)
 		wire := pack(base)
 		if err = s.client.Update(ctx, wire); err == nil {
@@ -469,7 +535,7 @@ func (sh *shard) fold(ctx context.Context) error {
 		}
 		c, err = s.fetchComp(ctx, sh.key)
 	}
-	for attempt := 0; ; attempt++ {
+	for attempt := 0; trimNow; attempt++ {
 		s.mu.RLock()
 		c = s.comps[sh.key]
 		s.mu.RUnlock()
@@ -477,19 +543,10 @@ func (sh *shard) fold(ctx context.Context) error {
 			return nil
 		}
 		folded, _ := foldedThrough(c.base)
-		j := c.journal.DeepCopy()
-		for k := range j.BinaryData {
-			if seq, ok := seqOf(k); ok && seq <= folded {
-				delete(j.BinaryData, k)
-			}
-		}
+		j := trim(c.journal, folded)
 		if len(j.BinaryData) == len(c.journal.BinaryData) {
 			return nil
 		}
-		if j.Annotations == nil {
-			j.Annotations = map[string]string{}
-		}
-		j.Annotations[AnnotationTrimmedThrough] = strconv.FormatUint(max(folded, trimmedThrough(c.journal)), 10)
 		err := s.client.Update(ctx, j)
 		if err == nil {
 			s.updates.Add(1)
@@ -504,6 +561,7 @@ func (sh *shard) fold(ctx context.Context) error {
 			return err
 		}
 	}
+	return nil
 }
 
 // startJournal makes the shard journalled with the commit m writes onto it, when its

@@ -139,6 +139,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"slices"
 	"strconv"
@@ -624,6 +625,7 @@ func (s *Store) observe(cm *corev1.ConfigMap) bool {
 // keeps the session index and the problem list current with its content. s.mu is held.
 func (s *Store) installLocked(key types.NamespacedName, tenant string) {
 	c := s.composeLocked(key)
+	prev := s.comps[key]
 	if c == nil {
 		// Its journal was trimmed past the known base: read again when next needed.
 		delete(s.comps, key)
@@ -643,61 +645,47 @@ func (s *Store) installLocked(key types.NamespacedName, tenant string) {
 		bad = map[string]string{}
 		s.problems[key] = bad
 	}
-	// Only entries that changed are checked again; the others keep their verdict.
-	for k, v := range cm.BinaryData {
-		if old != nil {
-			if prev, ok := old.BinaryData[k]; ok && string(prev) == string(v) {
-				continue
-			}
+	// Only entries that changed are checked again; the others keep their verdict. A
+	// journal write changes only what its records write (changedSince), so only those
+	// are looked at; other changes have every entry compared.
+	var changed map[string]bool
+	if old != nil {
+		changed = c.changedSince(prev)
+	}
+	if changed == nil {
+		for k, v := range cm.BinaryData {
+			s.recheckLocked(bad, old, cm, tenant, revision, k, v)
 		}
-		delete(bad, k)
-		switch {
-		case strings.HasPrefix(k, waitPrefix):
-			if old != nil && old.BinaryData[k] != nil {
-				s.unpinLocked(cm.Namespace, tenant, revision, old.BinaryData[k])
+	} else {
+		for k := range changed {
+			if v, ok := cm.BinaryData[k]; ok {
+				s.recheckLocked(bad, old, cm, tenant, revision, k, v)
 			}
-			session, ws, ok := splitWaits(v)
-			if !ok {
-				bad[k] = errCorrupt.Error() + ": not a waits entry"
-				continue
-			}
-			if expected, _ := waitKey(string(session), 1); expected != k {
-				bad[k] = "waits entry does not match its key"
-				continue
-			}
-			s.repinLocked(pinKey{cm.Namespace, tenant, string(session)}, revision, ws)
-		case strings.HasPrefix(k, valuePrefix):
-			if len(v) == 0 || v[0] != entryValue {
-				bad[k] = errCorrupt.Error()
-			}
-		case strings.HasPrefix(k, intentPrefix):
-			if in, err := decodeIntent(v); err != nil || intentPrefix+in.id != k {
-				bad[k] = "malformed cross-shard intent"
-			}
-		case strings.HasPrefix(k, recordPrefix):
-			if r, err := decodeRecord(v); err != nil || recordPrefix+r.id != k {
-				bad[k] = "malformed cross-shard record"
-			}
-		case strings.HasPrefix(k, pagePrefix):
-			bad[k] = "corrupt page of entries: " + errCorrupt.Error()
-		case strings.HasPrefix(k, journalPrefix):
-			bad[k] = "journal record does not decode: " + errCorrupt.Error()
-		default:
-			bad[k] = "foreign key in a state ConfigMap"
 		}
 	}
 	if old != nil {
-		for k, v := range old.BinaryData {
+		dropped := func(k string, v []byte) {
 			if _, still := cm.BinaryData[k]; still {
-				continue
+				return
 			}
 			delete(bad, k)
 			if strings.HasPrefix(k, waitPrefix) {
 				s.unpinLocked(cm.Namespace, tenant, revision, v)
 			}
 		}
+		if changed == nil {
+			for k, v := range old.BinaryData {
+				dropped(k, v)
+			}
+		} else {
+			for k := range changed {
+				if v, ok := old.BinaryData[k]; ok {
+					dropped(k, v)
+				}
+			}
+		}
 	}
-	s.indexIntents(key, cm)
+	s.indexIntents(key, cm, changed)
 	// The empty key stands for the data field, which packhost never writes.
 	delete(bad, "")
 	if len(cm.Data) > 0 {
@@ -705,6 +693,51 @@ func (s *Store) installLocked(key types.NamespacedName, tenant string) {
 	}
 	if len(bad) > 0 {
 		s.log.Info("State ConfigMap has content packhost did not write; it is not trusted", "configMap", key.String(), "problems", len(bad))
+	}
+}
+
+// recheckLocked judges entry k of shard cm again unless it is as in old, the shard's
+// previous content, and keeps the session index current with it. s.mu is held.
+func (s *Store) recheckLocked(bad map[string]string, old, cm *corev1.ConfigMap, tenant, revision, k string, v []byte) {
+	if old != nil {
+		if prev, ok := old.BinaryData[k]; ok && string(prev) == string(v) {
+			return
+		}
+	}
+	delete(bad, k)
+	switch {
+	case strings.HasPrefix(k, waitPrefix):
+		if old != nil && old.BinaryData[k] != nil {
+			s.unpinLocked(cm.Namespace, tenant, revision, old.BinaryData[k])
+		}
+		session, ws, ok := splitWaits(v)
+		if !ok {
+			bad[k] = errCorrupt.Error() + ": not a waits entry"
+			return
+		}
+		if expected, _ := waitKey(string(session), 1); expected != k {
+			bad[k] = "waits entry does not match its key"
+			return
+		}
+		s.repinLocked(pinKey{cm.Namespace, tenant, string(session)}, revision, ws)
+	case strings.HasPrefix(k, valuePrefix):
+		if len(v) == 0 || v[0] != entryValue {
+			bad[k] = errCorrupt.Error()
+		}
+	case strings.HasPrefix(k, intentPrefix):
+		if in, err := decodeIntent(v); err != nil || intentPrefix+in.id != k {
+			bad[k] = "malformed cross-shard intent"
+		}
+	case strings.HasPrefix(k, recordPrefix):
+		if r, err := decodeRecord(v); err != nil || recordPrefix+r.id != k {
+			bad[k] = "malformed cross-shard record"
+		}
+	case strings.HasPrefix(k, pagePrefix):
+		bad[k] = "corrupt page of entries: " + errCorrupt.Error()
+	case strings.HasPrefix(k, journalPrefix):
+		bad[k] = "journal record does not decode: " + errCorrupt.Error()
+	default:
+		bad[k] = "foreign key in a state ConfigMap"
 	}
 }
 
@@ -813,22 +846,30 @@ func (s *Store) fetchObject(ctx context.Context, key types.NamespacedName) (*cor
 	return cm, nil
 }
 
-// indexIntents records the cross-shard intents of cm, the newest copy of shard key. s.mu
-// is held.
-func (s *Store) indexIntents(key types.NamespacedName, cm *corev1.ConfigMap) {
-	var idx map[string]*intent
-	for k, v := range cm.BinaryData {
+// indexIntents records the cross-shard intents of cm, the newest copy of shard key;
+// when changed is set, only those entries changed since the last copy. s.mu is held.
+func (s *Store) indexIntents(key types.NamespacedName, cm *corev1.ConfigMap, changed map[string]bool) {
+	idx := map[string]*intent{}
+	scan := func(k string) {
 		if !strings.HasPrefix(k, intentPrefix) {
-			continue
+			return
 		}
-		if in, err := decodeIntent(v); err == nil && intentPrefix+in.id == k {
-			if idx == nil {
-				idx = map[string]*intent{}
-			}
+		delete(idx, strings.TrimPrefix(k, intentPrefix))
+		if in, err := decodeIntent(cm.BinaryData[k]); err == nil && intentPrefix+in.id == k {
 			idx[in.id] = in
 		}
 	}
-	if idx == nil {
+	if changed == nil {
+		for k := range cm.BinaryData {
+			scan(k)
+		}
+	} else {
+		maps.Copy(idx, s.intents[key])
+		for k := range changed {
+			scan(k)
+		}
+	}
+	if len(idx) == 0 {
 		delete(s.intents, key)
 		return
 	}
