@@ -289,6 +289,14 @@ func TestEndToEnd(t *testing.T) {
 		if next.Revision != "acme-bot-v1" || !strings.Contains(string(next.Activities[0].Payload), `"step":2`) {
 			t.Fatalf("the parked wait did not resume on acme-bot-v1: %+v %s", next, next.Activities)
 		}
+		// Pins are per flow: the same user's counter follows the split, answered by the
+		// counter, and the survey stays parked on acme-bot-v1.
+		if r := send(t, m1, msg("surveyor", `"flow_id":"count"`)); r.Status != 200 || r.Revision != "acme-bot-v2" || !strings.Contains(string(r.Activities[0].Payload), `"count"`) {
+			t.Fatalf("the counter of a user with a parked survey: %+v %s", r, r.Activities)
+		}
+		if r := send(t, m1, msg("surveyor", `"payload":"\"ops\""`)); r.Revision != "acme-bot-v1" || !strings.Contains(string(r.Activities[0].Payload), `"step":3`) {
+			t.Fatalf("the survey after the counter: %+v %s", r, r.Activities)
+		}
 		// A user without a wait follows the split.
 		if r := send(t, m1, msg("newcomer")); r.Revision != "acme-bot-v2" {
 			t.Fatalf("a new user went to %s at 0/100", r.Revision)
