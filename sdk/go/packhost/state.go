@@ -62,7 +62,10 @@ func StateDelete(key string) error {
 }
 
 // Wait parks this flow for the session (needs capabilities.session): the session's next
-// activity resumes it with Resumed set and WaitData = data. ttl 0 takes the host default.
+// activity for this flow resumes it with Resumed set and WaitData = data; the session's
+// other flows keep their own waits. ttl 0 takes the host default. It fails when the
+// session already has 16 other flows parked or data would take the session's parked
+// data past 256 KiB.
 func Wait(data []byte, ttl time.Duration) error {
 	if code := hostSessionWait(ptr(data), uint32(len(data)), int32(ttl/time.Millisecond)); code != 0 {
 		return codeErr(code)
