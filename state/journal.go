@@ -2,8 +2,8 @@ package state
 
 import (
 	"bytes"
-	"context"
 	"cmp"
+	"context"
 	"fmt"
 	"maps"
 	"slices"

@@ -298,7 +298,7 @@ func TestJournalIsTrustedOnlyWhenOwned(t *testing.T) {
 		t.Helper()
 		rk, rec := state.ValueRecord(1, "p", "k", []byte(value))
 		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: nsName, Name: state.JournalName(spec.Revision, 0),
-			Labels: map[string]string{state.LabelComponent: state.ComponentState, state.LabelTenant: spec.Tenant, state.LabelRevision: spec.Revision, state.LabelShard: "0"},
+			Labels:          map[string]string{state.LabelComponent: state.ComponentState, state.LabelTenant: spec.Tenant, state.LabelRevision: spec.Revision, state.LabelShard: "0"},
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "packhost.io/v1alpha1", Kind: "Revision", Name: spec.Revision, UID: uuid.NewUUID(), Controller: ptr.To(true)}}},
 			BinaryData: map[string][]byte{rk: rec}}
 		if err := env.Client.Create(ctx, cm); err != nil {
