@@ -81,9 +81,10 @@
 // them: 1 journal write, plus 1 base rewrite per fold (the trim rides on the next
 // journal write). With k records between folds and d bytes per record, a commit sends
 // about kd/2 bytes of journal and B/k of the shard's B bytes amortised; the fold rule
-// keeps k near sqrt(2B/d): for 1,000 entries (about 100 KiB) and one-entry commits, a
-// fold every 40-50 commits: measured, 1.02 writes and 4.9 KB sent per activity instead
-// of 1 write of about 75 KB. TestJournalKeepsTheCommitCostFlat checks the bytes.
+// keeps k near sqrt(2B/d): for 1,000 entries (a shard of about 75 KB) and one-entry
+// commits, a fold every 40-50 commits; measured, 1.02 writes and 4.9 KB sent per
+// activity instead of 1 write of 75 KB. TestJournalKeepsTheCommitCostFlat checks the
+// bytes.
 //
 // # Commit cost
 //
