@@ -113,9 +113,10 @@ func TestActivitySpanTree(t *testing.T) {
 			route.StartTime, route.EndTime, guest.StartTime, guest.EndTime, commit.StartTime, commit.EndTime)
 	}
 	for span, want := range map[*tracetest.SpanStub]map[string]string{
-		&route:  {"packhost.namespace": "default", "packhost.tenant": "acme", "packhost.revision": "v1"},
-		&guest:  {"packhost.revision": "default/v1", "packhost.pack": "counter", "packhost.flow": "count", "packhost.export": "packhost_handle", "packhost.attempt": "0"},
-		&commit: {"packhost.revision": "default/v1", "packhost.attempt": "0"},
+		&route: {"packhost.namespace": "default", "packhost.tenant": "acme", "packhost.revision": "v1"},
+		&guest: {"packhost.namespace": "default", "packhost.revision": "v1", "packhost.pack": "counter", "packhost.flow": "count",
+			"packhost.export": "packhost_handle", "packhost.attempt": "0"},
+		&commit: {"packhost.namespace": "default", "packhost.revision": "v1", "packhost.attempt": "0"},
 	} {
 		for k, v := range want {
 			if got := attr(*span, k); got != v {

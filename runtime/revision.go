@@ -92,7 +92,7 @@ func (e *Engine) NewRevision(ctx context.Context, cfg RevisionConfig) (r *Revisi
 		cfg.Store = NewMemStore()
 	}
 	if e.tracer != nil {
-		cfg.Store = &tracedStore{Store: cfg.Store, tracer: e.tracer, revision: cfg.Name}
+		cfg.Store = &tracedStore{Store: cfg.Store, tracer: e.tracer, revision: revisionAttrs(cfg.Name)}
 	}
 	cfg.Limits.defaults()
 	if cfg.Clock == nil {

@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"github.com/tetratelabs/wazero/api"
 	"go.opentelemetry.io/otel/attribute"
@@ -24,11 +25,12 @@ const (
 // Span attributes. Every value is bounded: names from the revision's spec and the
 // pack's manifest, never what a caller or guest sent.
 var (
-	attrRevision = attribute.Key("packhost.revision")
-	attrPack     = attribute.Key("packhost.pack")
-	attrFlow     = attribute.Key("packhost.flow")
-	attrExport   = attribute.Key("packhost.export")
-	attrAttempt  = attribute.Key("packhost.attempt")
+	attrNamespace = attribute.Key("packhost.namespace")
+	attrRevision  = attribute.Key("packhost.revision")
+	attrPack      = attribute.Key("packhost.pack")
+	attrFlow      = attribute.Key("packhost.flow")
+	attrExport    = attribute.Key("packhost.export")
+	attrAttempt   = attribute.Key("packhost.attempt")
 )
 
 // spanErrors are the errors a span's status names: a fixed set, so a span says what
@@ -55,12 +57,19 @@ func endSpan(span trace.Span, err error) {
 	span.End()
 }
 
+// revisionAttrs name a revision ("namespace/name") as the dispatcher's and the
+// controllers' spans do: namespace and name apart.
+func revisionAttrs(revision string) [2]attribute.KeyValue {
+	ns, name, _ := strings.Cut(revision, "/")
+	return [2]attribute.KeyValue{attrNamespace.String(ns), attrRevision.String(name)}
+}
+
 // tracedStore records a span around every commit of the store it wraps: the runtime
 // side of the Store interface, so every store is traced alike.
 type tracedStore struct {
 	Store
 	tracer   trace.Tracer
-	revision string
+	revision [2]attribute.KeyValue
 }
 
 func (s *tracedStore) Begin(ctx context.Context) (Txn, error) {
@@ -79,7 +88,8 @@ type tracedTxn struct {
 func (t tracedTxn) Commit(ctx context.Context) (err error) {
 	ctx, span := tracing.Start(ctx, t.store.tracer, spanStateCommit)
 	if span.IsRecording() {
-		span.SetAttributes(attrRevision.String(t.store.revision), attrAttempt.Int(Attempt(ctx)))
+		span.SetAttributes(t.store.revision[:]...)
+		span.SetAttributes(attrAttempt.Int(Attempt(ctx)))
 	}
 	defer func() { endSpan(span, err) }()
 	return t.Txn.Commit(ctx)
@@ -93,8 +103,9 @@ func startGuestCall(ctx context.Context, c *call, fn api.Function) (context.Cont
 		if names := fn.Definition().ExportNames(); len(names) > 0 {
 			export = names[0]
 		}
-		span.SetAttributes(attrRevision.String(c.rev.name), attrPack.String(c.pack.id),
-			attrExport.String(export), attrAttempt.Int(Attempt(ctx)))
+		rev := revisionAttrs(c.rev.name)
+		span.SetAttributes(rev[:]...)
+		span.SetAttributes(attrPack.String(c.pack.id), attrExport.String(export), attrAttempt.Int(Attempt(ctx)))
 		if c.flow != "" {
 			span.SetAttributes(attrFlow.String(c.flow))
 		}
