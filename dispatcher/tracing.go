@@ -56,6 +56,9 @@ func (s *Server) traced(h http.Handler) http.Handler {
 	}), "dispatcher",
 		otelhttp.WithTracerProvider(s.Tracing),
 		otelhttp.WithPropagators(tracing.Propagator),
+		// Health checks are not requests anyone follows: a load balancer polling
+		// /readyz would fill the backend with them.
+		otelhttp.WithFilter(func(r *http.Request) bool { return r.URL.Path != "/healthz" && r.URL.Path != "/readyz" }),
 		// The dispatcher's own Prometheus series count requests; no second set.
 		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),
 	)

@@ -194,6 +194,23 @@ func TestGuestGetsTheTraceID(t *testing.T) {
 	}
 }
 
+// Health checks record no span.
+func TestHealthChecksAreNotTraced(t *testing.T) {
+	h, exp := tracedServer(t, "echo")
+	for _, path := range []string{"/healthz", "/readyz"} {
+		req := httptest.NewRequest(http.MethodGet, path, nil)
+		req.Header.Set("traceparent", callerParent)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != http.StatusOK {
+			t.Fatalf("%s: %d", path, w.Code)
+		}
+	}
+	if spans := exp.GetSpans(); len(spans) != 0 {
+		t.Errorf("health checks recorded %v", names(spans))
+	}
+}
+
 // A provider invoke continues the caller's trace too, and its guest gets the trace id
 // unless the caller sent its own.
 func TestInvokeSpansAndTraceID(t *testing.T) {
