@@ -2,10 +2,14 @@
 // OTEL_* environment variables, and gives the packages that record spans one way of
 // starting them that costs nothing when tracing is off.
 //
-// Tracing is off unless an OTLP endpoint is configured. Off, no tracer exists: the
-// dispatcher, the runtime and the controllers hold a nil trace.Tracer and Start returns
-// the context it was given, so the hot path pays one nil check per span and allocates
-// nothing (BenchmarkServe and BenchmarkHandle, off against before, in the README).
+// Tracing is off unless an OTLP endpoint is configured. Off, no tracer exists, not
+// even a no-op one (whose Start still allocates a context per span): the dispatcher,
+// the runtime and the controllers hold a nil trace.Tracer, Start returns the context
+// it was given, and the dispatcher's handler is not wrapped. A request pays a nil check
+// per span site and allocates what it did before tracing existed: 57 allocations in
+// BenchmarkServe, at 0.95x the time per request of the code before (13.6 against
+// 14.3 µs, medians of three interleaved short runs on two busy cores:
+// go test ./dispatcher -run XXX -bench 'Serve$' -benchtime 20000x -benchmem).
 package tracing
 
 import (
