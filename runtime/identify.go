@@ -170,7 +170,7 @@ func (r *Revision) identifyOnce(ctx context.Context, p *packRuntime, t string, r
 	if err := ctx.Err(); err != nil {
 		return Identity{}, fmt.Errorf("%w: %s: the probe's deadline passed before pack %s was asked", ErrTimeout, r.name, p.id)
 	}
-	in := identifyInput{ProviderType: t, Headers: map[string]string{}, HeaderList: req.Headers, Body: req.Body}
+	in := identifyInput{ProviderType: t, HeaderList: req.Headers, Body: req.Body}
 	if scoped {
 		if names, all := p.scope(t, hints); !all {
 			in.HeaderList = nil
@@ -184,15 +184,7 @@ func (r *Revision) identifyOnce(ctx context.Context, p *packRuntime, t string, r
 	if in.HeaderList == nil {
 		in.HeaderList = []Header{}
 	}
-	for _, h := range in.HeaderList {
-		// Repeated headers are combined as HTTP combines them (RFC 9110, 5.3).
-		name := strings.ToLower(h.Name)
-		if v, ok := in.Headers[name]; ok {
-			in.Headers[name] = v + ", " + h.Value
-		} else {
-			in.Headers[name] = h.Value
-		}
-	}
+	in.Headers = combineHeaders(in.HeaderList)
 	payload, err := json.Marshal(in)
 	if err != nil {
 		return Identity{}, fmt.Errorf("%w: encode identify request: %v", ErrInvalidActivity, err)
@@ -227,6 +219,23 @@ func (r *Revision) identifyOnce(ctx context.Context, p *packRuntime, t string, r
 		}
 	}
 	return got, nil
+}
+
+// combineHeaders maps the lower-cased names of headers to their values, a repeated
+// header's values joined with ", " as HTTP combines them (RFC 9110, 5.3). Each name's
+// values are joined once: appending to the joined value at each repeat would copy it
+// again each time, the square of a caller's repeats of one name.
+func combineHeaders(headers []Header) map[string]string {
+	values := map[string][]string{}
+	for _, h := range headers {
+		name := strings.ToLower(h.Name)
+		values[name] = append(values[name], h.Value)
+	}
+	out := make(map[string]string, len(values))
+	for name, vs := range values {
+		out[name] = strings.Join(vs, ", ")
+	}
+	return out
 }
 
 // scope is the set of lower-cased header names pack p's identify may see for provider

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	goruntime "runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -454,4 +455,34 @@ func processCPU() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// A caller that repeats one header name many times (the wrapper keeps repeats, and one
+// request body holds over a hundred thousand of them) costs the host in proportion to
+// the headers sent, not to their square: combining the values of a name into the map a
+// pack reads must not copy the growing value once per repeat, for every pack and type.
+// Measured in bytes allocated, which grow with the square of the repeats when the
+// combining does.
+func TestIdentifyRepeatedHeaderCostsLinear(t *testing.T) {
+	rev, _ := loadProbes(t, newEngine(t), runtime.Limits{Timeout: time.Minute}, probe{settings: "identify=nomatch", providers: `[{"type":"probe"}]`})
+	headers := make([]runtime.Header, 20000)
+	for i := range headers {
+		headers[i] = runtime.Header{Name: "X-A", Value: "v"}
+	}
+	req := runtime.IdentifyRequest{ProviderTypes: []string{"probe"}, Headers: headers}
+	if _, err := rev.Identify(context.Background(), req, false); err != nil { // the instance grows its memory once
+		t.Fatal(err)
+	}
+	var before, after goruntime.MemStats
+	goruntime.ReadMemStats(&before)
+	got, err := rev.Identify(context.Background(), req, false)
+	goruntime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want{outcome: "NoMatch", pack: "p0"}.check(t, "probe", got["probe"])
+	sent := int64(len(headers) * len(`{"name":"X-A","value":"v"},`))
+	if alloc := int64(after.TotalAlloc - before.TotalAlloc); alloc > 64*sent {
+		t.Fatalf("identify with %d repeats of one header (%d KiB) allocated %d MiB on the host", len(headers), sent>>10, alloc>>20)
+	}
 }
