@@ -388,3 +388,35 @@ func TestMemoryBudget(t *testing.T) {
 		}
 	})
 }
+
+// TestStartFunctionHasNothingInScope: a start function runs as a guest call (the caller's
+// deadline, a processor token), but no activity is in scope: host calls made from it are
+// refused, as before it was one. A pack whose init reads a secret 64 times gets nothing,
+// and the host keeps nothing for it: each read would be charged to the tenant's account
+// and the replica's budget with no activity to give it back, at every instance started,
+// so the account would never be empty (nor forgotten) and the budget would fill.
+func TestStartFunctionHasNothingInScope(t *testing.T) {
+	e := newEngine(t)
+	ctx := context.Background()
+	rev, err := tryLoad(e, []revOpt{func(c *runtime.RevisionConfig) {
+		c.Policy.Secrets = []string{"signing-key"}
+		c.Secrets = secrets{"signing-key": strings.Repeat("k", 4096)}
+	}}, "hostile/init-host")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := rev.Handle(ctx, msg(`1`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 1 || !strings.Contains(string(out[0].Payload), `"secret_reads":0`) {
+		t.Errorf("a start function read a secret: %.80s…", out[0].Payload)
+	}
+	if h := e.MemoryStats().Host; h != 0 {
+		t.Errorf("with no activity running the budget counts %d bytes of activities' host calls", h)
+	}
+	rev.Close(ctx)
+	if n := e.TenantAccounts(); n != 0 {
+		t.Errorf("%d tenant accounts kept after the tenant's only revision was closed", n)
+	}
+}

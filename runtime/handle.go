@@ -47,6 +47,10 @@ type call struct {
 	hostReserved int64
 	// cpu is set while the call holds one of its tenant's processor tokens.
 	cpu bool
+	// start is set for a new instance's start functions: a guest call for the deadline
+	// and the processor token, but no activity is in scope, so host calls are refused
+	// (nothing would give back what they hold).
+	start bool
 	// started is when the guest call began, for longRunning.
 	started  time.Time
 	lastTick time.Time // when the call last rested

@@ -63,7 +63,7 @@ func (e *Engine) instantiateHost(ctx context.Context) error {
 		b.NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(func(ctx context.Context, mod api.Module, stack []uint64) {
 			checkDeadline(ctx) // a guest calling the host in a loop is stopped here too
 			c, _ := ctx.Value(callKey{}).(*call)
-			if c == nil {
+			if c == nil || c.start {
 				// Called outside an activity (during _initialize): nothing is in scope.
 				if len(hf.results) > 0 {
 					stack[0] = api.EncodeI32(codeDenied)

@@ -117,7 +117,7 @@ func (p *packRuntime) start(ctx context.Context, r *Revision, inst *instance, cf
 	if err := r.memory.acquireCPU(ctx); err != nil {
 		return nil, err
 	}
-	c := &call{rev: r, pack: p, cpu: true, started: time.Now()}
+	c := &call{rev: r, pack: p, cpu: true, start: true, started: time.Now()}
 	inst.sleeping, inst.call = ctx, c
 	defer func() {
 		inst.sleeping, inst.call = nil, nil
