@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
@@ -98,8 +99,10 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 		switch {
 		case inst.memory != nil && inst.memory.denied:
 			return nil, fmt.Errorf("%w: %w", ErrOverloaded, r.engine.budgetError(r.memory, "the memory of an instance of "+p.id, int64(p.pack.minPages)*65536))
-		case ctx.Err() != nil:
-			// The caller's deadline or cancellation, not the pack, ended the start.
+		case ctx.Err() != nil || errors.Is(err, ErrTimeout):
+			// The caller's deadline or cancellation, not the pack, ended the start. The
+			// guard reads the clock too, so it may stop the start at the deadline before
+			// ctx's timer has fired: that is no fault of the pack either.
 			return nil, classify(ctx, err, r.name)
 		}
 		return nil, invalidPack("start %s: %v", p.id, err)
