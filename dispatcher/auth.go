@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // Callers are hostile until authenticated (DESIGN.md, "Trust model"): nothing the
@@ -18,6 +19,45 @@ import (
 // which subtle.ConstantTimeCompare alone is not (it returns at once on a length
 // mismatch). What remains is a map lookup, and one comparison per token the tenant
 // has: the tenant's configuration, not its existence.
+
+// A refused caller is answered after RefusalDelay, holding a parked goroutine and no
+// processor: a client flooding the dispatcher with requests it cannot authenticate
+// (made-up tenants, guessed tokens) then gets a few answers a second per connection
+// instead of taking a core from the tenants, and guessing tokens slows down as much.
+// At most maxDelayedRefusals wait at once; past that a refusal is answered at once and
+// closes its connection, so the delay never holds unbounded goroutines and an attacker
+// with many connections pays for a new one at every refusal. (A caller that hangs up
+// is noticed only once its body was read, which a refusal does not do: it holds its
+// place for the delay, which is why the delay is short.)
+const (
+	defaultRefusalDelay = 250 * time.Millisecond
+	maxDelayedRefusals  = 1024
+)
+
+// delayRefusal waits RefusalDelay before a refusal is answered, when one of the delayed
+// refusals' places is free; otherwise it marks the connection to be closed.
+func (s *Server) delayRefusal(w http.ResponseWriter, r *http.Request) {
+	delay := s.RefusalDelay
+	if delay == 0 {
+		delay = defaultRefusalDelay
+	}
+	if delay < 0 {
+		return
+	}
+	select {
+	case s.refusals <- struct{}{}:
+	default:
+		w.Header().Set("Connection", "close") // answered at once; the client must connect again
+		return
+	}
+	defer func() { <-s.refusals }()
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.Context().Done():
+	}
+}
 
 // unauthenticatedMessage is the one message every refused caller gets.
 const unauthenticatedMessage = "send Authorization: Bearer <token> with a token from the tenant's auth Secret"
@@ -47,6 +87,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, ns, name s
 	caller, ok := cfg.Caller(token)
 	if !known || !ok || token == "" {
 		s.Metrics.unauthenticated()
+		s.delayRefusal(w, r)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="packhost"`)
 		writeError(w, http.StatusUnauthorized, CodeUnauthenticated, unauthenticatedMessage)
 		return nil, nil, ""

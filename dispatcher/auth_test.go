@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -92,6 +93,48 @@ func TestUnauthenticatedRequestsMakeNoSeries(t *testing.T) {
 	}
 	if after := seriesCount(t, reg); after == before {
 		t.Fatal("an authenticated, served request made no series: the count above proves nothing")
+	}
+}
+
+// A refused caller waits RefusalDelay for its answer, so a flood of requests nobody can
+// authenticate costs the replica parked goroutines, not processors; at most
+// maxDelayedRefusals wait at once, and past that a refusal is answered at once and
+// closes its connection.
+func TestRefusalsAreDelayedAndBounded(t *testing.T) {
+	s, _ := newTestServer(t, "echo")
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	client := &http.Client{Timeout: 20 * time.Second}
+	refuse := func() (*http.Response, time.Duration) {
+		t.Helper()
+		start := time.Now()
+		resp, err := client.Post(srv.URL+"/v1/namespaces/default/tenants/ghost/activities", "application/json", strings.NewReader(`{"kind":"message"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("a made-up tenant: %d, want 401", resp.StatusCode)
+		}
+		return resp, time.Since(start)
+	}
+	s.RefusalDelay = 200 * time.Millisecond
+	if resp, took := refuse(); took < s.RefusalDelay || resp.Close {
+		t.Fatalf("a refusal answered after %s (close %v), want after at least %s on a kept connection", took, resp.Close, s.RefusalDelay)
+	}
+	// Every place taken: the next refusal cannot wait the hour, and ends its connection.
+	s.RefusalDelay = time.Hour
+	for range maxDelayedRefusals {
+		s.refusals <- struct{}{}
+	}
+	if resp, _ := refuse(); !resp.Close {
+		t.Fatal("a refusal past the bound kept its connection")
+	}
+	for range maxDelayedRefusals {
+		<-s.refusals
+	}
+	if n := len(s.refusals); n != 0 {
+		t.Fatalf("%d delayed refusals' places held after every refusal was answered", n)
 	}
 }
 

@@ -66,9 +66,14 @@ type Server struct {
 	// IdleTimeout closes a keep-alive connection idle this long (default 2 min).
 	IdleTimeout time.Duration
 
+	// RefusalDelay is how long a caller the dispatcher refuses (401) waits for its answer
+	// (default 250 ms; negative: none). See delayRefusal.
+	RefusalDelay time.Duration
+
 	inFlight atomic.Int64
 	listener net.Listener
-	tracer   trace.Tracer // from Tracing, set by Handler; nil: off
+	tracer   trace.Tracer  // from Tracing, set by Handler; nil: off
+	refusals chan struct{} // places of delayed refusals (maxDelayedRefusals)
 }
 
 // Handler returns the dispatcher's routes: activities, the provider endpoints and
@@ -77,6 +82,7 @@ type Server struct {
 // included, and nothing here names a tenant or revision to a caller not authenticated.
 func (s *Server) Handler() http.Handler {
 	s.tracer = tracing.Tracer(s.Tracing, tracerScope)
+	s.refusals = make(chan struct{}, maxDelayedRefusals)
 	mux := http.NewServeMux()
 	routes := []struct {
 		path     string

@@ -62,7 +62,8 @@ func newTracedServer(tb testing.TB, pack string, tp trace.TracerProvider) (*Serv
 		Tokens: map[string]string{"tok": "ci", "ops": "ops"}, RoutingCallers: []string{"ops"}, MaxBodyBytes: 4096})
 	router.PublishTable("default", "acme", NewTable("s", []Route{{Revision: "v1", Percent: 100, Tag: "stable"}}, true))
 	reg := prometheus.NewRegistry()
-	return &Server{Router: router, Revisions: oneRevision{rev}, MaxInFlight: 1024, Metrics: NewMetrics(reg), Log: logr.Discard(), Tracing: tp}, rev
+	// Refusals are not delayed here; TestRefusalsAreDelayedAndBounded delays them.
+	return &Server{Router: router, Revisions: oneRevision{rev}, MaxInFlight: 1024, Metrics: NewMetrics(reg), Log: logr.Discard(), Tracing: tp, RefusalDelay: -1}, rev
 }
 
 // BenchmarkServe is one activity request through the dispatcher's handler, without a
