@@ -51,11 +51,11 @@ type loader struct {
 
 	workers *slots
 
-	mu      sync.Mutex
-	base    context.Context
-	stop    context.CancelFunc
-	slots   map[string]*slots // by origin, and by "namespace/" and a namespace
-	jobs    map[types.NamespacedName]*loadJob
+	mu    sync.Mutex
+	base  context.Context
+	stop  context.CancelFunc
+	slots map[string]*slots // by origin, and by "namespace/" and a namespace
+	jobs  map[types.NamespacedName]*loadJob
 	// running counts the load goroutines, which Start waits for: a load writes the cache
 	// directory, and must not outlive the manager.
 	loads sync.WaitGroup
