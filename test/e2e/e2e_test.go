@@ -59,7 +59,7 @@ func setup(e *testenv.Env) error {
 // serveRegistry runs an OCI registry at the samples' address holding the built packs.
 func serveRegistry() error {
 	all := map[string][]byte{}
-	for _, p := range append([]string{"counter", "survey", "echo"}, hostilePacks...) {
+	for _, p := range append([]string{"counter", "survey", "echo", "flaky"}, hostilePacks...) {
 		b, err := packs.Build(p)
 		if err != nil {
 			return err
@@ -190,9 +190,17 @@ type reply struct {
 
 var httpClient = &http.Client{Timeout: 30 * time.Second}
 
+// send posts an activity of the samples' tenant, default/acme.
 func send(t testing.TB, m *manager, activity string) reply {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, "http://"+m.dispatcher+"/v1/namespaces/default/tenants/acme/activities", strings.NewReader(activity))
+	return m.post(t, "default", "acme", activity)
+}
+
+// post sends an activity to the dispatcher of m for tenant namespace/name, with the
+// samples' token.
+func (m *manager) post(t testing.TB, namespace, tenant, activity string) reply {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+m.dispatcher+"/v1/namespaces/"+namespace+"/tenants/"+tenant+"/activities", strings.NewReader(activity))
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := httpClient.Do(req)
 	if err != nil {
