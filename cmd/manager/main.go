@@ -58,6 +58,7 @@ type options struct {
 	maxInFlight             int
 	pprofAddr               string
 	memoryBudget            int64
+	replicaName             string
 	// skipNameValidation lets a test run a second manager in one process (controller
 	// names must otherwise be unique per process).
 	skipNameValidation bool
@@ -87,6 +88,7 @@ func (o *options) bind(fs *flag.FlagSet) {
 		o.cacheLimit = q
 		return nil
 	})
+	fs.StringVar(&o.replicaName, "replica-name", "", "Names this replica in the counts it publishes for the analysis of canary rollouts; empty uses the host name, which is the pod's name in Kubernetes. Replicas sharing a host (tests, local runs) need a name each, or their counts overwrite each other.")
 	fs.StringVar(&o.dispatcherAddr, "dispatcher-bind-address", ":8090", "Address the activity dispatcher binds to; 0 disables it.")
 	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "", "Address of the Go pprof endpoints; empty disables them.")
 	fs.IntVar(&o.maxInFlight, "max-in-flight", 1024, "Activities this replica serves at once; more are refused with 429.")

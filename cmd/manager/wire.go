@@ -73,10 +73,14 @@ func wire(ctx context.Context, mgr ctrl.Manager, o options, log logr.Logger, tra
 		return err
 	}
 	// Each replica publishes its dispatcher's counts of the splits under rollout for the
-	// leader's analysis, named by its pod (the hostname Kubernetes gives it).
-	replica, err := os.Hostname()
-	if err != nil {
-		return fmt.Errorf("name this replica for its analysis counts: %w", err)
+	// leader's analysis, named by --replica-name or else its pod (the hostname Kubernetes
+	// gives it).
+	replica := o.replicaName
+	if replica == "" {
+		var err error
+		if replica, err = os.Hostname(); err != nil {
+			return fmt.Errorf("name this replica for its analysis counts: %w", err)
+		}
 	}
 	counts := &controllers.CountsPublisher{Client: mgr.GetClient(), Router: router, Replica: replica, Clock: time.Now, Log: log.WithName("counts")}
 	if err := mgr.Add(counts); err != nil {
