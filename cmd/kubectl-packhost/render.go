@@ -206,8 +206,8 @@ func analysis(out io.Writer, a *packhostv1alpha1.CanaryAnalysis, r *packhostv1al
 	defer func() { w.Flush() }()
 	fmt.Fprintf(w, "\nAnalysis:\tevery %s, of the canary's activities when there are at least %d: %s; %d failed interval(s) abort\n",
 		every, a.MinActivities, strings.Join(bounds, ", "), a.FailureLimit)
-	if r == nil || r.Phase == "" {
-		return
+	if r == nil || r.Phase == "" || r.Phase == packhostv1alpha1.RolloutSucceeded {
+		return // nothing is judged outside a rollout
 	}
 	fmt.Fprintf(w, "Intervals:\t%d failed (%d abort), %d passed in this step\n", r.FailedIntervals, a.FailureLimit, r.PassedIntervals)
 	last := r.Analysis

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,6 +78,9 @@ func TestRender(t *testing.T) {
 	noStrategy := splitAt(nil, table(90, 10, 5120, 577), cond("Ready", "True", "TablePublished"), cond("RoutesReady", "True", "TablePublished"))
 	noStrategy.Spec.Strategy = nil
 	noStrategy.Spec.Routes = []v1.Route{{RevisionName: "acme-bot-v1", Percent: 90, Tag: "stable"}, {RevisionName: "acme-bot-v2", Percent: 10, Tag: "canary"}}
+	// A rollout that succeeded has the target as its stable table and no analysis.
+	succeeded := rollout(v1.RolloutSucceeded, 2, 2*time.Hour, "every step passed (the last one: its pause passed); acme-bot-v2=100 is stable", nil, 0, 1)
+	succeeded.StableRoutes = target
 	behind := splitAt(nil, nil)
 	// Strings from the API that a terminal would act on are shown, not obeyed: a revision
 	// name is only length-checked, and messages may quote what others wrote.
@@ -94,23 +98,25 @@ func TestRender(t *testing.T) {
 		{"hostile-strings", hostile},
 		{"strategy-no-rollout", splitAt(nil, stable, cond("Ready", "True", "TablePublished"))},
 		{"progressing-first-step", splitAt(
-			rollout(v1.RolloutProgressing, 0, 25*time.Second, "step 1 holds for its pause and a passing interval", interval(v1.AnalysisPassed, "", 1204, 140, 1, "0.71"), 0, 1),
+			rollout(v1.RolloutProgressing, 0, 25*time.Second, "step 1/3: acme-bot-v2 at 10%: holds until 2026-11-26T17:00:35Z", interval(v1.AnalysisPassed, "acme-bot-v2: 140 activities, 1 errors (0.71%), p99 15ms", 1204, 140, 1, "0.71"), 0, 1),
 			table(90, 10, 8800, 140),
 			cond("Ready", "False", "RolloutProgressing"), cond("Reconciling", "True", "RolloutProgressing"), cond("Stalled", "False", "RolloutProgressing"), cond("RoutesReady", "True", "TablePublished"))},
 		{"paused", splitAt(
-			rollout(v1.RolloutPaused, 1, 3*time.Minute+20*time.Second, "step 2 waits for a promote", interval(v1.AnalysisPassed, "", 610, 598, 2, "0.33"), 0, 2),
+			rollout(v1.RolloutPaused, 1, 3*time.Minute+20*time.Second, "step 2/3: acme-bot-v2 at 50%: waits for a promote (annotate packhost.io/promote with a new value)", interval(v1.AnalysisPassed, "acme-bot-v2: 598 activities, 2 errors (0.33%), p99 15ms", 610, 598, 2, "0.33"), 0, 2),
 			table(50, 50, 9000, 2400),
 			cond("Ready", "False", "RolloutPaused"), cond("Reconciling", "True", "RolloutPaused"))},
 		{"last-step-pause-over", splitAt(
-			rollout(v1.RolloutProgressing, 2, 45*time.Second, "step 3 waits for a passing interval", interval(v1.AnalysisInconclusive, "the canary served 12 activities, fewer than minActivities 20", 0, 12, 0, "0.00"), 1, 0),
+			rollout(v1.RolloutProgressing, 2, 45*time.Second, "step 3/3: acme-bot-v2 at 100%: holds for an analysis interval that passes (last: Inconclusive, acme-bot-v2: 12 activities, 0 errors (0.00%), p99 15ms: fewer than minActivities 20)",
+				interval(v1.AnalysisInconclusive, "acme-bot-v2: 12 activities, 0 errors (0.00%), p99 15ms: fewer than minActivities 20", 0, 12, 0, "0.00"), 1, 0),
 			table(0, 100, 9000, 4000),
 			cond("Ready", "False", "RolloutProgressing"))},
 		{"aborted-replica-missing", splitAt(
-			rollout(v1.RolloutAborted, 0, 20*time.Second, "analysis failed: acme-bot-v2 errors 48.57% > 5%", interval(v1.AnalysisFailed, "acme-bot-v2: 68 errors in 140 activities (48.57%) > 5%", 1204, 140, 68, "48.57", "packhost-manager-7d9f-fghij"), 2, 0),
-			table(100, 0, 9100, 140),
+			rollout(v1.RolloutAborted, 0, 20*time.Second, "analysis failed 2 of failureLimit 2 intervals; interval 16:59:45–16:59:55: acme-bot-v2: 140 activities, 68 errors (48.57%), p99 15ms: error rate above maxErrorPercent 5%; back to acme-bot-v1=100",
+				interval(v1.AnalysisFailed, "acme-bot-v2: 140 activities, 68 errors (48.57%), p99 15ms: error rate above maxErrorPercent 5%", 1204, 140, 68, "48.57", "packhost-manager-7d9f-fghij"), 2, 0),
+			[]v1.RouteStatus{{RevisionName: "acme-bot-v1", Percent: 100, Tag: "stable", Dispatched: 9100}},
 			cond("Ready", "False", "RolloutAborted"), cond("Stalled", "True", "RolloutAborted"), cond("Degraded", "True", "RolloutAborted"), cond("Reconciling", "False", "RolloutAborted"))},
 		{"succeeded", splitAt(
-			rollout(v1.RolloutSucceeded, 2, 2*time.Hour, "", interval(v1.AnalysisPassed, "", 0, 1190, 0, "0.00"), 0, 1),
+			succeeded,
 			[]v1.RouteStatus{{RevisionName: "acme-bot-v2", Percent: 100, Tag: "canary", Dispatched: 50211}},
 			cond("Ready", "True", "TablePublished"), cond("Reconciling", "False", "TablePublished"), cond("Stalled", "False", "TablePublished"))},
 	} {
@@ -133,5 +139,29 @@ func TestRender(t *testing.T) {
 				t.Errorf("rendering differs from %s (-update rewrites it):\n--- got\n%s\n--- want\n%s", golden, got.Bytes(), want)
 			}
 		})
+	}
+}
+
+// The operators' guide quotes two renderings; they must be what the plugin prints.
+func TestGuideQuotesTheRendering(t *testing.T) {
+	guide, err := os.ReadFile(filepath.Join("..", "..", "docs", "operators-guide.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []struct{ golden, indent string }{{"paused", "   "}, {"aborted-replica-missing", ""}} {
+		b, err := os.ReadFile(filepath.Join("testdata", q.golden+".golden"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var quoted strings.Builder
+		for line := range strings.Lines(string(b)) {
+			if strings.TrimSpace(line) != "" {
+				quoted.WriteString(q.indent)
+			}
+			quoted.WriteString(line)
+		}
+		if !strings.Contains(string(guide), quoted.String()) {
+			t.Errorf("docs/operators-guide.md does not quote testdata/%s.golden as the plugin prints it now: paste it again", q.golden)
+		}
 	}
 }
