@@ -44,10 +44,13 @@ const (
 	// countsKey is the data key holding a countsReport.
 	countsKey = "counts.json"
 	// countsMaxBytes bounds a counts report that is parsed: a split routes at most 16
-	// revisions (32 during a rollout), two windows of about 200 bytes each.
+	// revisions (32 during a rollout), two windows of about 250 bytes each.
 	countsMaxBytes = 64 << 10
 	// countsTick is how often the publisher looks for closed windows to publish.
 	countsTick = 500 * time.Millisecond
+	// maxRevisionsCounted is the most revisions a window may count: a split's stable
+	// and target tables, 16 routes each.
+	maxRevisionsCounted = 32
 )
 
 // countsName is the ConfigMap a replica publishes a split's counts in: named for both
@@ -93,7 +96,41 @@ func trustReport(split *v1.TrafficSplit, cm *corev1.ConfigMap) (countsReport, st
 	if rep.Replica == "" || cm.Name != countsName(split.Name, rep.Replica) {
 		return rep, fmt.Sprintf("not named for its replica %q", rep.Replica)
 	}
+	if why := implausible(rep); why != "" {
+		return rep, why
+	}
 	return rep, ""
+}
+
+// countsMax bounds every count of a report: far above what one replica serves in an
+// hour, far below what a sum of many could overflow.
+const countsMax = 1 << 40
+
+// implausible says what in a report a publisher cannot have written: more windows or
+// revisions than it keeps, a window that ends before it starts, negative or overflowing
+// counts, more errors than activities.
+func implausible(rep countsReport) string {
+	if len(rep.Windows) > dispatcher.KeptWindows {
+		return fmt.Sprintf("%d windows, more than the %d a replica publishes", len(rep.Windows), dispatcher.KeptWindows)
+	}
+	for _, w := range rep.Windows {
+		if !w.End.After(w.Start) {
+			return "a window that does not end after it starts"
+		}
+		if len(w.Revisions) > maxRevisionsCounted {
+			return fmt.Sprintf("%d revisions in a window, more than a split routes to", len(w.Revisions))
+		}
+		for rev, c := range w.Revisions {
+			ok := c.Activities >= 0 && c.Activities <= countsMax && c.Errors >= 0 && c.Errors <= c.Activities
+			for _, n := range c.Latency {
+				ok = ok && n >= 0 && n <= countsMax
+			}
+			if !ok {
+				return fmt.Sprintf("implausible counts for revision %q", rev)
+			}
+		}
+	}
+	return ""
 }
 
 // readReports lists the counts ConfigMaps of split's namespace through reader (the

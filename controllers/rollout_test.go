@@ -479,6 +479,19 @@ func TestTrustReport(t *testing.T) {
 		{"garbage", func(cm *corev1.ConfigMap) { cm.Data[countsKey] = "{" }, "does not parse"},
 		{"too large", func(cm *corev1.ConfigMap) { cm.Data[countsKey] = strings.Repeat(" ", countsMaxBytes+1) }, "larger than"},
 		{"no replica", func(cm *corev1.ConfigMap) { cm.Data[countsKey] = `{"windows":[]}` }, "not named for its replica"},
+		{"negative counts", func(cm *corev1.ConfigMap) { cm.Data[countsKey] = report(`{"b":{"activities":-5}}`) }, `implausible counts for revision "b"`},
+		{"more errors than activities", func(cm *corev1.ConfigMap) { cm.Data[countsKey] = report(`{"b":{"activities":5,"errors":6}}`) }, "implausible counts"},
+		{"counts that would overflow a sum", func(cm *corev1.ConfigMap) {
+			cm.Data[countsKey] = report(`{"b":{"activities":9223372036854775807,"errors":0}}`)
+		}, "implausible counts"},
+		{"a negative bucket", func(cm *corev1.ConfigMap) { cm.Data[countsKey] = report(`{"b":{"activities":1,"latency":[-1]}}`) }, "implausible counts"},
+		{"a window backwards", func(cm *corev1.ConfigMap) {
+			cm.Data[countsKey] = `{"replica":"pod-1","windows":[{"start":"2026-01-01T00:00:10Z","end":"2026-01-01T00:00:00Z"}]}`
+		}, "does not end after it starts"},
+		{"too many windows", func(cm *corev1.ConfigMap) {
+			w := `{"start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:00:10Z"}`
+			cm.Data[countsKey] = `{"replica":"pod-1","windows":[` + w + "," + w + "," + w + `]}`
+		}, "3 windows"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reports, ignored := trustedReports(split, []corev1.ConfigMap{good(tc.mutate)})
@@ -487,6 +500,11 @@ func TestTrustReport(t *testing.T) {
 			}
 		})
 	}
+}
+
+// report is a counts report of pod-1 with one window holding revisions (JSON).
+func report(revisions string) string {
+	return `{"replica":"pod-1","windows":[{"start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:00:10Z","revisions":` + revisions + `}]}`
 }
 
 func TestCountsName(t *testing.T) {

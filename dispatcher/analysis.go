@@ -104,9 +104,10 @@ type Window struct {
 	Revisions map[string]Counts `json:"revisions,omitempty"`
 }
 
-// closedWindows is how many closed windows a tally keeps: the leader judges a window
-// a little after it closes, and by then a replica may have closed the next one.
-const closedWindows = 2
+// KeptWindows is how many closed windows a tally keeps (ClosedWindows returns): the
+// leader judges a window a little after it closes, and by then a replica may have
+// closed the next one.
+const KeptWindows = 2
 
 // tally counts one tenant's activities in windows of one interval.
 type tally struct {
@@ -114,7 +115,7 @@ type tally struct {
 	cur      atomic.Pointer[liveWindow]
 
 	mu     sync.Mutex    // rolling the window over
-	closed []*liveWindow // oldest first, at most closedWindows
+	closed []*liveWindow // oldest first, at most KeptWindows
 }
 
 // liveWindow is the window being counted: revision name -> *liveCounts.
@@ -154,8 +155,8 @@ func (t *tally) window(now time.Time) *liveWindow {
 		// Windows without an activity in between: the latest of them closed empty.
 		t.closed = append(t.closed, &liveWindow{index: idx - 1})
 	}
-	if n := len(t.closed); n > closedWindows {
-		t.closed = append([]*liveWindow(nil), t.closed[n-closedWindows:]...)
+	if n := len(t.closed); n > KeptWindows {
+		t.closed = append([]*liveWindow(nil), t.closed[n-KeptWindows:]...)
 	}
 	next := &liveWindow{index: idx}
 	t.cur.Store(next)
