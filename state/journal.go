@@ -387,9 +387,9 @@ func (sh *shard) writeJournal(ctx context.Context, c *composition, m *merged) er
 		return errRefetch
 	}
 	rec := encodeChange(m.id, diff(c.logical.BinaryData, m.obj.BinaryData))
-	if len(rec) > maxJournalBytes/2 {
+	if len(rec) > maxJournalBytes {
 		return fmt.Errorf("%w: %w: one commit of %d bytes to %s is more than its journal takes (%d): write less at once",
-			errRefused, runtime.ErrStateFull, len(rec), sh.key, maxJournalBytes/2)
+			errRefused, runtime.ErrStateFull, len(rec), sh.key, maxJournalBytes)
 	}
 	j := trim(c.journal, folded)
 	if entryBytes(j)+len(rec) > maxJournalBytes {

@@ -165,12 +165,13 @@ func TestJournalKeepsTheCommitCostFlat(t *testing.T) {
 	}
 }
 
-// A commit to a journalled shard that folds its journal at once (every call of it: the
-// journal write, the shard's rewrite, the journal's trim) with a conflict, an error, a
-// lost answer or a crash injected before each call in turn: the commit's two writes are
-// visible together or not at all, as its answer says, a fold stopped half-way (the
-// shard rewritten, the journal not trimmed) is read right by another replica, and a
-// later fold leaves the shard holding everything and the journal empty.
+// A commit to a journalled shard that folds its journal at once, with a conflict, an
+// error, a lost answer or a crash injected before each of its calls in turn (the
+// journal write, which trims what the last fold folded, and the fold's rewrite of the
+// shard, with the reads a conflict takes): the commit's two writes are visible
+// together or not at all, as its answer says; every read meets a fold half done (the
+// shard rewritten, the journal not trimmed yet) and reads it right; and a last fold
+// leaves the shard holding everything and the journal empty.
 func TestFoldIsAllOrNothingUnderFaults(t *testing.T) {
 	testenv.Require(t, env)
 	spec := state.Spec{Namespace: env.Namespace(t, "foldfaults"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 1}
@@ -228,7 +229,7 @@ func TestFoldIsAllOrNothingUnderFaults(t *testing.T) {
 		}
 	}
 	if round < 12 {
-		t.Fatalf("only %d rounds: a commit and its fold made fewer calls than a write, a rewrite and a trim", round)
+		t.Fatalf("only %d rounds: a commit and its fold made fewer calls than a journal write and a rewrite", round)
 	}
 	if err := reader.Fold(context.Background(), spec.Namespace, spec.Revision, 0); err != nil {
 		t.Fatal(err)
