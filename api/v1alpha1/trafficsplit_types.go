@@ -108,6 +108,7 @@ type CanaryAnalysis struct {
 	// minActivities is how many activities the incoming Revisions must serve in an
 	// interval, summed over replicas, for it to be judged; with fewer it is
 	// inconclusive: it neither passes nor fails, and the step waits for one that passes.
+	// An interval without any is inconclusive whatever the minimum.
 	// +optional
 	// +kubebuilder:default=10
 	// +kubebuilder:validation:Minimum=0
