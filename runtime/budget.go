@@ -20,7 +20,7 @@ var ErrMemoryBudget = errors.New("replica memory budget exhausted")
 const (
 	memCompiled  = iota // compiled packs, shared per digest
 	memInstances        // instances: linear memory and a fixed overhead each
-	memHost             // what running activities' host calls hold
+	memHost             // what the host holds for guests: running activities' host calls, packs' identify hints
 	numMemKinds
 )
 
@@ -69,8 +69,8 @@ func (b *memoryBudget) release(kind int, n int64) {
 type MemoryStats struct {
 	// Budget is the replica's budget; 0 means none.
 	Budget int64
-	// Compiled, Instances and Host are what compiled packs, instances and running
-	// activities' host buffers hold.
+	// Compiled, Instances and Host are what compiled packs, instances, and the host
+	// for guests (running activities' host buffers, packs' cached identify hints) hold.
 	Compiled, Instances, Host int64
 }
 

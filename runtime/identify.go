@@ -297,12 +297,16 @@ func (r *Revision) IdentifyHints(ctx context.Context, types []string) ([]Hint, e
 // hintCache keeps a pack's resolved identify hints for the life of its revision: a
 // revision never changes, so its describe-identify export is asked once. Only an
 // answer is kept; a describe that failed is asked again by the next request that needs
-// it (each try costs that request's deadline, as any guest call does).
+// it (each try costs that request's deadline, as any guest call does). What the hints
+// keep is charged to the tenant's account until the revision is closed: a tenant's
+// packs answer what they like, up to maxHintBytes each, in as many revisions as it has.
 type hintCache struct {
 	// lock is held (a value in it) while describe-identify runs, so that concurrent
 	// first requests wait for one answer instead of each running the export.
 	lock     chan struct{}
 	resolved atomic.Pointer[map[string]*packHint] // set once, under lock
+	// held is what the resolved hints are charged (under packRuntime.mu, with unloaded).
+	held int64
 }
 
 // hintsOf returns pack p's hints by provider type, resolving them the first time: the
@@ -336,8 +340,37 @@ func (r *Revision) hintsOf(ctx context.Context, p *packRuntime) (map[string]*pac
 			hints[t] = h
 		}
 	}
+	var n int64
+	for _, h := range hints {
+		n += h.bytes()
+	}
+	if !r.engine.reserve(r.memory, memHost, n) {
+		return nil, fmt.Errorf("%w: %w", ErrOverloaded, r.engine.budgetError(r.memory, "the identify hints of pack "+p.id, n))
+	}
+	p.mu.Lock()
+	unloaded := p.unloaded
+	if !unloaded {
+		p.hints.held = n
+	}
+	p.mu.Unlock()
+	if unloaded {
+		// Close gave back what the pack held already: answer, but keep nothing.
+		r.engine.release(r.memory, memHost, n)
+		return hints, nil
+	}
 	p.hints.resolved.Store(&hints)
 	return hints, nil
+}
+
+// dropHints forgets pack p's resolved hints and gives back what they were charged; the
+// revision is unloaded (p.unloaded is set, so none are kept again).
+func (p *packRuntime) dropHints() {
+	p.mu.Lock()
+	held := p.hints.held
+	p.hints.held = 0
+	p.mu.Unlock()
+	p.hints.resolved.Store(nil)
+	p.pack.engine.release(p.memory, memHost, held)
 }
 
 // describe runs pack p's describe-identify export and checks its answer: one hint per
@@ -373,6 +406,20 @@ func (r *Revision) describe(ctx context.Context, p *packRuntime) (map[string]*pa
 		hints[h.ProviderType] = newPackHint(h)
 	}
 	return hints, nil
+}
+
+// bytes estimates what hint h keeps on the host: each header name in its list and in
+// the lower-cased set, about 64 bytes of slice and map entry besides the text (9,400
+// names in 61 KiB of JSON keep 627 KiB), and each JSON pointer.
+func (h *packHint) bytes() int64 {
+	n := int64(256)
+	for _, name := range h.Headers {
+		n += 2*int64(len(name)) + 64
+	}
+	for _, ptr := range h.JSONPointers {
+		n += int64(len(ptr)) + 16
+	}
+	return n
 }
 
 func newPackHint(h Hint) *packHint {

@@ -486,3 +486,38 @@ func TestIdentifyRepeatedHeaderCostsLinear(t *testing.T) {
 		t.Fatalf("identify with %d repeats of one header (%d KiB) allocated %d MiB on the host", len(headers), sent>>10, alloc>>20)
 	}
 }
+
+// TestDescribeHintsAreCharged: the hints a pack's describe-identify answers are kept for
+// its revision's life, about ten times their JSON on the host (600 KiB for 64 KiB of
+// names), so they are charged to the tenant's account and the replica's budget as its
+// instances are: else a tenant's packs, in as many revisions as it likes, would make the
+// host hold memory outside its share, while its idle revisions' accounts show nothing.
+// Close gives the charge back, and the account goes with the revision.
+func TestDescribeHintsAreCharged(t *testing.T) {
+	e := newEngine(t)
+	ctx := context.Background()
+	names := make([]string, 3000)
+	for i := range names {
+		names[i] = fmt.Sprintf("h%d", i)
+	}
+	rev, _ := loadProbes(t, e, runtime.Limits{}, probe{settings: "describe=hint:" + strings.Join(names, "+") + " hinttypes=probe+other"})
+	if h := e.MemoryStats().Host; h != 0 {
+		t.Fatalf("%d bytes of host memory counted before any call", h)
+	}
+	hints, err := rev.IdentifyHints(ctx, nil)
+	if err != nil || len(hints) != 2 || len(hints[0].Headers) != len(names) {
+		t.Fatalf("hints: %d, %v", len(hints), err)
+	}
+	// Each kept name holds at least its text and its string header in the hint's list.
+	least := int64(2 * len(names) * (16 + 4))
+	if h := e.MemoryStats().Host; h < least {
+		t.Fatalf("the revision keeps hints of %d names with %d bytes of host memory counted, want at least %d", 2*len(names), h, least)
+	}
+	rev.Close(ctx)
+	if h := e.MemoryStats().Host; h != 0 {
+		t.Errorf("%d bytes of host memory still counted after the revision was closed", h)
+	}
+	if n := e.TenantAccounts(); n != 0 {
+		t.Errorf("%d tenant accounts kept after the tenant's only revision was closed", n)
+	}
+}

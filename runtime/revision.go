@@ -233,6 +233,7 @@ take:
 		for _, inst := range idle {
 			p.discard(inst)
 		}
+		p.dropHints()
 		r.engine.Release(ctx, p.pack)
 	}
 	r.engine.releaseTenant(r.memory)

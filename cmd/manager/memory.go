@@ -54,7 +54,7 @@ func registerMemoryMetrics(reg prometheus.Registerer, e *runtime.Engine) error {
 		{"host", func(s runtime.MemoryStats) int64 { return s.Host }},
 	} {
 		g := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "packhost_runtime_memory_used_bytes", Help: "Guest memory accounted against the budget: compiled packs, instances, running activities' host buffers.",
+			Name: "packhost_runtime_memory_used_bytes", Help: "Guest memory accounted against the budget: compiled packs, instances, and the host's for guests (kind host: running activities' host buffers, packs' identify hints).",
 			ConstLabels: prometheus.Labels{"kind": kind.name},
 		}, func() float64 { return float64(kind.get(e.MemoryStats())) })
 		if err := registerOrReplace(reg, g); err != nil {
