@@ -412,3 +412,23 @@ func TestReplicasPublishTheirCounts(t *testing.T) {
 		})
 	}
 }
+
+// A rollout's whole state is in status: a new leader goes on where the old one stopped.
+func TestCanaryGoesOnUnderANewLeader(t *testing.T) {
+	testenv.Require(t, env)
+	clock := newTestClock()
+	old := startReplica(t, true, func(c *replicaConfig) { c.clock = clock.Now })
+	ns := env.Namespace(t, "canary-failover")
+	sp := startCanary(t, ns, canaryStrategy(1, false))
+	healthy := map[string]dispatcher.Counts{"a": activities(90, 0, 5*time.Millisecond), "b": activities(20, 0, 5*time.Millisecond)}
+	sp = judgeInterval(t, sp, clock, map[string]map[string]dispatcher.Counts{"r1": healthy})
+	old.stop()
+
+	successor := startReplica(t, true, func(c *replicaConfig) { c.clock = clock.Now })
+	waitTable(t, successor, ns, "a=90,b=10")
+	sp = endPause(t, sp, clock, 1, "a=50,b=50")
+	waitTable(t, successor, ns, "a=50,b=50")
+	if ro := sp.Status.Rollout; !slices.Equal(ro.StableRoutes, []v1.RouteStatus{{RevisionName: "a", Percent: 100}}) || ro.FailedIntervals != 0 {
+		t.Fatalf("the new leader lost the rollout's state: %+v", ro)
+	}
+}
