@@ -489,6 +489,9 @@ func unpack(cm *corev1.ConfigMap) {
 func pack(cm *corev1.ConfigMap) *corev1.ConfigMap {
 	out := &corev1.ConfigMap{TypeMeta: cm.TypeMeta, Immutable: cm.Immutable}
 	cm.ObjectMeta.DeepCopyInto(&out.ObjectMeta)
+	// Not sent back: the API server keeps a ConfigMap's managed fields when an update
+	// carries none, and need not decode and compare them again.
+	out.ManagedFields = nil
 	version := pageVersion
 	if _, journalled := foldedThrough(cm); journalled {
 		version = journalPageVersion

@@ -411,6 +411,7 @@ func (sh *shard) writeJournal(ctx context.Context, c *composition, m *merged) er
 // holds.
 func trim(j *corev1.ConfigMap, folded uint64) *corev1.ConfigMap {
 	out := j.DeepCopy()
+	out.ManagedFields = nil // kept by the API server, as pack says
 	if out.BinaryData == nil {
 		out.BinaryData = map[string][]byte{}
 	}
