@@ -16,7 +16,8 @@
 // ConfigMap per split per replica (counts.go) once per interval. The leader lists them
 // once per interval, a grace after the interval closes (analysisGrace), trusts only those
 // the split controls, and sums them: a replica that did not publish the interval is not
-// counted and status names it. What it costs: per replica, one ConfigMap write per split
+// counted and status names it (so replicas' clocks must agree to well within the grace,
+// which NTP gives). What it costs: per replica, one ConfigMap write per split
 // under rollout per interval (a few hundred bytes per revision); for the leader, one
 // uncached List of the namespace's counts ConfigMaps per interval; on the dispatcher's hot
 // path, per activity, 2 ns while no split anywhere has an analysis, 74 ns while another
