@@ -89,11 +89,15 @@ func TestSlowBodiesUseTheTenantsShareOnly(t *testing.T) {
 		answers = append(answers, slowBody(t, addr, "acme", "tok"))
 	}
 	time.Sleep(300 * time.Millisecond) // the eight are read up to their stalled bodies
+	// beta sends 16 requests, four at a time: its own share of the 8-slot replica.
 	var wg sync.WaitGroup
+	share := make(chan struct{}, 4)
 	for i := range 16 {
 		wg.Add(1)
+		share <- struct{}{}
 		go func() {
 			defer wg.Done()
+			defer func() { <-share }()
 			if code, body := post(t, addr, "other", "beta-tok"); code != http.StatusOK {
 				t.Errorf("beta's request %d while acme's bodies stall: %d %s", i, code, body)
 			}
