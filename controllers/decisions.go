@@ -157,23 +157,20 @@ func loadKey(rev *v1.Revision, tenant *v1.Tenant, limits runtime.Limits, maxBody
 	return hex.EncodeToString(sum[:8])
 }
 
-// sourceOrigins are the remote origins a revision's packs come from (a url's
-// host:port, an image's registry); ConfigMap sources have none.
-func sourceOrigins(packs []v1.Pack) []string {
-	var out []string
-	for _, p := range packs {
-		switch {
-		case p.URL != "":
-			if u, err := url.Parse(p.URL); err == nil {
-				out = append(out, u.Host)
-			}
-		case p.Image != "":
-			if ref, err := name.ParseReference(p.Image); err == nil {
-				out = append(out, ref.Context().RegistryStr())
-			}
+// sourceOrigin is the remote origin pack p comes from (a url's host:port, an image's
+// registry); "" for a ConfigMap source.
+func sourceOrigin(p v1.Pack) string {
+	switch {
+	case p.URL != "":
+		if u, err := url.Parse(p.URL); err == nil {
+			return u.Host
+		}
+	case p.Image != "":
+		if ref, err := name.ParseReference(p.Image); err == nil {
+			return ref.Context().RegistryStr()
 		}
 	}
-	return out
+	return ""
 }
 
 // routedNames are the revisions a split routes to: its spec's routes and the table

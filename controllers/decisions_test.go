@@ -226,14 +226,17 @@ func TestLoadKeyFollowsTheRuntimeConfig(t *testing.T) {
 	}
 }
 
-func TestSourceOrigins(t *testing.T) {
-	got := sourceOrigins([]v1.Pack{
+func TestSourceOrigin(t *testing.T) {
+	var got []string
+	for _, p := range []v1.Pack{
 		{ConfigMapRef: &v1.ConfigMapKeyReference{Name: "p", Key: "k"}},
 		{URL: "https://packs.example.com:8443/a.wasm"},
 		{Image: "ghcr.io/acme/bot:v1"},
-	})
-	if !slices.Equal(got, []string{"packs.example.com:8443", "ghcr.io"}) {
-		t.Fatalf("origins %v", got)
+	} {
+		got = append(got, sourceOrigin(p))
+	}
+	if !slices.Equal(got, []string{"", "packs.example.com:8443", "ghcr.io"}) {
+		t.Fatalf("origins %q", got)
 	}
 }
 

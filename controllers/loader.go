@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"context"
-	"slices"
 	"sync"
 	"time"
 
@@ -19,8 +18,8 @@ const (
 	// Compiling is CPU-bound and fetching waits on the network; a handful keeps both
 	// busy without starving the dispatcher of CPU.
 	loadWorkers = 4
-	// loadsPerOrigin is how many of those may wait on one remote origin (a url's
-	// host:port, a registry): a source that never answers holds at most this many
+	// loadsPerOrigin is how many of those may fetch from one remote origin at once (a
+	// url's host:port, a registry): a source that never answers holds at most this many
 	// workers for its bounded tries, never all of them, so it delays no other origin.
 	loadsPerOrigin = 2
 	// loadsPerNamespace is how many loads of one namespace run at once: never every
@@ -32,8 +31,13 @@ const (
 	loadTimeout = 5 * time.Minute
 )
 
-// loadFunc loads a revision; it runs on a loader worker and must honour ctx.
-type loadFunc func(ctx context.Context) (*Loaded, *failure)
+// loadFunc loads a revision; it runs on a loader worker and must honour ctx. It fetches
+// from a remote origin only while it holds a slot that fetching gave it.
+type loadFunc func(ctx context.Context, fetching originSlot) (*Loaded, *failure)
+
+// originSlot waits for a slot of a remote origin for one fetch and returns its release,
+// or false when ctx ended first (see loadSlots.fetching).
+type originSlot func(ctx context.Context, origin string) (release func(), ok bool)
 
 // loader fetches and compiles revisions off the reconcile path, as Knative Serving's
 // revision background resolver does: Reconcile asks for a load keyed by the revision
@@ -97,7 +101,7 @@ func (l *loader) Start(ctx context.Context) error {
 // load for another key is cancelled and replaced. A failure that may pass is kept for
 // retryAfter, then tried again on the next call. A successful result is handed out
 // once: the caller owns the runtime.
-func (l *loader) load(name types.NamespacedName, key string, origins []string, fn loadFunc) (done bool, loaded *Loaded, fail *failure) {
+func (l *loader) load(name types.NamespacedName, key string, fn loadFunc) (done bool, loaded *Loaded, fail *failure) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if j := l.jobs[name]; j != nil && j.key == key {
@@ -118,7 +122,7 @@ func (l *loader) load(name types.NamespacedName, key string, origins []string, f
 	j := &loadJob{key: key, cancel: cancel}
 	l.jobs[name] = j
 	l.loads.Add(1)
-	go l.run(ctx, name, j, origins, fn)
+	go l.run(ctx, name, j, fn)
 	return false, nil, nil
 }
 
@@ -142,15 +146,14 @@ func (l *loader) forgetLocked(name types.NamespacedName) {
 	}
 }
 
-func (l *loader) run(ctx context.Context, name types.NamespacedName, j *loadJob, origins []string, fn loadFunc) {
+func (l *loader) run(ctx context.Context, name types.NamespacedName, j *loadJob, fn loadFunc) {
 	defer l.loads.Done()
 	defer j.cancel()
 	var loaded *Loaded
 	var fail *failure
-	release, ok := l.acquire(ctx, name.Namespace, origins)
-	if ok {
-		loaded, fail = fn(ctx)
-		release()
+	if s, ok := l.acquire(ctx, name.Namespace); ok {
+		loaded, fail = fn(ctx, s.fetching)
+		s.release()
 		if loaded == nil && fail == nil {
 			fail = &failure{v1.RevisionLoaded, v1.ReasonInvalidWasm, "load returned no runtime", true}
 		}
@@ -172,53 +175,106 @@ func (l *loader) run(ctx context.Context, name types.NamespacedName, j *loadJob,
 	}
 }
 
-// acquire takes a slot of the load's namespace and one of each origin, all or none, then
-// a worker. A load waits for a full namespace or origin holding no other slot, so loads
-// queued behind a black-hole origin hold neither a shared registry's slots nor their
-// namespace's; the worker comes last, so no load holds one while it waits.
-func (l *loader) acquire(ctx context.Context, namespace string, origins []string) (release func(), ok bool) {
-	origins = slices.Clone(origins)
-	slices.Sort(origins)
-	origins = slices.Compact(origins)
-	var held []*slots // taken
-	users := []*slots{l.use("namespace/"+namespace, loadsPerNamespace)}
-	for _, o := range origins {
-		users = append(users, l.use(o, loadsPerOrigin))
+// acquire takes a slot of the load's namespace, then a worker. Origins are not taken
+// here but around each fetch (loadSlots.fetching): a load that names a shared registry
+// and a black hole must not hold the registry's slot while it waits on the hole.
+func (l *loader) acquire(ctx context.Context, namespace string) (*loadSlots, bool) {
+	s := &loadSlots{l: l, namespace: l.use("namespace/"+namespace, loadsPerNamespace)}
+	s.inNamespace = take(ctx, s.namespace)
+	if !s.inNamespace || !s.takeWorker(ctx) {
+		s.release()
+		return nil, false
 	}
-	giveBack := func() {
-		for _, s := range held {
-			<-s.ch
-		}
-		held = held[:0]
+	return s, true
+}
+
+// loadSlots are the slots one load holds: its namespace's and a worker while it runs,
+// and one origin's at a time, while it fetches from that origin.
+type loadSlots struct {
+	l           *loader
+	namespace   *slots
+	inNamespace bool // holds a slot of namespace
+	worker      bool // holds a worker
+}
+
+// fetching takes a slot of origin (a url's host:port, an image's registry) for one
+// fetch, and returns its release; false when ctx ended first. A load waits for a full
+// origin holding nothing: not its worker, so loads queued behind a black hole hold no
+// worker; not its namespace's slot, so they leave the tenant's other loads theirs; and
+// no other origin's, since a load holds one at a time and only while it fetches, so
+// loads waiting on a hole keep a shared registry from nobody. It takes the origin's
+// and the namespace's slots all or none, then a worker (a load holding a worker never
+// waits for a slot, so this cannot deadlock).
+func (s *loadSlots) fetching(ctx context.Context, origin string) (release func(), ok bool) {
+	o := s.l.use(origin, loadsPerOrigin)
+	done := func() {
+		<-o.ch
+		s.l.unuse(o)
 	}
-	release = func() {
-		giveBack()
-		l.mu.Lock()
-		for _, s := range users {
-			// Slots nobody waits on or holds are forgotten: any user may name hosts.
-			if s.users--; s.users == 0 {
-				delete(l.slots, s.key)
-			}
-		}
-		l.mu.Unlock()
+	select {
+	case o.ch <- struct{}{}:
+		return done, true
+	default:
 	}
-	take := func(s *slots) bool {
-		select {
-		case s.ch <- struct{}{}:
-			held = append(held, s)
-			return true
-		case <-ctx.Done():
-			return false
-		}
+	s.giveWorker()
+	<-s.namespace.ch
+	s.inNamespace = takeAll(ctx, s.namespace, o)
+	if !s.inNamespace {
+		s.l.unuse(o)
+		return nil, false
 	}
+	if !s.takeWorker(ctx) {
+		done()
+		return nil, false
+	}
+	return done, true
+}
+
+func (s *loadSlots) takeWorker(ctx context.Context) bool {
+	s.worker = take(ctx, s.l.workers)
+	return s.worker
+}
+
+func (s *loadSlots) giveWorker() {
+	if s.worker {
+		<-s.l.workers.ch
+		s.worker = false
+	}
+}
+
+// release gives back the load's worker and its namespace's slot, those it holds.
+func (s *loadSlots) release() {
+	s.giveWorker()
+	if s.inNamespace {
+		<-s.namespace.ch
+		s.inNamespace = false
+	}
+	s.l.unuse(s.namespace)
+}
+
+// take waits for one of slots s, or for ctx to end.
+func take(ctx context.Context, s *slots) bool {
+	select {
+	case s.ch <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// takeAll takes one slot of each of sets, all or none: it waits for a full one holding
+// none of the others, then tries the others again.
+func takeAll(ctx context.Context, sets ...*slots) bool {
+	var held []*slots
 	for wait := -1; ; {
-		// Wait, holding nothing, for the one that was full; then try the rest.
-		if wait >= 0 && !take(users[wait]) {
-			release()
-			return nil, false
+		if wait >= 0 {
+			if !take(ctx, sets[wait]) {
+				return false
+			}
+			held = append(held, sets[wait])
 		}
 		full := -1
-		for i, s := range users {
+		for i, s := range sets {
 			if i == wait {
 				continue
 			}
@@ -232,16 +288,23 @@ func (l *loader) acquire(ctx context.Context, namespace string, origins []string
 			break
 		}
 		if full < 0 {
-			break
+			return true
 		}
-		giveBack()
-		wait = full
+		for _, s := range held {
+			<-s.ch
+		}
+		held, wait = held[:0], full
 	}
-	if !take(l.workers) {
-		release()
-		return nil, false
+}
+
+// unuse ends a load's use of slots s taken with use. Slots nobody waits on or holds are
+// forgotten: any user may name hosts.
+func (l *loader) unuse(s *slots) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s.users--; s.users == 0 {
+		delete(l.slots, s.key)
 	}
-	return release, true
 }
 
 // use counts a load as a user of the slots under key, made with n slots if none.

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,18 +18,13 @@ import (
 func TestLoaderBoundsEachOrigin(t *testing.T) {
 	l := newLoader(time.Minute, time.Now)
 	defer l.stop()
-	var started atomic.Int32
-	hang := func(ctx context.Context) (*Loaded, *failure) {
-		started.Add(1)
-		<-ctx.Done()
-		return nil, &failure{reason: v1.ReasonSourceUnreachable, retry: true}
-	}
+	h := &hangingLoads{l: l}
 	for i := range loadWorkers + 2 {
-		l.load(types.NamespacedName{Name: fmt.Sprint("hole-", i)}, "k", []string{"hole:80"}, hang)
+		h.start(types.NamespacedName{Name: fmt.Sprint("hole-", i)}, "hole:80")
 	}
 	fast := types.NamespacedName{Name: "fast"}
 	fail := &failure{reason: v1.ReasonInvalidWasm}
-	if done, _, _ := l.load(fast, "k", nil, func(context.Context) (*Loaded, *failure) { return nil, fail }); done {
+	if done, _, _ := l.load(fast, "k", func(context.Context, originSlot) (*Loaded, *failure) { return nil, fail }); done {
 		t.Fatal("a new load is done before it ran")
 	}
 	select {
@@ -39,40 +35,49 @@ func TestLoaderBoundsEachOrigin(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("a load from another origin waited behind a black hole")
 	}
-	if done, _, f := l.load(fast, "k", nil, nil); !done || f != fail {
+	if done, _, f := l.load(fast, "k", nil); !done || f != fail {
 		t.Fatalf("the result is not kept until taken: done %v, %v", done, f)
 	}
 	// The black-hole loads start on goroutines of their own; wait for them, then check
 	// that no more than the origin's bound ever started.
-	for deadline := time.Now().Add(5 * time.Second); started.Load() < loadsPerOrigin && time.Now().Before(deadline); {
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(20 * time.Millisecond)
-	if n := started.Load(); n != loadsPerOrigin {
-		t.Fatalf("%d loads run against one origin, want %d", n, loadsPerOrigin)
+	if n := h.settle(loadsPerOrigin); n != loadsPerOrigin {
+		t.Fatalf("%d loads fetch from one origin, want %d", n, loadsPerOrigin)
 	}
 	// A load for another key replaces the one running.
-	if done, _, _ := l.load(fast, "k2", nil, func(context.Context) (*Loaded, *failure) { return nil, nil }); done {
+	if done, _, _ := l.load(fast, "k2", func(context.Context, originSlot) (*Loaded, *failure) { return nil, nil }); done {
 		t.Fatal("a load for a new key returned the old key's result")
 	}
 }
 
-// hangingLoads starts loads that hang until cancelled, and counts those that started.
+// hangingLoads starts loads that fetch from origins in turn, each in the origin's slot:
+// a fetch from an origin named "hole…" (a black hole) hangs until the load is
+// cancelled, any other returns at once. It counts the fetches from black holes that
+// started.
 type hangingLoads struct {
 	l       *loader
 	started atomic.Int32
 }
 
 func (h *hangingLoads) start(name types.NamespacedName, origins ...string) {
-	h.l.load(name, "k", origins, func(ctx context.Context) (*Loaded, *failure) {
-		h.started.Add(1)
-		<-ctx.Done()
-		return nil, &failure{reason: v1.ReasonSourceUnreachable, retry: true}
+	h.l.load(name, "k", func(ctx context.Context, fetching originSlot) (*Loaded, *failure) {
+		unreachable := &failure{reason: v1.ReasonSourceUnreachable, retry: true}
+		for _, o := range origins {
+			release, ok := fetching(ctx, o)
+			if !ok {
+				return nil, unreachable
+			}
+			if strings.HasPrefix(o, "hole") {
+				h.started.Add(1)
+				<-ctx.Done()
+			}
+			release()
+		}
+		return nil, unreachable
 	})
 }
 
-// settle waits until n loads started (at most 5 s), then a little more, and returns how
-// many did.
+// settle waits until n fetches from black holes started (at most 5 s), then a little
+// more, and returns how many did.
 func (h *hangingLoads) settle(n int32) int32 {
 	for deadline := time.Now().Add(5 * time.Second); h.started.Load() < n && time.Now().Before(deadline); {
 		time.Sleep(time.Millisecond)
@@ -84,7 +89,16 @@ func (h *hangingLoads) settle(n int32) int32 {
 // finishes reports whether a quick load of name from origins finishes within 5 s.
 func finishes(t *testing.T, l *loader, name types.NamespacedName, origins ...string) bool {
 	t.Helper()
-	l.load(name, "k", origins, func(context.Context) (*Loaded, *failure) { return nil, &failure{reason: v1.ReasonInvalidWasm} })
+	l.load(name, "k", func(ctx context.Context, fetching originSlot) (*Loaded, *failure) {
+		for _, o := range origins {
+			release, ok := fetching(ctx, o)
+			if !ok {
+				return nil, &failure{reason: v1.ReasonSourceUnreachable, retry: true}
+			}
+			release()
+		}
+		return nil, &failure{reason: v1.ReasonInvalidWasm}
+	})
 	deadline := time.After(5 * time.Second)
 	for {
 		select {
@@ -123,15 +137,33 @@ func TestLoaderWaitsHoldingNoOtherOrigin(t *testing.T) {
 	defer l.stop()
 	h := &hangingLoads{l: l}
 	for i := range loadsPerOrigin {
-		h.start(types.NamespacedName{Namespace: fmt.Sprint("hole-", i), Name: "r"}, "zz-hole:80")
+		h.start(types.NamespacedName{Namespace: fmt.Sprint("hole-", i), Name: "r"}, "hole-z:80")
 	}
 	for i := range loadsPerOrigin {
-		h.start(types.NamespacedName{Namespace: fmt.Sprint("both-", i), Name: "r"}, "a-registry:443", "zz-hole:80")
+		h.start(types.NamespacedName{Namespace: fmt.Sprint("both-", i), Name: "r"}, "a-registry:443", "hole-z:80")
 	}
 	if n := h.settle(loadsPerOrigin); n != loadsPerOrigin {
 		t.Fatalf("%d loads started against a black hole, want %d", n, loadsPerOrigin)
 	}
 	if !finishes(t, l, types.NamespacedName{Namespace: "good", Name: "r"}, "a-registry:443") {
 		t.Fatal("a load from a shared registry waited behind loads queued for a black hole")
+	}
+}
+
+// A load holds an origin's slot only while it fetches from it: revisions that fetch from
+// a shared registry and then from black holes (one each, so no hole's bound stops
+// them) wait on the holes without keeping the registry from everyone else.
+func TestLoaderHoldsAnOriginOnlyWhileFetching(t *testing.T) {
+	l := newLoader(time.Minute, time.Now)
+	defer l.stop()
+	h := &hangingLoads{l: l}
+	for i := range loadsPerOrigin {
+		h.start(types.NamespacedName{Namespace: fmt.Sprint("both-", i), Name: "r"}, "a-registry:443", fmt.Sprintf("hole-%d:80", i))
+	}
+	if n := h.settle(loadsPerOrigin); n != loadsPerOrigin {
+		t.Fatalf("%d loads wait on their black holes, want %d", n, loadsPerOrigin)
+	}
+	if !finishes(t, l, types.NamespacedName{Namespace: "good", Name: "r"}, "a-registry:443") {
+		t.Fatal("a load from a shared registry waited behind loads that fetched from it and then from black holes")
 	}
 }

@@ -225,8 +225,8 @@ func (r *RevisionReconciler) phaseLoad(ctx context.Context, s *revisionScope) (c
 	s.loaded = r.Runtimes.Get(s.key)
 	if s.loaded == nil || s.loaded.Key != key {
 		in := loadInput{rev: s.rev.DeepCopy(), tenant: s.tenant.DeepCopy(), limits: s.limits, maxBody: s.maxBody, key: key, log: s.log}
-		done, l, f := r.loader.load(s.key, key, sourceOrigins(s.rev.Spec.Packs), func(ctx context.Context) (*Loaded, *failure) {
-			return r.load(ctx, in)
+		done, l, f := r.loader.load(s.key, key, func(ctx context.Context, fetching originSlot) (*Loaded, *failure) {
+			return r.load(ctx, in, fetching)
 		})
 		switch {
 		case !done && s.loaded != nil:

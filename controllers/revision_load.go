@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -10,6 +11,7 @@ import (
 
 	v1 "github.com/packhost/packhost/api/v1alpha1"
 	"github.com/packhost/packhost/runtime"
+	"github.com/packhost/packhost/source"
 	"github.com/packhost/packhost/state"
 )
 
@@ -27,7 +29,7 @@ type loadInput struct {
 
 // load fetches, verifies and compiles the revision's packs, ensures its state and
 // starts its runtime. It runs on the background loader, never inside Reconcile.
-func (r *RevisionReconciler) load(ctx context.Context, in loadInput) (*Loaded, *failure) {
+func (r *RevisionReconciler) load(ctx context.Context, in loadInput, fetching originSlot) (*Loaded, *failure) {
 	rev, tenant, limits := in.rev, in.tenant, in.limits
 	ctx = logr.NewContext(ctx, in.log)
 	l := &Loaded{UID: rev.UID, Key: in.key, Tenant: tenant.Name, Shards: int(rev.Spec.State.Shards), MaxBodyBytes: in.maxBody}
@@ -42,7 +44,7 @@ func (r *RevisionReconciler) load(ctx context.Context, in loadInput) (*Loaded, *
 	}
 	for _, p := range rev.Spec.Packs {
 		p, resolved := pinned(p, rev.Status.Packs)
-		fetched, err := r.fetch(ctx, rev, p, resolved)
+		fetched, err := r.fetchFrom(ctx, fetching, rev, p, resolved)
 		if err != nil {
 			release()
 			return nil, fetchFailure(p.Name, err)
@@ -84,6 +86,18 @@ func (r *RevisionReconciler) load(ctx context.Context, in loadInput) (*Loaded, *
 	}
 	l.Runtime = rt
 	return l, nil
+}
+
+// fetchFrom fetches pack p holding a loader slot of its origin, if it has one.
+func (r *RevisionReconciler) fetchFrom(ctx context.Context, fetching originSlot, rev *v1.Revision, p v1.Pack, resolved string) (*source.Fetched, error) {
+	if origin := sourceOrigin(p); origin != "" {
+		release, ok := fetching(ctx, origin)
+		if !ok {
+			return nil, fmt.Errorf("waited for a loader slot of %s until the load's deadline: %w", origin, ctx.Err())
+		}
+		defer release()
+	}
+	return r.fetch(ctx, rev, p, resolved)
 }
 
 // pinned is what to fetch for pack p given the packs status records: the image a tag
