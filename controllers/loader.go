@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -52,6 +53,8 @@ type loader struct {
 	// retryAfter is how long a failure that may pass is kept before a new try.
 	retryAfter time.Duration
 	clock      func() time.Time
+	// timeout bounds one whole load, its waits for slots included (loadTimeout).
+	timeout time.Duration
 
 	workers *slots
 
@@ -78,7 +81,7 @@ type loadJob struct {
 func newLoader(retryAfter time.Duration, clock func() time.Time) *loader {
 	base, stop := context.WithCancel(context.Background())
 	return &loader{
-		events: make(chan event.GenericEvent), retryAfter: retryAfter, clock: clock,
+		events: make(chan event.GenericEvent), retryAfter: retryAfter, clock: clock, timeout: loadTimeout,
 		workers: &slots{key: "workers", ch: make(chan struct{}, loadWorkers)}, base: base, stop: stop,
 		slots: map[string]*slots{}, jobs: map[types.NamespacedName]*loadJob{},
 	}
@@ -118,7 +121,7 @@ func (l *loader) load(name types.NamespacedName, key string, fn loadFunc) (done 
 	l.forgetLocked(name)
 	// A load that hangs (a compile, an API call) must give its worker and origin slot
 	// back eventually: each fetch try is bounded, the whole load is too.
-	ctx, cancel := context.WithTimeout(l.base, loadTimeout)
+	ctx, cancel := context.WithTimeout(l.base, l.timeout)
 	j := &loadJob{key: key, cancel: cancel}
 	l.jobs[name] = j
 	l.loads.Add(1)
@@ -158,8 +161,18 @@ func (l *loader) run(ctx context.Context, name types.NamespacedName, j *loadJob,
 			fail = &failure{v1.RevisionLoaded, v1.ReasonInvalidWasm, "load returned no runtime", true}
 		}
 	}
+	if loaded == nil && ctx.Err() != nil {
+		// The load's own deadline (or its end, below), whatever the load made of it: a
+		// wait behind other loads or a slow source may pass, so it is tried again.
+		if fail == nil {
+			fail = &failure{v1.RevisionPacksFetched, v1.ReasonSourceUnreachable, fmt.Sprintf("waited for a loader, behind other loads, until the load's deadline (%s)", l.timeout), true}
+		}
+		fail = &failure{fail.condition, fail.reason, fail.message, true}
+	}
 	l.mu.Lock()
-	if l.jobs[name] != j || ctx.Err() != nil { // replaced, forgotten or shutting down
+	// Replaced, forgotten or shutting down: nobody wants the result. A load past its
+	// deadline is still its revision's answer, which must hear of it.
+	if l.jobs[name] != j || l.base.Err() != nil {
 		l.mu.Unlock()
 		if loaded != nil {
 			loaded.Runtime.Close(context.Background())

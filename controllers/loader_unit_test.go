@@ -167,3 +167,34 @@ func TestLoaderHoldsAnOriginOnlyWhileFetching(t *testing.T) {
 		t.Fatal("a load from a shared registry waited behind loads that fetched from it and then from black holes")
 	}
 }
+
+// A load that runs past its deadline, or waits that long for a slot behind black holes,
+// fails with a failure that is tried again, and its revision hears of it: it is not left
+// loading, unheard of, until the manager restarts.
+func TestLoaderLoadPastItsDeadlineIsRetried(t *testing.T) {
+	l := newLoader(time.Minute, time.Now)
+	defer l.stop()
+	l.timeout = 100 * time.Millisecond
+	h := &hangingLoads{l: l}
+	want := map[string]bool{}
+	for i := range loadsPerNamespace + 1 { // the last waits for its namespace's slot
+		name := fmt.Sprint("hole-", i)
+		h.start(types.NamespacedName{Namespace: "busy", Name: name}, name+":80")
+		want[name] = true
+	}
+	deadline := time.After(10 * time.Second)
+	for len(want) > 0 {
+		select {
+		case e := <-l.events:
+			delete(want, e.Object.GetName())
+		case <-deadline:
+			t.Fatalf("revisions %v never heard of their loads that ran past the deadline", want)
+		}
+	}
+	for i := range loadsPerNamespace + 1 {
+		done, _, f := l.load(types.NamespacedName{Namespace: "busy", Name: fmt.Sprint("hole-", i)}, "k", nil)
+		if !done || f == nil || !f.retry {
+			t.Errorf("hole-%d: done %v, %+v; want a failure tried again", i, done, f)
+		}
+	}
+}
