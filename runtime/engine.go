@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -15,6 +16,7 @@ import (
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/time/rate"
 
 	"github.com/packhost/packhost/internal/tracing"
 	"github.com/packhost/packhost/internal/wasmguard"
@@ -53,6 +55,12 @@ type EngineConfig struct {
 	// idle instances are closed, then new instances and activities are refused as
 	// overloaded and packs fail to load with ErrMemoryBudget. 0 means no budget.
 	MemoryBudget int64
+	// HostBytesPerSecond is how many bytes a second one tenant's activities may make the
+	// host hold (state values and keys read and written, waits, secrets), over all its
+	// revisions on the replica, after a burst of HostBytesBurst: past it the activity
+	// waits, or is answered overloaded when it would wait past its deadline. 0 means
+	// DefaultHostBytesPerSecond.
+	HostBytesPerSecond int
 	// Logger receives guest logs and engine events.
 	Logger logr.Logger
 	// Tracing records a span per guest call and per state commit, as children of the
@@ -70,7 +78,8 @@ type Engine struct {
 	cacheDir  string
 	tracer    trace.Tracer // nil: tracing is off
 
-	mem memoryBudget
+	mem       memoryBudget
+	hostBytes rate.Limit // per tenant and second (HostBytesPerSecond)
 	// lastFutileRelieve is when relieve last found no idle instance to close for what no
 	// tenant owns (unix ns).
 	lastFutileRelieve atomic.Int64
@@ -114,6 +123,7 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	e := &Engine{rt: rt, cache: cache, log: cfg.Logger, unguarded: cfg.Unguarded, cacheDir: cfg.CacheDir, tracer: tracing.Tracer(cfg.Tracing, tracerScope),
 		packs: map[string]*Pack{}, inflight: map[string]*compileCall{}, revisions: map[*Revision]struct{}{}, tenants: map[string]*tenantMemory{}}
 	e.mem.limit = cfg.MemoryBudget
+	e.hostBytes = rate.Limit(cmp.Or(cfg.HostBytesPerSecond, DefaultHostBytesPerSecond))
 	if err := e.instantiateWASI(ctx); err != nil {
 		_ = rt.Close(ctx)
 		return nil, err

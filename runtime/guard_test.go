@@ -157,6 +157,45 @@ func TestContainment(t *testing.T) {
 	})
 }
 
+// TestHostBytesArePacedPerTenant: a tenant whose activities make the host hold bytes
+// faster than HostBytesPerSecond waits, and past its deadline is answered overloaded;
+// another tenant's bytes are its own.
+func TestHostBytesArePacedPerTenant(t *testing.T) {
+	ctx := context.Background()
+	e, err := runtime.NewEngine(ctx, runtime.EngineConfig{Logger: logr.Discard(), CacheDir: cacheDir, HostBytesPerSecond: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.Close(ctx) })
+	tenant := func(name string) revOpt {
+		return func(c *runtime.RevisionConfig) {
+			c.Name, c.Tenant, c.Store = name+"/flood", name, runtime.NewMemStore()
+			c.Limits = runtime.Limits{Timeout: 500 * time.Millisecond}
+		}
+	}
+	attacker := load(t, e, []revOpt{tenant("evil")}, "hostile/flood")
+	// Two floods of 8 MiB (each stopped by the activity's own limit) use up the burst.
+	for i := range 2 {
+		if _, err := attacker.Handle(ctx, msg(`{}`)); !errors.Is(err, runtime.ErrResourceLimit) {
+			t.Fatalf("flood %d within the tenant's burst: %v, want ErrResourceLimit", i, err)
+		}
+	}
+	// The third would take 8 s at 1 MiB/s: it rests while the deadline allows, then is
+	// answered overloaded.
+	if _, err := attacker.Handle(ctx, msg(`{}`)); !errors.Is(err, runtime.ErrOverloaded) {
+		t.Fatalf("a flood past the tenant's pace: %v, want ErrOverloaded", err)
+	}
+	// Another tenant's 8 MiB come from its own burst: stopped by the activity's limit,
+	// not by the attacker's pace.
+	victim := load(t, e, []revOpt{tenant("good")}, "hostile/flood")
+	if _, err := victim.Handle(ctx, msg(`{}`)); !errors.Is(err, runtime.ErrResourceLimit) {
+		t.Fatalf("another tenant's 8 MiB while the attacker is paced: %v, want ErrResourceLimit", err)
+	}
+	if out, err := victim.Handle(ctx, msg(`{"ok":true}`)); err != nil || len(out) != 1 {
+		t.Fatalf("another tenant's activity while the attacker is paced: %v %v", out, err)
+	}
+}
+
 // TestStartIsAGuestCall: a pack's start function is the tenant's code, run each time an
 // instance is made. It runs as a guest call does: it ends at the caller's deadline (not
 // after the whole activity timeout, holding the caller), and it holds one of the

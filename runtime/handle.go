@@ -95,8 +95,9 @@ func (c *call) yieldCPU(ctx context.Context) bool {
 // MaxHostBytes it ends the call with ErrResourceLimit, so a guest cannot grow the host's
 // heap by writing or reading many distinct keys in one activity.
 // The bytes count against the replica's memory budget too, until the activity ends
-// (releaseHost).
-func (c *call) charge(n int) {
+// (releaseHost), and against the tenant's pace (pace).
+func (c *call) charge(ctx context.Context, n int) {
+	c.pace(ctx, n)
 	c.hostBytes += n
 	if limit := c.rev.limits.MaxHostBytes; c.hostBytes > limit {
 		panic(&hostStop{fmt.Errorf("%w: the activity's host calls held more than %d bytes (state values and keys, waits, secrets)", ErrResourceLimit, limit)})
@@ -105,6 +106,49 @@ func (c *call) charge(n int) {
 		panic(&hostStop{fmt.Errorf("%w: %w", ErrOverloaded, c.rev.engine.budgetError(c.rev.memory, "an activity's host calls", int64(n)))})
 	}
 	c.hostReserved += int64(n)
+}
+
+// pace holds the call while its tenant's activities make the host hold bytes faster
+// than the engine's HostBytesPerSecond: the call rests, its processor token given back,
+// until its n bytes are due; when they would be due only past its deadline it ends at
+// once as overloaded (try later), so a tenant flooding the host with state values
+// slows itself down, not the replica.
+func (c *call) pace(ctx context.Context, n int) {
+	now := time.Now()
+	r := c.rev.memory.hostBytes.ReserveN(now, n)
+	if !r.OK() { // more than a burst at once: MaxHostBytes stops such a call first
+		panic(&hostStop{fmt.Errorf("%w: one host call of %d bytes, more than the tenant's burst of %d", ErrResourceLimit, n, HostBytesBurst)})
+	}
+	d := r.DelayFrom(now)
+	if d <= 0 {
+		return
+	}
+	if deadline, ok := ctx.Deadline(); ok && now.Add(d).After(deadline) {
+		r.CancelAt(now)
+		panic(&hostStop{fmt.Errorf("%w: the tenant's activities make the host hold more than %d MiB a second on this replica: try again later",
+			ErrOverloaded, int(c.rev.engine.hostBytes)>>20)})
+	}
+	rest(ctx, c, d)
+	checkDeadline(ctx)
+}
+
+// rest waits d or until ctx ends, with the processor token of call c (nil: none) given
+// back meanwhile: a resting guest runs nothing.
+func rest(ctx context.Context, c *call, d time.Duration) {
+	held := c != nil && c.cpu
+	if held {
+		c.rev.memory.releaseCPU()
+		c.cpu = false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	if held && c.rev.memory.acquireCPU(ctx) == nil {
+		c.cpu = true
+	}
 }
 
 // releaseHost gives back to the replica's budget what the activity's host calls held.

@@ -208,17 +208,17 @@ func (c *call) stored(err error) int32 {
 	return 0
 }
 
-func hostStateGet(_ context.Context, c *call, mem api.Memory, a args) int32 {
+func hostStateGet(ctx context.Context, c *call, mem api.Memory, a args) int32 {
 	key, code := c.stateKey(mem, a, false)
 	if code != 0 {
 		return code
 	}
 	v, ok, err := c.txn.Get(key)
-	c.charge(len(key.Name) + len(v))
+	c.charge(ctx, len(key.Name)+len(v))
 	return c.answer(mem, a, v, ok, err)
 }
 
-func hostStateSet(_ context.Context, c *call, mem api.Memory, a args) int32 {
+func hostStateSet(ctx context.Context, c *call, mem api.Memory, a args) int32 {
 	key, code := c.stateKey(mem, a, true)
 	if code != 0 {
 		return code
@@ -227,20 +227,20 @@ func hostStateSet(_ context.Context, c *call, mem api.Memory, a args) int32 {
 	if code != 0 {
 		return code
 	}
-	c.charge(len(key.Name) + len(v))
+	c.charge(ctx, len(key.Name)+len(v))
 	return c.stored(c.txn.Put(key, v))
 }
 
-func hostStateDelete(_ context.Context, c *call, mem api.Memory, a args) int32 {
+func hostStateDelete(ctx context.Context, c *call, mem api.Memory, a args) int32 {
 	key, code := c.stateKey(mem, a, true)
 	if code != 0 {
 		return code
 	}
-	c.charge(len(key.Name))
+	c.charge(ctx, len(key.Name))
 	return c.stored(c.txn.Delete(key))
 }
 
-func hostSessionWait(_ context.Context, c *call, mem api.Memory, a args) int32 {
+func hostSessionWait(ctx context.Context, c *call, mem api.Memory, a args) int32 {
 	if c.session == "" {
 		return codeInvalid // an activity without a session cannot be resumed
 	}
@@ -256,7 +256,7 @@ func hostSessionWait(_ context.Context, c *call, mem api.Memory, a args) int32 {
 	if code != 0 {
 		return code
 	}
-	c.charge(len(data))
+	c.charge(ctx, len(data))
 	ttl := time.Duration(api.DecodeI32(a[2])) * time.Millisecond
 	if ttl <= 0 {
 		ttl = defaultWaitTTL
@@ -275,6 +275,6 @@ func hostSecretGet(ctx context.Context, c *call, mem api.Memory, a args) int32 {
 		return codeDenied
 	}
 	v, ok, err := c.rev.secrets.Secret(ctx, string(name))
-	c.charge(len(v))
+	c.charge(ctx, len(v))
 	return c.answer(mem, a, v, ok, err)
 }

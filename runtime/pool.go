@@ -257,19 +257,6 @@ func (s *sleeper) sleep(ns int64) {
 	if ctx == nil || ns <= 0 {
 		return
 	}
-	t := time.NewTimer(time.Duration(ns))
-	defer t.Stop()
-	held := s.call != nil && s.call.cpu
-	if held {
-		s.call.rev.memory.releaseCPU() // a sleeping guest runs nothing: let another run
-		s.call.cpu = false
-	}
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	if held && s.call.rev.memory.acquireCPU(ctx) == nil {
-		s.call.cpu = true
-	}
+	rest(ctx, s.call, time.Duration(ns))
 	checkDeadline(ctx) // past the deadline: panics, and the call ends with its error
 }
