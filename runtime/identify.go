@@ -240,7 +240,8 @@ func combineHeaders(headers []Header) map[string]string {
 
 // scope is the set of lower-cased header names pack p's identify may see for provider
 // type t, or all=true when it may see every header: t has no hint. The empty type takes
-// the union of the hints of every type the pack binds (all of them when one has none).
+// the union of the hints of every type the pack binds (all of them when one has none,
+// or when it binds none: a pack without any hint is unhinted).
 func (p *packRuntime) scope(t string, hints map[string]*packHint) (names map[string]bool, all bool) {
 	if t != "" {
 		h := hints[t]
@@ -248,6 +249,9 @@ func (p *packRuntime) scope(t string, hints map[string]*packHint) (names map[str
 			return nil, true
 		}
 		return h.names, false
+	}
+	if len(p.pack.Manifest.Providers) == 0 {
+		return nil, true
 	}
 	names = map[string]bool{}
 	for _, prov := range p.pack.Manifest.Providers {

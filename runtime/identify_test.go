@@ -521,3 +521,15 @@ func TestDescribeHintsAreCharged(t *testing.T) {
 		t.Errorf("%d tenant accounts kept after the tenant's only revision was closed", n)
 	}
 }
+
+// The single-type form without a type asks every pack, whatever it binds. Scoped, a pack
+// that binds no provider type has no hint at all, so, as every unhinted pack, it
+// receives every header (it received none: the union of no hints).
+func TestScopedIdentifyWithoutATypeGivesAnUnboundPackEveryHeader(t *testing.T) {
+	rev, _ := loadProbes(t, newEngine(t), runtime.Limits{}, probe{settings: "identify=echo", providers: `[]`})
+	got, err := rev.Identify(context.Background(), runtime.IdentifyRequest{ProviderTypes: []string{""}, Headers: probeHeaders}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want{outcome: "Identified", pack: "p0", headers: allHeaders}.check(t, "", got[""])
+}
