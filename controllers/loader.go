@@ -230,7 +230,9 @@ func (s *loadSlots) fetching(ctx context.Context, origin string) (release func()
 	default:
 	}
 	s.giveWorker()
-	<-s.namespace.ch
+	if s.inNamespace {
+		<-s.namespace.ch
+	}
 	s.inNamespace = takeAll(ctx, s.namespace, o)
 	if !s.inNamespace {
 		s.l.unuse(o)
