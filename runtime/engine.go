@@ -61,6 +61,11 @@ type EngineConfig struct {
 	// waits, or is answered overloaded when it would wait past its deadline. 0 means
 	// DefaultHostBytesPerSecond.
 	HostBytesPerSecond int
+	// GrowthPerSecond is how many bytes a second one tenant's instances may grow their
+	// memory by during activities, over all its revisions on the replica, after a burst
+	// of two seconds' worth: past it a growing guest rests, and its memory.grow fails
+	// when it would rest past its deadline. 0 means DefaultGrowthPerSecond.
+	GrowthPerSecond int
 	// Logger receives guest logs and engine events.
 	Logger logr.Logger
 	// Tracing records a span per guest call and per state commit, as children of the
@@ -80,6 +85,7 @@ type Engine struct {
 
 	mem       memoryBudget
 	hostBytes rate.Limit // per tenant and second (HostBytesPerSecond)
+	growth    rate.Limit // per tenant and second (GrowthPerSecond)
 	// lastFutileRelieve is when relieve last found no idle instance to close for what no
 	// tenant owns (unix ns).
 	lastFutileRelieve atomic.Int64
@@ -124,6 +130,7 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 		packs: map[string]*Pack{}, inflight: map[string]*compileCall{}, revisions: map[*Revision]struct{}{}, tenants: map[string]*tenantMemory{}}
 	e.mem.limit = cfg.MemoryBudget
 	e.hostBytes = rate.Limit(cmp.Or(cfg.HostBytesPerSecond, DefaultHostBytesPerSecond))
+	e.growth = rate.Limit(cmp.Or(cfg.GrowthPerSecond, DefaultGrowthPerSecond))
 	if err := e.instantiateWASI(ctx); err != nil {
 		_ = rt.Close(ctx)
 		return nil, err

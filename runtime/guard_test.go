@@ -196,6 +196,48 @@ func TestHostBytesArePacedPerTenant(t *testing.T) {
 	}
 }
 
+// TestGrowthIsPacedPerTenant: a tenant's instances grow their memory no faster than
+// GrowthPerSecond (after a burst of two seconds' worth): a guest growing without end
+// gets past the burst only at the pace until its deadline, and traps there; another
+// tenant's instances grow from their own burst.
+func TestGrowthIsPacedPerTenant(t *testing.T) {
+	ctx := context.Background()
+	const pace = 8 << 20
+	e, err := runtime.NewEngine(ctx, runtime.EngineConfig{Logger: logr.Discard(), CacheDir: cacheDir, GrowthPerSecond: pace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.Close(ctx) })
+	const timeout = time.Second
+	attacker := load(t, e, []revOpt{func(c *runtime.RevisionConfig) {
+		c.Name, c.Tenant = "evil/grow", "evil"
+		c.Limits = runtime.Limits{MemoryPages: 4096, Timeout: timeout} // up to 256 MiB
+	}}, "hostile/grow")
+	started := e.MemoryStats().Instances // the warm instance, grown by its start unpaced
+	done := make(chan error, 1)
+	go func() { _, err := attacker.Handle(ctx, msg(`{}`)); done <- err }()
+	var peak int64
+	for finished := false; !finished; {
+		select {
+		case err := <-done:
+			if !errors.Is(err, runtime.ErrTrap) {
+				t.Fatalf("an instance growing without end past its pace: %v, want a trap", err)
+			}
+			finished = true
+		case <-time.After(time.Millisecond):
+			peak = max(peak, e.MemoryStats().Instances)
+		}
+	}
+	// The burst (16 MiB), and the pace over the deadline (8 MiB), beyond the start.
+	if grown, most := peak-started, int64(2*pace+pace*timeout/time.Second); grown > most {
+		t.Fatalf("the attacker's instance grew by %d MiB during its activity, want at most %d MiB at its pace", grown>>20, most>>20)
+	}
+	victim := load(t, e, []revOpt{func(c *runtime.RevisionConfig) { c.Name, c.Tenant = "good/echo", "good" }}, "echo")
+	if out, err := victim.Handle(ctx, msg(`{"n":1}`)); err != nil || len(out) != 1 {
+		t.Fatalf("another tenant's activity after the attacker was paced: %v %v", out, err)
+	}
+}
+
 // TestStartIsAGuestCall: a pack's start function is the tenant's code, run each time an
 // instance is made. It runs as a guest call does: it ends at the caller's deadline (not
 // after the whole activity timeout, holding the caller), and it holds one of the

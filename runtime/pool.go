@@ -20,6 +20,7 @@ import (
 type limitedMemory struct {
 	e   *Engine
 	t   *tenantMemory
+	s   *sleeper // the instance's: the running call, whose deadline paces growth
 	buf []byte
 	max uint64
 	// denied is set when the budget refused a growth.
@@ -52,10 +53,40 @@ func (m *limitedMemory) Reallocate(size uint64) []byte {
 		}
 		newCap = size
 	}
+	if !m.paceGrowth(int64(newCap - old)) {
+		m.e.release(m.t, memInstances, int64(newCap-old))
+		return nil
+	}
 	nb := make([]byte, size, newCap)
 	copy(nb, m.buf)
 	m.buf = nb
 	return nb
+}
+
+// paceGrowth holds a growth of n bytes during an activity while the tenant's instances
+// grow faster than the engine's GrowthPerSecond: the guest rests, its processor token
+// given back, until the bytes are due; false (the growth fails inside the guest) when
+// they would be due only past the call's deadline. A start function's growth is not
+// paced: it is bounded by the budget and the start's own deadline.
+func (m *limitedMemory) paceGrowth(n int64) bool {
+	if m.s == nil || m.s.call == nil || m.s.call.start || m.s.sleeping == nil {
+		return true
+	}
+	ctx, now := m.s.sleeping, time.Now()
+	r := m.t.growth.ReserveN(now, int(n))
+	if !r.OK() {
+		return false // more than a burst at once
+	}
+	d := r.DelayFrom(now)
+	if d <= 0 {
+		return true
+	}
+	if deadline, ok := ctx.Deadline(); ok && now.Add(d).After(deadline) {
+		r.CancelAt(now)
+		return false
+	}
+	rest(ctx, m.s.call, d)
+	return ctx.Err() == nil
 }
 
 func (m *limitedMemory) Free() {
@@ -73,7 +104,7 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 	defer cancel()
 	inst := &instance{}
 	ctx = experimental.WithMemoryAllocator(ctx, experimental.MemoryAllocatorFunc(func(_, m uint64) experimental.LinearMemory {
-		inst.memory = &limitedMemory{e: r.engine, t: r.memory, max: min(m, maxBytes)}
+		inst.memory = &limitedMemory{e: r.engine, t: r.memory, s: &inst.sleeper, max: min(m, maxBytes)}
 		return inst.memory
 	}))
 	if !r.engine.reserve(r.memory, memInstances, p.pack.overhead) {
