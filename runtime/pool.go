@@ -175,9 +175,16 @@ func instantiate(ctx context.Context, rt wazero.Runtime, compiled wazero.Compile
 
 // get takes the most recently used idle instance, or starts one. An idle instance
 // whose module was closed (a guest that called proc_exit) is discarded, never reused.
+// Once the revision is unloaded it starts none: an activity abandoned by Close that
+// would run its guest again (after a conflict, or the next pack of a probe) is refused,
+// as the tenant account the instance would be charged to may be forgotten already.
 func (p *packRuntime) get(ctx context.Context, r *Revision) (inst *instance, err error) {
 	for {
 		p.mu.Lock()
+		if p.unloaded {
+			p.mu.Unlock()
+			return nil, fmt.Errorf("%w: %s was unloaded", ErrNotLoaded, r.name)
+		}
 		n := len(p.idle)
 		if n == 0 {
 			p.mu.Unlock()

@@ -697,3 +697,57 @@ func TestInstanceReturnedAfterUnloadIsClosed(t *testing.T) {
 		t.Fatalf("%d instances left after unload", n)
 	}
 }
+
+// stalledStore holds the first commit until release is closed, then fails it with a
+// conflict, so the activity runs again; committing is closed once that commit began.
+type stalledStore struct {
+	*runtime.MemStore
+	committing, release chan struct{}
+	once                sync.Once
+}
+
+func (s *stalledStore) Begin(ctx context.Context) (runtime.Txn, error) {
+	txn, err := s.MemStore.Begin(ctx)
+	return &stalledTxn{Txn: txn, s: s}, err
+}
+
+type stalledTxn struct {
+	runtime.Txn
+	s *stalledStore
+}
+
+func (t *stalledTxn) Commit(ctx context.Context) error {
+	first := false
+	t.s.once.Do(func() { first = true })
+	if !first {
+		return t.Txn.Commit(ctx)
+	}
+	close(t.s.committing)
+	<-t.s.release
+	t.Txn.Discard()
+	return &runtime.ConflictError{Key: "injected"}
+}
+
+// TestUnloadedRevisionRunsNoGuestAgain: an activity still running when its revision is
+// unloaded (abandoned after the close grace) may finish, but it does not run the guest
+// again on a conflict: that would start an instance of an unloaded revision, charged to
+// a tenant account the unload already forgot, beside the account a newer revision of
+// the tenant now has (the tenant then holds two shares of the budget and processors).
+func TestUnloadedRevisionRunsNoGuestAgain(t *testing.T) {
+	e := newEngine(t)
+	ctx := context.Background()
+	store := &stalledStore{MemStore: runtime.NewMemStore(), committing: make(chan struct{}), release: make(chan struct{})}
+	rev, err := tryLoad(e, []revOpt{func(c *runtime.RevisionConfig) { c.Store, c.Limits.Timeout = store, time.Minute }}, "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := rev.Handle(ctx, msg(`1`)); done <- err }()
+	<-store.committing
+	rev.Close(ctx) // gives up on the activity after the grace
+	load(t, e, []revOpt{func(c *runtime.RevisionConfig) { c.Name = "ns/next" }}, "echo")
+	close(store.release)
+	if err := <-done; !errors.Is(err, runtime.ErrNotLoaded) {
+		t.Fatalf("an activity re-run after its revision was unloaded: %v, want ErrNotLoaded", err)
+	}
+}
