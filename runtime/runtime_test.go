@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -698,34 +699,21 @@ func TestInstanceReturnedAfterUnloadIsClosed(t *testing.T) {
 	}
 }
 
-// stalledStore holds the first commit until release is closed, then fails it with a
-// conflict, so the activity runs again; committing is closed once that commit began.
-type stalledStore struct {
-	*runtime.MemStore
-	committing, release chan struct{}
-	once                sync.Once
+// stalledRerun holds the second transaction an activity begins (its run after the
+// first commit conflicted, see conflictOnce) until release is closed; stalled is
+// closed when it starts holding it.
+type stalledRerun struct {
+	runtime.Store
+	begun            atomic.Int32
+	stalled, release chan struct{}
 }
 
-func (s *stalledStore) Begin(ctx context.Context) (runtime.Txn, error) {
-	txn, err := s.MemStore.Begin(ctx)
-	return &stalledTxn{Txn: txn, s: s}, err
-}
-
-type stalledTxn struct {
-	runtime.Txn
-	s *stalledStore
-}
-
-func (t *stalledTxn) Commit(ctx context.Context) error {
-	first := false
-	t.s.once.Do(func() { first = true })
-	if !first {
-		return t.Txn.Commit(ctx)
+func (s *stalledRerun) Begin(ctx context.Context) (runtime.Txn, error) {
+	if s.begun.Add(1) == 2 {
+		close(s.stalled)
+		<-s.release
 	}
-	close(t.s.committing)
-	<-t.s.release
-	t.Txn.Discard()
-	return &runtime.ConflictError{Key: "injected"}
+	return s.Store.Begin(ctx)
 }
 
 // TestUnloadedRevisionRunsNoGuestAgain: an activity still running when its revision is
@@ -736,17 +724,17 @@ func (t *stalledTxn) Commit(ctx context.Context) error {
 func TestUnloadedRevisionRunsNoGuestAgain(t *testing.T) {
 	e := newEngine(t)
 	ctx := context.Background()
-	store := &stalledStore{MemStore: runtime.NewMemStore(), committing: make(chan struct{}), release: make(chan struct{})}
-	rev, err := tryLoad(e, []revOpt{func(c *runtime.RevisionConfig) { c.Store, c.Limits.Timeout = store, time.Minute }}, "echo")
+	stall := &stalledRerun{Store: runtime.NewMemStore(), stalled: make(chan struct{}), release: make(chan struct{})}
+	rev, err := tryLoad(e, []revOpt{func(c *runtime.RevisionConfig) { c.Store, c.Limits.Timeout = &conflictOnce{Store: stall}, time.Minute }}, "echo")
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { _, err := rev.Handle(ctx, msg(`1`)); done <- err }()
-	<-store.committing
+	<-stall.stalled
 	rev.Close(ctx) // gives up on the activity after the grace
 	load(t, e, []revOpt{func(c *runtime.RevisionConfig) { c.Name = "ns/next" }}, "echo")
-	close(store.release)
+	close(stall.release)
 	if err := <-done; !errors.Is(err, runtime.ErrNotLoaded) {
 		t.Fatalf("an activity re-run after its revision was unloaded: %v, want ErrNotLoaded", err)
 	}
