@@ -135,17 +135,26 @@ func (c *call) pace(ctx context.Context, n int) {
 // rest waits d or until ctx ends, with the processor token of call c (nil: none) given
 // back meanwhile: a resting guest runs nothing.
 func rest(ctx context.Context, c *call, d time.Duration) {
+	offCPU(ctx, c, func() {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	})
+}
+
+// offCPU runs f, which runs no guest code (a rest, or a host call waiting on I/O), with
+// the processor token of call c (nil: none) given back meanwhile, and takes it back
+// after, unless ctx ended first (the call then holds none, and must end).
+func offCPU(ctx context.Context, c *call, f func()) {
 	held := c != nil && c.cpu
 	if held {
 		c.rev.memory.releaseCPU()
 		c.cpu = false
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
+	f()
 	if held && c.rev.memory.acquireCPU(ctx) == nil {
 		c.cpu = true
 	}

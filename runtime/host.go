@@ -274,7 +274,13 @@ func hostSecretGet(ctx context.Context, c *call, mem api.Memory, a args) int32 {
 	if !c.pack.secrets[string(name)] || c.rev.secrets == nil {
 		return codeDenied
 	}
-	v, ok, err := c.rev.secrets.Secret(ctx, string(name))
+	// The source may ask the API server: a wait, not guest code, so the tenant's other
+	// guests get the processor token meanwhile.
+	var v []byte
+	var ok bool
+	var err error
+	offCPU(ctx, c, func() { v, ok, err = c.rev.secrets.Secret(ctx, string(name)) })
+	checkDeadline(ctx) // past the deadline the call holds no token: it ends here
 	c.charge(ctx, len(v))
 	return c.answer(mem, a, v, ok, err)
 }

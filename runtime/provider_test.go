@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	goruntime "runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -144,5 +146,47 @@ func TestInvokeCommitHasTheDeadline(t *testing.T) {
 	})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Invoke with a stuck commit: %v, want the deadline", err)
+	}
+}
+
+// slowSecrets is a SecretSource whose reads wait for release (an API server that stalls),
+// telling entered as each begins.
+type slowSecrets struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s slowSecrets) Secret(ctx context.Context, name string) ([]byte, bool, error) {
+	s.entered <- struct{}{}
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+	}
+	return []byte("k"), true, nil
+}
+
+// A host call that waits on I/O runs no guest code, so it holds none of the tenant's
+// processor tokens: secret reads stalled on the API server, as many as the tenant has
+// tokens, leave its other guests running.
+func TestStalledSecretReadsHoldNoProcessor(t *testing.T) {
+	secrets := slowSecrets{entered: make(chan struct{}), release: make(chan struct{})}
+	rev := load(t, newEngine(t), []revOpt{func(c *runtime.RevisionConfig) {
+		c.Policy.Secrets = []string{"signing-key"}
+		c.Secrets = secrets
+		c.Limits.Timeout = time.Minute
+	}}, "echo", "webhook")
+	ctx := context.Background()
+	tokens := max(1, goruntime.GOMAXPROCS(0)/2)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer close(secrets.release)
+	for range tokens {
+		wg.Go(func() { _, _ = rev.Invoke(ctx, runtime.InvokeRequest{ProviderType: "webhook", Op: "sign", Payload: json.RawMessage(`"m"`)}) })
+		<-secrets.entered
+	}
+	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := rev.Handle(actx, msg(`{"ok":1}`)); err != nil {
+		t.Fatalf("an activity while %d secret reads of its tenant stall: %v", tokens, err)
 	}
 }
