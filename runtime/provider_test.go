@@ -181,7 +181,9 @@ func TestStalledSecretReadsHoldNoProcessor(t *testing.T) {
 	defer wg.Wait()
 	defer close(secrets.release)
 	for range tokens {
-		wg.Go(func() { _, _ = rev.Invoke(ctx, runtime.InvokeRequest{ProviderType: "webhook", Op: "sign", Payload: json.RawMessage(`"m"`)}) })
+		wg.Go(func() {
+			_, _ = rev.Invoke(ctx, runtime.InvokeRequest{ProviderType: "webhook", Op: "sign", Payload: json.RawMessage(`"m"`)})
+		})
 		<-secrets.entered
 	}
 	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
