@@ -208,18 +208,29 @@ func TestHostileTenant(t *testing.T) {
 		}
 	})
 	t.Run("unauthenticated label flood", func(t *testing.T) {
+		// Thirty at a time: each refusal is answered after the dispatcher's delay.
+		var g sync.WaitGroup
+		sem := make(chan struct{}, 30)
 		for i := range 300 {
-			req, _ := http.NewRequest(http.MethodPost, fmt.Sprintf("http://%s/v1/namespaces/ns-%d/tenants/made-up-%d/activities", m.dispatcher, i, i), strings.NewReader(msg("x")))
-			req.Header.Set("Authorization", "Bearer guess")
-			resp, err := httpClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusUnauthorized {
-				t.Fatalf("made-up tenant %d: %d, want 401", i, resp.StatusCode)
-			}
+			g.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer g.Done()
+				defer func() { <-sem }()
+				req, _ := http.NewRequest(http.MethodPost, fmt.Sprintf("http://%s/v1/namespaces/ns-%d/tenants/made-up-%d/activities", m.dispatcher, i, i), strings.NewReader(msg("x")))
+				req.Header.Set("Authorization", "Bearer guess")
+				resp, err := httpClient.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusUnauthorized {
+					t.Errorf("made-up tenant %d: %d, want 401", i, resp.StatusCode)
+				}
+			}()
 		}
+		g.Wait()
 		if series := metricLines(t, metrics, "made-up-"); series != 0 {
 			t.Fatalf("%d metric lines name made-up tenants", series)
 		}
