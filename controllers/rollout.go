@@ -342,6 +342,11 @@ func decideRollout(in rolloutInput) rolloutDecision {
 	ro := &v1.RolloutStatus{}
 	if in.prev != nil {
 		ro = in.prev.DeepCopy()
+	} else {
+		// No rollout status yet (the first strategy, or one added again after it was
+		// removed): the action values already there were not asked of any rollout that
+		// starts now. They are recorded, not acted on.
+		ro.Promote, ro.Abort, ro.Retry = in.annotations[v1.AnnotationPromote], in.annotations[v1.AnnotationAbort], in.annotations[v1.AnnotationRetry]
 	}
 	target := routeStatusesOf(in.spec)
 	steps := in.canary.Steps
@@ -409,14 +414,14 @@ func decideRollout(in rolloutInput) rolloutDecision {
 			ro.FailedIntervals, ro.Analysis = 0, nil
 			start(0)
 			d.events = append(d.events, rolloutEvent{reason: "RolloutRetried", action: "Retry",
-				message: fmt.Sprintf("retrying the rollout of %s from its first step (%s=%s)", strings.Join(ro.CanaryRevisions, ","), v1.AnnotationRetry, v)})
+				message: fmt.Sprintf("retrying the rollout of %s from its first step (%s)", strings.Join(ro.CanaryRevisions, ","), quoteAction(v1.AnnotationRetry, v))})
 		}
 	}
 	if v := in.annotations[v1.AnnotationAbort]; v != ro.Abort {
 		ro.Abort = v
 		if v != "" && rolloutRunning(ro) {
 			ro.Phase = v1.RolloutAborted
-			ro.Message = fmt.Sprintf("aborted by %s=%s; back to %s", v1.AnnotationAbort, v, summary(ro.StableRoutes))
+			ro.Message = fmt.Sprintf("aborted by %s; back to %s", quoteAction(v1.AnnotationAbort, v), summary(ro.StableRoutes))
 			d.events = append(d.events, rolloutEvent{warning: true, reason: v1.ReasonRolloutAborted, action: "Rollback", message: ro.Message})
 		}
 	}
@@ -435,7 +440,7 @@ func decideRollout(in rolloutInput) rolloutDecision {
 		}
 		how := "its pause passed"
 		if promote {
-			how = v1.AnnotationPromote + "=" + ro.Promote
+			how = quoteAction(v1.AnnotationPromote, ro.Promote)
 		}
 		promote = false
 		if int(ro.Step)+1 >= len(steps) {
@@ -461,6 +466,18 @@ func decideRollout(in rolloutInput) rolloutDecision {
 	}
 	d.status = ro
 	return d
+}
+
+// quotedActionBytes is how much of an action's value messages quote: the value is the
+// user's (an annotation may hold 256 KiB), and a condition's message is bounded.
+const quotedActionBytes = 64
+
+// quoteAction is annotation=value for a message, the value cut to quotedActionBytes.
+func quoteAction(annotation, value string) string {
+	if len(value) > quotedActionBytes {
+		value = strings.ToValidUTF8(value[:quotedActionBytes], "") + "…"
+	}
+	return annotation + "=" + value
 }
 
 // stepMessage says what a running step holds for.

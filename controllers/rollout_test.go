@@ -517,3 +517,62 @@ func TestCountsName(t *testing.T) {
 		t.Errorf("names that are not valid ConfigMap names: %q, %q", long, odd)
 	}
 }
+
+// Annotation values that were on the split before it had any rollout status (a strategy
+// added in the same change as a new revision, or added again after it was removed,
+// which forgets status.rollout) were not asked of this rollout: they are recorded, and
+// the rollout starts at its first step, running.
+func TestRolloutIgnoresActionsFromBeforeIt(t *testing.T) {
+	r := newRollout(t, threeSteps(1), table("a", 100))
+	r.in.spec = specOf(table("b", 100))
+	r.in.annotations[v1.AnnotationPromote] = "last-week"
+	r.in.annotations[v1.AnnotationAbort] = "last-month"
+	r.expect(t0, nil, v1.RolloutProgressing, 0, table("a", 90, "b", 10))
+	if ro := r.last.status; ro.Promote != "last-week" || ro.Abort != "last-month" {
+		t.Fatalf("the old values are not recorded: %+v", ro)
+	}
+	// A new value acts.
+	r.in.annotations[v1.AnnotationAbort] = "now"
+	r.expect(t0.Add(time.Second), nil, v1.RolloutAborted, 0, table("a", 100))
+}
+
+// An action's value is the user's: a huge one is recorded, but the messages that quote
+// it (status, conditions, whose message the API server bounds to 32768 bytes, events)
+// quote only its start, so that status can still be written.
+func TestRolloutQuotesActionsShortly(t *testing.T) {
+	huge := strings.Repeat("x", 40000)
+	r := newRollout(t, &v1.CanaryStrategy{Steps: []v1.CanaryStep{{Weight: 10}, {Weight: 50}}}, table("a", 100))
+	r.in.spec = specOf(table("b", 100))
+	r.expect(t0, nil, v1.RolloutPaused, 0, table("a", 90, "b", 10))
+	r.in.annotations[v1.AnnotationPromote] = huge
+	r.expect(t0.Add(time.Second), nil, v1.RolloutPaused, 1, table("a", 50, "b", 50))
+	r.in.annotations[v1.AnnotationAbort] = huge
+	r.expect(t0.Add(2*time.Second), nil, v1.RolloutAborted, 1, table("a", 100))
+	r.in.annotations[v1.AnnotationRetry] = huge
+	r.expect(t0.Add(3*time.Second), nil, v1.RolloutPaused, 0, table("a", 90, "b", 10))
+	r.in.annotations[v1.AnnotationPromote] = huge + "y"
+	r.expect(t0.Add(4*time.Second), nil, v1.RolloutPaused, 1, table("a", 50, "b", 50))
+	r.in.annotations[v1.AnnotationPromote] = huge + "z"
+	r.expect(t0.Add(5*time.Second), nil, v1.RolloutSucceeded, 1, table("b", 100))
+	if ro := r.last.status; ro.Promote != huge+"z" || ro.Abort != huge || ro.Retry != huge {
+		t.Fatal("the values acted on are not recorded whole")
+	}
+	if n := len(r.last.status.Message); n > 1024 {
+		t.Errorf("the rollout's message is %d bytes", n)
+	}
+	r2 := newRollout(t, &v1.CanaryStrategy{Steps: []v1.CanaryStep{{Weight: 10}}}, table("a", 100))
+	r2.in.spec = specOf(table("b", 100))
+	r2.at(t0, nil)
+	r2.in.annotations[v1.AnnotationAbort] = huge
+	r2.expect(t0.Add(time.Second), nil, v1.RolloutAborted, 0, table("a", 100))
+	if n := len(r2.last.status.Message); n > 1024 {
+		t.Errorf("the abort message (Ready's, Stalled's and Degraded's) is %d bytes", n)
+	}
+	for _, d := range []rolloutDecision{r.last, r2.last} {
+		for _, e := range d.events {
+			if len(e.message) > 1024 {
+				t.Errorf("event %s is %d bytes", e.reason, len(e.message))
+			}
+		}
+	}
+}
