@@ -432,3 +432,59 @@ func TestCanaryGoesOnUnderANewLeader(t *testing.T) {
 		t.Fatalf("the new leader lost the rollout's state: %+v", ro)
 	}
 }
+
+// The stable revision, which spec.routes no longer names, is not in the last step's
+// table (the canary takes all of it), and GitOps prunes it: it must stay loaded while
+// the rollout could still go back to it, so that an abort serves it again.
+func TestCanaryKeepsTheStableRevisionToGoBackTo(t *testing.T) {
+	testenv.Require(t, env)
+	clock := newTestClock()
+	r := startReplica(t, true, func(c *replicaConfig) { c.clock = clock.Now })
+	ns := env.Namespace(t, "canary-prune")
+	sp := startCanary(t, ns, canaryStrategy(1, true))
+	setRoutes(t, sp, v1.Route{RevisionName: "b", Percent: 100, Tag: "canary"})
+	for i := range 2 {
+		annotate(t, sp, v1.AnnotationPromote, strconv.Itoa(i))
+	}
+	waitSplit(t, sp, "the last step serves the canary alone", func(s *v1.TrafficSplit) bool {
+		return s.Status.Rollout.Phase == v1.RolloutPaused && s.Status.Summary == "b=100"
+	})
+	if err := env.Client.Delete(ctx, revision(ns, "a", "acme", "ok.wasm")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the stable revision is deleted or kept for the rollout", func() (bool, string) {
+		rev := &v1.Revision{}
+		err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "a"}, rev)
+		if apierrors.IsNotFound(err) {
+			return true, ""
+		} else if err != nil {
+			return false, err.Error()
+		}
+		c := meta.FindStatusCondition(rev.Status.Conditions, v1.ConditionReady)
+		return c != nil && strings.Contains(c.Message, "still routes to it"), fmt.Sprintf("%+v", c)
+	})
+	annotate(t, sp, v1.AnnotationAbort, "1")
+	sp = waitSplit(t, sp, "the abort is taken", func(s *v1.TrafficSplit) bool { return s.Status.Rollout.Phase == v1.RolloutAborted })
+	waitSplit(t, sp, "the stable table serves again", func(s *v1.TrafficSplit) bool { return s.Status.Summary == "a=100" })
+	waitTable(t, r, ns, "a=100")
+}
+
+// spec.routes moved mid-rollout to a revision that cannot load (a typo): the running
+// rollout is still judged, and a failing canary is still rolled back.
+func TestCanaryStillJudgedWhileNewTargetWaits(t *testing.T) {
+	testenv.Require(t, env)
+	clock := newTestClock()
+	r := startReplica(t, true, func(c *replicaConfig) { c.clock = clock.Now })
+	ns := env.Namespace(t, "canary-typo")
+	sp := startCanary(t, ns, canaryStrategy(1, false))
+	setRoutes(t, sp, v1.Route{RevisionName: "a", Percent: 0}, v1.Route{RevisionName: "typo", Percent: 100})
+	waitSplit(t, sp, "the new target waits", func(s *v1.TrafficSplit) bool {
+		return condition(s, v1.ConditionReady).Reason == v1.ReasonRevisionNotFound
+	})
+	failing := map[string]dispatcher.Counts{"a": activities(90, 0, 5*time.Millisecond), "b": activities(40, 20, 5*time.Millisecond)}
+	sp = judgeInterval(t, sp, clock, map[string]map[string]dispatcher.Counts{"r1": failing})
+	if ro := sp.Status.Rollout; ro.Phase != v1.RolloutAborted || sp.Status.Summary != "a=100" {
+		t.Fatalf("a failing canary was not rolled back: %s %s", ro.Phase, sp.Status.Summary)
+	}
+	waitTable(t, r, ns, "a=100")
+}

@@ -173,14 +173,21 @@ func sourceOrigin(p v1.Pack) string {
 	return ""
 }
 
-// routedNames are the revisions a split routes to: its spec's routes and the table
-// it serves (status), which lags the spec while a named revision is not Ready.
+// routedNames are the revisions a split routes to: its spec's routes, the table it
+// serves (status), which lags the spec while a named revision is not Ready, and while a
+// rollout runs the tables it walks between. The stable table is what an abort goes back
+// to: its revisions stay loaded (not drained, nor released when deleted) even when the
+// step's table gives them nothing, as the last step's does.
 func routedNames(s *v1.TrafficSplit) []string {
 	out := make([]string, 0, len(s.Spec.Routes)+len(s.Status.Routes))
 	for _, rt := range s.Spec.Routes {
 		out = append(out, rt.RevisionName)
 	}
-	for _, rt := range s.Status.Routes {
+	tables := [][]v1.RouteStatus{s.Status.Routes}
+	if ro := s.Status.Rollout; rolloutRunning(ro) {
+		tables = append(tables, ro.StableRoutes, ro.TargetRoutes)
+	}
+	for _, rt := range slices.Concat(tables...) {
 		if !slices.Contains(out, rt.RevisionName) {
 			out = append(out, rt.RevisionName)
 		}

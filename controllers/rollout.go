@@ -188,6 +188,15 @@ func routeStatusesOf(routes []v1.Route) []v1.RouteStatus {
 	return out
 }
 
+// specRoutesOf are a table's routes as spec.routes writes them.
+func specRoutesOf(table []v1.RouteStatus) []v1.Route {
+	out := make([]v1.Route, len(table))
+	for i, rt := range table {
+		out[i] = v1.Route{RevisionName: rt.RevisionName, Percent: rt.Percent, Tag: rt.Tag}
+	}
+	return out
+}
+
 // tableOf is a table without its dispatched counts, to compare tables.
 func tableOf(routes []v1.RouteStatus) []v1.RouteStatus {
 	out := make([]v1.RouteStatus, len(routes))
@@ -314,6 +323,9 @@ type rolloutInput struct {
 	// figures are the replicas' summed counts of the interval to judge, when one is due
 	// (see judgedWindow).
 	figures *intervalFigures
+	// hold says why the step's table cannot be served (a revision of the target is not
+	// Ready); while set, steps do not advance, by time or promote.
+	hold string
 }
 
 // rolloutEvent is an event to write on the split.
@@ -435,7 +447,7 @@ func decideRollout(in rolloutInput) rolloutDecision {
 		step := steps[ro.Step]
 		due := step.Pause != nil && !in.now.Before(ro.StepStartTime.Add(step.Pause.Duration)) &&
 			(analysis == nil || ro.PassedIntervals > 0)
-		if !due && !promote {
+		if (!due && !promote) || in.hold != "" {
 			break
 		}
 		how := "its pause passed"
@@ -458,6 +470,9 @@ func decideRollout(in rolloutInput) rolloutDecision {
 	case rolloutRunning(ro):
 		d.routes = stepRoutes(ro.StableRoutes, target, ro.CanaryRevisions, steps[ro.Step].Weight)
 		ro.Message = stepMessage(ro, steps, analysis, in.now)
+		if in.hold != "" {
+			ro.Message += "; holds while " + in.hold
+		}
 		d.requeue = rolloutRequeue(ro, steps[ro.Step], analysis, in.now)
 	case ro.Phase == v1.RolloutAborted:
 		d.routes = tableOf(ro.StableRoutes)

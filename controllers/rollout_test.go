@@ -30,14 +30,6 @@ func table(pairs ...any) []v1.RouteStatus {
 	return out
 }
 
-func specOf(t []v1.RouteStatus) []v1.Route {
-	out := make([]v1.Route, len(t))
-	for i, rt := range t {
-		out[i] = v1.Route{RevisionName: rt.RevisionName, Percent: rt.Percent, Tag: rt.Tag}
-	}
-	return out
-}
-
 // counts is n activities, errs of them errors, all taking d.
 func counts(n, errs int64, d time.Duration) dispatcher.Counts {
 	c := dispatcher.Counts{Activities: n, Errors: errs}
@@ -270,7 +262,7 @@ var (
 // interval; an inconclusive interval holds it; then the target is stable.
 func TestRolloutWalksTheSteps(t *testing.T) {
 	r := newRollout(t, threeSteps(1), table("a", 100))
-	r.in.spec = specOf(table("a", 0, "b", 100))
+	r.in.spec = specRoutesOf(table("a", 0, "b", 100))
 	r.expect(t0, nil, v1.RolloutProgressing, 0, table("a", 90, "b", 10))
 	if ro := r.last.status; !slices.Equal(ro.StableRoutes, table("a", 100)) || !slices.Equal(ro.CanaryRevisions, []string{"b"}) || !ro.StepStartTime.Time.Equal(t0) {
 		t.Fatalf("rollout started as %+v", ro)
@@ -309,7 +301,7 @@ func TestRolloutWalksTheSteps(t *testing.T) {
 // restarts until a retry; a new target starts a new rollout.
 func TestRolloutAbortsAndRetries(t *testing.T) {
 	r := newRollout(t, threeSteps(2), table("a", 100))
-	r.in.spec = specOf(table("b", 100))
+	r.in.spec = specRoutesOf(table("b", 100))
 	r.expect(t0, nil, v1.RolloutProgressing, 0, table("a", 90, "b", 10))
 	r.expect(t0.Add(13*time.Second), interval(t0, failing), v1.RolloutProgressing, 0, table("a", 90, "b", 10))
 	if ro := r.last.status; ro.FailedIntervals != 1 || ro.Analysis.Verdict != v1.AnalysisFailed {
@@ -335,10 +327,10 @@ func TestRolloutAbortsAndRetries(t *testing.T) {
 	r.expect(t0.Add(time.Hour+2*time.Second), nil, v1.RolloutAborted, 0, table("a", 100))
 	r.expect(t0.Add(time.Hour+3*time.Second), nil, v1.RolloutAborted, 0, table("a", 100))
 	// A new target is a new rollout from the same stable table.
-	r.in.spec = specOf(table("c", 100))
+	r.in.spec = specRoutesOf(table("c", 100))
 	r.expect(t0.Add(2*time.Hour), nil, v1.RolloutProgressing, 0, table("a", 90, "c", 10))
 	// Reverting the target to the stable table applies it at once.
-	r.in.spec = specOf(table("a", 100))
+	r.in.spec = specRoutesOf(table("a", 100))
 	r.expect(t0.Add(2*time.Hour+time.Second), nil, v1.RolloutSucceeded, 0, table("a", 100))
 	want := []string{"RolloutStarted", v1.ReasonRolloutAborted, "RolloutRetried", v1.ReasonRolloutAborted, "RolloutStarted"}
 	if !slices.Equal(r.events, want) {
@@ -352,10 +344,10 @@ func TestRolloutActions(t *testing.T) {
 	paused := &v1.CanaryStrategy{Steps: []v1.CanaryStep{{Weight: 10}, {Weight: 50}}}
 	r := newRollout(t, paused, table("a", 100))
 	// A promote set before any rollout is recorded and does nothing later.
-	r.in.spec = specOf(table("a", 100))
+	r.in.spec = specRoutesOf(table("a", 100))
 	r.in.annotations[v1.AnnotationPromote] = "old"
 	r.expect(t0, nil, v1.RolloutSucceeded, 0, table("a", 100))
-	r.in.spec = specOf(table("b", 100))
+	r.in.spec = specRoutesOf(table("b", 100))
 	r.expect(t0.Add(time.Second), nil, v1.RolloutPaused, 0, table("a", 90, "b", 10))
 	r.expect(t0.Add(time.Hour), nil, v1.RolloutPaused, 0, table("a", 90, "b", 10))
 	if !strings.Contains(r.last.status.Message, "waits for a promote") || r.last.requeue != 0 {
@@ -374,7 +366,7 @@ func TestRolloutActions(t *testing.T) {
 	}
 	// Removing an annotation is not an action.
 	delete(r.in.annotations, v1.AnnotationAbort)
-	r.in.spec = specOf(table("c", 100))
+	r.in.spec = specRoutesOf(table("c", 100))
 	r.expect(t0.Add(2*time.Hour), nil, v1.RolloutPaused, 0, table("b", 90, "c", 10))
 }
 
@@ -382,17 +374,17 @@ func TestRolloutActions(t *testing.T) {
 // gives no weight starts over; no table in use yet publishes the target at once.
 func TestRolloutRetargets(t *testing.T) {
 	r := newRollout(t, threeSteps(1), table("a", 100))
-	r.in.spec = specOf(table("a", 50, "b", 50))
+	r.in.spec = specRoutesOf(table("a", 50, "b", 50))
 	r.expect(t0, nil, v1.RolloutProgressing, 0, table("a", 90, "b", 10))
 	r.expect(t0.Add(13*time.Second), interval(t0, healthy), v1.RolloutProgressing, 0, table("a", 90, "b", 10))
 	r.expect(t0.Add(time.Minute), nil, v1.RolloutProgressing, 1, table("a", 50, "b", 50))
-	r.in.spec = specOf(table("a", 20, "b", 80))
+	r.in.spec = specRoutesOf(table("a", 20, "b", 80))
 	r.expect(t0.Add(time.Minute+time.Second), nil, v1.RolloutProgressing, 1, table("a", 50, "b", 50))
-	r.in.spec = specOf(table("a", 20, "c", 80))
+	r.in.spec = specRoutesOf(table("a", 20, "c", 80))
 	r.expect(t0.Add(time.Minute+2*time.Second), nil, v1.RolloutProgressing, 0, table("a", 90, "c", 10))
 
 	fresh := newRollout(t, threeSteps(1), nil)
-	fresh.in.spec = specOf(table("b", 100))
+	fresh.in.spec = specRoutesOf(table("b", 100))
 	fresh.expect(t0, nil, v1.RolloutSucceeded, 0, table("b", 100))
 }
 
@@ -424,7 +416,7 @@ func TestTwoReplicasDecideAsOne(t *testing.T) {
 				{Replica: "r2", Windows: []dispatcher.Window{window(t0, r2)}},
 			}, t0, t0.Add(10*time.Second))
 			decide := func(f intervalFigures) rolloutDecision {
-				return decideRollout(rolloutInput{spec: specOf(table("b", 100)), canary: threeSteps(1), current: table("a", 90, "b", 10),
+				return decideRollout(rolloutInput{spec: specRoutesOf(table("b", 100)), canary: threeSteps(1), current: table("a", 90, "b", 10),
 					prev: &v1.RolloutStatus{Phase: v1.RolloutProgressing, StepStartTime: ptr.To(metav1.NewTime(t0)),
 						StableRoutes: table("a", 100), TargetRoutes: table("b", 100), CanaryRevisions: []string{"b"}},
 					now: t0.Add(13 * time.Second), figures: &f})
@@ -524,7 +516,7 @@ func TestCountsName(t *testing.T) {
 // the rollout starts at its first step, running.
 func TestRolloutIgnoresActionsFromBeforeIt(t *testing.T) {
 	r := newRollout(t, threeSteps(1), table("a", 100))
-	r.in.spec = specOf(table("b", 100))
+	r.in.spec = specRoutesOf(table("b", 100))
 	r.in.annotations[v1.AnnotationPromote] = "last-week"
 	r.in.annotations[v1.AnnotationAbort] = "last-month"
 	r.expect(t0, nil, v1.RolloutProgressing, 0, table("a", 90, "b", 10))
@@ -542,7 +534,7 @@ func TestRolloutIgnoresActionsFromBeforeIt(t *testing.T) {
 func TestRolloutQuotesActionsShortly(t *testing.T) {
 	huge := strings.Repeat("x", 40000)
 	r := newRollout(t, &v1.CanaryStrategy{Steps: []v1.CanaryStep{{Weight: 10}, {Weight: 50}}}, table("a", 100))
-	r.in.spec = specOf(table("b", 100))
+	r.in.spec = specRoutesOf(table("b", 100))
 	r.expect(t0, nil, v1.RolloutPaused, 0, table("a", 90, "b", 10))
 	r.in.annotations[v1.AnnotationPromote] = huge
 	r.expect(t0.Add(time.Second), nil, v1.RolloutPaused, 1, table("a", 50, "b", 50))
@@ -561,7 +553,7 @@ func TestRolloutQuotesActionsShortly(t *testing.T) {
 		t.Errorf("the rollout's message is %d bytes", n)
 	}
 	r2 := newRollout(t, &v1.CanaryStrategy{Steps: []v1.CanaryStep{{Weight: 10}}}, table("a", 100))
-	r2.in.spec = specOf(table("b", 100))
+	r2.in.spec = specRoutesOf(table("b", 100))
 	r2.at(t0, nil)
 	r2.in.annotations[v1.AnnotationAbort] = huge
 	r2.expect(t0.Add(time.Second), nil, v1.RolloutAborted, 0, table("a", 100))
@@ -575,4 +567,31 @@ func TestRolloutQuotesActionsShortly(t *testing.T) {
 			}
 		}
 	}
+}
+
+// While a revision of the rollout's target cannot serve (deleted, Failed, or still
+// loading after spec.routes moved to it), the step's table is not the one in use: the
+// steps hold, whatever their pause or a promote say, so the rollout cannot finish on a
+// table nobody served. Analysis still judges what is served and rolls back.
+func TestRolloutHoldsWhileTargetBlocked(t *testing.T) {
+	r := newRollout(t, threeSteps(1), table("a", 100))
+	r.in.spec = specRoutesOf(table("b", 100))
+	r.expect(t0, nil, v1.RolloutProgressing, 0, table("a", 90, "b", 10))
+	r.in.hold = `Revision "b" not found`
+	r.expect(t0.Add(13*time.Second), interval(t0, healthy), v1.RolloutProgressing, 0, table("a", 90, "b", 10))
+	r.expect(t0.Add(time.Hour), nil, v1.RolloutProgressing, 0, table("a", 90, "b", 10))
+	if msg := r.last.status.Message; !strings.Contains(msg, `Revision "b" not found`) {
+		t.Errorf("the message does not say what the step holds for: %q", msg)
+	}
+	r.in.annotations[v1.AnnotationPromote] = "1"
+	r.expect(t0.Add(time.Hour+time.Second), nil, v1.RolloutProgressing, 0, table("a", 90, "b", 10))
+	if r.last.status.Promote != "1" {
+		t.Errorf("a promote while held is not recorded: %+v", r.last.status)
+	}
+	// Served again: the step goes on (its pause and a passing interval are behind it).
+	r.in.hold = ""
+	r.expect(t0.Add(time.Hour+2*time.Second), nil, v1.RolloutProgressing, 1, table("a", 50, "b", 50))
+	// Held, a failing interval still rolls back.
+	r.in.hold = `Revision "b" not found`
+	r.expect(t0.Add(time.Hour+23*time.Second), interval(t0.Add(time.Hour+10*time.Second), failing), v1.RolloutAborted, 1, table("a", 100))
 }

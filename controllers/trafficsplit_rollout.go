@@ -48,9 +48,17 @@ func (r *TrafficSplitReconciler) phaseRollout(ctx context.Context, s *splitScope
 	}
 
 	prev := split.Status.Rollout
-	target := routeStatusesOf(split.Spec.Routes)
-	goesOn := prev != nil && (rolloutRunning(prev) || prev.Phase == v1.RolloutAborted) && slices.Equal(tableOf(prev.TargetRoutes), target)
-	if reason, _, _ := routesBlocked(tenant, s.targets); reason != "" && !goesOn {
+	spec := split.Spec.Routes
+	goesOn := prev != nil && (rolloutRunning(prev) || prev.Phase == v1.RolloutAborted) && slices.Equal(tableOf(prev.TargetRoutes), routeStatusesOf(spec))
+	reason, hold, _ := routesBlocked(tenant, s.targets)
+	switch {
+	case reason == "" || goesOn:
+	case rolloutRunning(prev):
+		// spec.routes moved to a revision that is not Ready: the running rollout holds
+		// towards its old target, still judged (and rolled back) on what is served,
+		// until the new one can start.
+		spec = specRoutesOf(prev.TargetRoutes)
+	default:
 		// Nothing starts before the spec's revisions are loaded: phaseTable says what it
 		// waits for, and the table in use keeps serving.
 		return ctrl.Result{}, nil
@@ -66,8 +74,8 @@ func (r *TrafficSplitReconciler) phaseRollout(ctx context.Context, s *splitScope
 		r.deleteGone(ctx, split, f.gone)
 	}
 	d := decideRollout(rolloutInput{
-		spec: split.Spec.Routes, canary: canary, current: split.Status.Routes, prev: prev,
-		annotations: split.Annotations, now: now, figures: figures,
+		spec: spec, canary: canary, current: split.Status.Routes, prev: prev,
+		annotations: split.Annotations, now: now, figures: figures, hold: hold,
 	})
 	split.Status.Rollout = d.status
 	s.effective, s.rolling = d.routes, true
