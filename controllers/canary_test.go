@@ -445,6 +445,7 @@ func TestCanaryKeepsTheStableRevisionToGoBackTo(t *testing.T) {
 	setRoutes(t, sp, v1.Route{RevisionName: "b", Percent: 100, Tag: "canary"})
 	for i := range 2 {
 		annotate(t, sp, v1.AnnotationPromote, strconv.Itoa(i))
+		waitSplit(t, sp, "promoted", func(s *v1.TrafficSplit) bool { return s.Status.Rollout.Promote == strconv.Itoa(i) })
 	}
 	waitSplit(t, sp, "the last step serves the canary alone", func(s *v1.TrafficSplit) bool {
 		return s.Status.Rollout.Phase == v1.RolloutPaused && s.Status.Summary == "b=100"
