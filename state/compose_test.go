@@ -32,10 +32,12 @@ func TestReaderNeverComposesAHalfSeenFold(t *testing.T) {
 		return &corev1.ConfigMap{ObjectMeta: meta(ShardName("bot", 0), rv, AnnotationFoldedThrough, folded), BinaryData: entries}
 	}
 	journal := func(rv, trimmed string, records map[uint64]map[string][]byte) *corev1.ConfigMap {
-		j := &corev1.ConfigMap{ObjectMeta: meta(JournalName("bot", 0), rv, AnnotationTrimmedThrough, trimmed), BinaryData: map[string][]byte{}}
+		j := &corev1.ConfigMap{ObjectMeta: meta(JournalName("bot", 0), rv, AnnotationTrimmedThrough, trimmed)}
+		blobs := map[uint64][]byte{}
 		for seq, writes := range records {
-			j.BinaryData[recordKey(seq)] = encodeChange("c"+recordKey(seq), writes)
+			blobs[seq] = encodeChange("c"+recordKey(seq), writes)
 		}
+		SetJournalRecords(j, blobs)
 		return j
 	}
 	key := types.NamespacedName{Namespace: "ns", Name: ShardName("bot", 0)}

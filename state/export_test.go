@@ -1,8 +1,10 @@
 package state
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -58,8 +60,30 @@ func (s *Store) Fold(ctx context.Context, namespace, revision string, n int) err
 	return s.shard(types.NamespacedName{Namespace: namespace, Name: ShardName(revision, n)}).fold(ctx, true)
 }
 
-// ValueRecord is a journal record, and its key, that sets a pack's value of name.
-func ValueRecord(seq uint64, pack, name string, value []byte) (string, []byte) {
+// ValueRecord is a journal record that sets a pack's value of name.
+func ValueRecord(pack, name string, value []byte) []byte {
 	k, _ := valueKey(pack, name, 1)
-	return recordKey(seq), encodeChange("forged", map[string][]byte{k: encodeValue(pack, name, value)})
+	return encodeChange("forged", map[string][]byte{k: encodeValue(pack, name, value)})
+}
+
+// JournalRecords returns a journal's records by sequence number.
+func JournalRecords(j *corev1.ConfigMap) map[uint64][]byte {
+	out := map[uint64][]byte{}
+	for _, r := range journalRecords(j) {
+		out[r.seq] = r.blob
+	}
+	return out
+}
+
+// SetJournalRecords stores records in journal j, as packhost does.
+func SetJournalRecords(j *corev1.ConfigMap, records map[uint64][]byte) {
+	var rs []journalRecord
+	for seq, blob := range records {
+		rs = append(rs, journalRecord{seq: seq, blob: blob})
+	}
+	slices.SortFunc(rs, func(a, b journalRecord) int { return cmp.Compare(a.seq, b.seq) })
+	if j.BinaryData == nil {
+		j.BinaryData = map[string][]byte{}
+	}
+	j.BinaryData[journalData] = encodeRecords(rs)
 }

@@ -45,15 +45,7 @@ func shardObjects(t *testing.T, spec state.Spec, n int) (base, journal *corev1.C
 }
 
 // records counts the records a journal holds.
-func records(journal *corev1.ConfigMap) int {
-	n := 0
-	for k := range journal.BinaryData {
-		if strings.HasPrefix(k, "j.") {
-			n++
-		}
-	}
-	return n
-}
+func records(journal *corev1.ConfigMap) int { return len(state.JournalRecords(journal)) }
 
 // holds reports whether a shard's entries, as stored, hold a value ending in suffix.
 func holds(cm *corev1.ConfigMap, suffix string) bool {
@@ -118,15 +110,15 @@ func TestJournalKeepsTheCommitCostFlat(t *testing.T) {
 	if base.Annotations[state.AnnotationFoldedThrough] == "" || journal == nil {
 		t.Fatalf("a shard of 1,000 entries is not journalled (annotations %v, journal %v)", base.Annotations, journal != nil)
 	}
+	// The fill's last commits, 250 entries each, are folded first: what is measured is
+	// commits of one entry, against the shard's whole size.
+	if err := s.Fold(context.Background(), spec.Namespace, spec.Revision, 0); err != nil {
+		t.Fatal(err)
+	}
+	base, _ = shardObjects(t, spec, 0)
 	shardBytes := 0
 	for k, v := range base.BinaryData {
 		shardBytes += len(k) + len(v)
-	}
-
-	// The fill's last commits, 250 entries each, are folded first: what is measured is
-	// commits of one entry.
-	if err := s.Fold(context.Background(), spec.Namespace, spec.Revision, 0); err != nil {
-		t.Fatal(err)
 	}
 	counter := runtime.StateKey{Pack: "p", Name: "counter"}
 	const commits = 64
@@ -297,11 +289,11 @@ func TestJournalIsTrustedOnlyWhenOwned(t *testing.T) {
 	key := runtime.StateKey{Pack: "p", Name: "k"}
 	forge := func(spec state.Spec, value string) *corev1.ConfigMap {
 		t.Helper()
-		rk, rec := state.ValueRecord(1, "p", "k", []byte(value))
 		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: nsName, Name: state.JournalName(spec.Revision, 0),
 			Labels:          map[string]string{state.LabelComponent: state.ComponentState, state.LabelTenant: spec.Tenant, state.LabelRevision: spec.Revision, state.LabelShard: "0"},
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "packhost.io/v1alpha1", Kind: "Revision", Name: spec.Revision, UID: uuid.NewUUID(), Controller: ptr.To(true)}}},
-			BinaryData: map[string][]byte{rk: rec}}
+		}
+		state.SetJournalRecords(cm, map[uint64][]byte{1: state.ValueRecord("p", "k", []byte(value))})
 		if err := env.Client.Create(ctx, cm); err != nil {
 			t.Fatal(err)
 		}
@@ -388,7 +380,10 @@ func TestCorruptJournalRecordIsReportedAndKept(t *testing.T) {
 	if records(journal) == 0 {
 		t.Fatal("the second commit wrote no journal record")
 	}
-	journal.BinaryData["j.00000000000000ff"] = []byte("garbage")
+	kept := state.JournalRecords(journal)
+	withGarbage := state.JournalRecords(journal)
+	withGarbage[255] = []byte("garbage")
+	state.SetJournalRecords(journal, withGarbage)
 	if err := env.Client.Update(ctx, journal); err != nil {
 		t.Fatal(err)
 	}
@@ -410,10 +405,10 @@ func TestCorruptJournalRecordIsReportedAndKept(t *testing.T) {
 		t.Fatal("a fold dropped a journal record it could not read")
 	}
 	_, journal = shardObjects(t, spec, 0)
-	if string(journal.BinaryData["j.00000000000000ff"]) != "garbage" {
+	if string(state.JournalRecords(journal)[255]) != "garbage" {
 		t.Fatal("the corrupt record is gone")
 	}
-	delete(journal.BinaryData, "j.00000000000000ff")
+	state.SetJournalRecords(journal, kept)
 	if err := env.Client.Update(ctx, journal); err != nil {
 		t.Fatal(err)
 	}

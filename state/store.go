@@ -31,8 +31,9 @@
 // ConfigMap, and every group commit rewrites it: at that size that costs about what any
 // write does. Past it, the shard is journalled: its base ConfigMap (<revision>-state-<n>)
 // carries AnnotationFoldedThrough, and its group commits append their changes, as one
-// record each ("j.<seq>": the commit's id and the entries it wrote or deleted), to a
-// journal ConfigMap <revision>-state-<n>-journal, created (empty) by the commit that
+// record each (a sequence number, the commit's id and the entries it wrote or deleted;
+// all records packed in one binaryData key, see journalData), to a journal ConfigMap
+// <revision>-state-<n>-journal, created (empty) by the commit that
 // journals the shard. What a shard holds is its base with the journal's records after
 // the base's folded-through sequence applied in order (a composition); readers, the
 // watch's view and every merge work on that.
@@ -81,9 +82,9 @@
 // them: 1 journal write, plus 1 base rewrite per fold (the trim rides on the next
 // journal write). With k records between folds and d bytes per record, a commit sends
 // about kd/2 bytes of journal and B/k of the shard's B bytes amortised; the fold rule
-// keeps k near sqrt(2B/d): for 1,000 entries (a shard of about 75 KB) and one-entry
+// keeps k near sqrt(2B/d): for 1,000 entries (a shard of about 100 KB) and one-entry
 // commits, a fold every 40-50 commits; measured, 1.02 writes and 4.9 KB sent per
-// activity instead of 1 write of 75 KB. TestJournalKeepsTheCommitCostFlat checks the
+// activity instead of 1 write of 100 KB. TestJournalKeepsTheCommitCostFlat checks the
 // bytes.
 //
 // # Commit cost
