@@ -100,19 +100,21 @@
 // it reports as rate-x-empty and cpu-x-empty) measured activities/s and API-server CPU ms
 // per activity, whole-shard rewrites (packed, protobuf) → journal, two runs:
 //
-//	entries=0/c1          328 → 233, 276     2.0 → 2.5, 2.45
-//	entries=1000/c1        82 → 214, 205     7.8 → 2.85, 3.0
-//	entries=10000/c1     16.4 → 88, 97        29 → 5.3, 4.6
-//	entries=0/c16        2651 → 3166, 2431   0.3 → 0.2, 0.35
-//	entries=1000/c16      522 → 1181, 335   1.05 → 0.8, 1.0
-//	entries=10000/c16      83 → 671, 540     4.0 → 0.9, 1.0
+//	entries=0/c1          328 → 266, 388     2.0 → 2.6, 2.35
+//	entries=1000/c1        82 → 234, 200     7.8 → 3.3, 2.9
+//	entries=10000/c1     16.4 → 101, 123      29 → 3.35, 4.15
+//	entries=0/c16        2651 → 1220, 2610   0.3 → 0.4, 0.25
+//	entries=1000/c16      522 → 791, 1098   1.05 → 0.7, 0.8
+//	entries=10000/c16      83 → 593, 433     4.0 → 0.7, 1.25
 //
-// At 1,000 entries and c1 that is 0.92x and 0.74x the empty shard's rate with 1.14x and
-// 1.22x its API-server CPU (the goal: ≥ 0.6x, ≤ 3x; whole-shard rewrites gave 0.25x and
-// 4x). What still grows with the shard is this process's work, not the API server's: a
-// merge copies the shard's entry map, and each journal write is composed into a new
-// copy of it (immutable, as readers hold it without a lock); at 10,000 entries that is
-// most of a commit's time.
+// At 1,000 entries and c1 that is 0.88x and 0.52x the empty shard's rate with 1.27x and
+// 1.23x its API-server CPU (the goal: ≥ 0.6x, ≤ 3x; whole-shard rewrites gave 0.25x and
+// 4x). The CPU ratio held at 1.0-1.8x over a dozen runs; the rate ratio ranged 0.5-1.0x
+// (median about 0.7x over nine runs) with the empty case's own rate swinging 230-560/s on the shared
+// machine. What still grows with the shard is this process's work, not the API
+// server's: a merge copies the shard's entry map, and each journal write is composed
+// into a new copy of it (immutable, as readers hold it without a lock); at 10,000
+// entries that is most of a commit's time.
 //
 // # Commits
 //
