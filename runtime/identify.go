@@ -308,7 +308,7 @@ type hintCache struct {
 	// lock is held (a value in it) while describe-identify runs, so that concurrent
 	// first requests wait for one answer instead of each running the export.
 	lock     chan struct{}
-	resolved atomic.Pointer[map[string]*packHint] // set once, under lock
+	resolved atomic.Pointer[map[string]*packHint] // set once, under lock and packRuntime.mu
 	// held is what the resolved hints are charged (under packRuntime.mu, with unloaded).
 	held int64
 }
@@ -353,16 +353,15 @@ func (r *Revision) hintsOf(ctx context.Context, p *packRuntime) (map[string]*pac
 	}
 	p.mu.Lock()
 	unloaded := p.unloaded
-	if !unloaded {
+	if !unloaded { // kept and charged together, so dropHints finds both or neither
 		p.hints.held = n
+		p.hints.resolved.Store(&hints)
 	}
 	p.mu.Unlock()
 	if unloaded {
 		// Close gave back what the pack held already: answer, but keep nothing.
 		r.engine.release(r.memory, memHost, n)
-		return hints, nil
 	}
-	p.hints.resolved.Store(&hints)
 	return hints, nil
 }
 
@@ -372,8 +371,8 @@ func (p *packRuntime) dropHints() {
 	p.mu.Lock()
 	held := p.hints.held
 	p.hints.held = 0
-	p.mu.Unlock()
 	p.hints.resolved.Store(nil)
+	p.mu.Unlock()
 	p.pack.engine.release(p.memory, memHost, held)
 }
 
