@@ -1,6 +1,7 @@
 package controllers_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -22,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/packhost/packhost/api/v1alpha1"
+	"github.com/packhost/packhost/controllers"
 	"github.com/packhost/packhost/dispatcher"
 	"github.com/packhost/packhost/internal/testenv"
 	"github.com/packhost/packhost/state"
@@ -137,7 +139,7 @@ func publishCounts(t *testing.T, sp *v1.TrafficSplit, replica string, windows ..
 		t.Fatal(err)
 	}
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: sp.Namespace, Name: sp.Name + "-analysis-" + replica,
-		Labels:          map[string]string{state.LabelComponent: "analysis"},
+		Labels:          map[string]string{state.LabelComponent: "analysis", controllers.LabelSplitUID: string(sp.UID)},
 		OwnerReferences: []metav1.OwnerReference{{APIVersion: v1.GroupVersion.String(), Kind: "TrafficSplit", Name: sp.Name, UID: sp.UID, Controller: ptr.To(true)}}},
 		Data: map[string]string{"counts.json": string(data)}}
 	if err := env.Client.Update(ctx, cm); apierrors.IsNotFound(err) {
@@ -488,4 +490,41 @@ func TestCanaryStillJudgedWhileNewTargetWaits(t *testing.T) {
 		t.Fatalf("a failing canary was not rolled back: %s %s", ro.Phase, sp.Status.Summary)
 	}
 	waitTable(t, r, ns, "a=100")
+}
+
+// countingReader is the API server's reader, counting the ConfigMaps its lists return.
+type countingReader struct {
+	client.Reader
+	listed int
+}
+
+func (r *countingReader) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	err := r.Reader.List(ctx, list, opts...)
+	if cms, ok := list.(*corev1.ConfigMapList); ok {
+		r.listed += len(cms.Items)
+	}
+	return err
+}
+
+// The leader reads one split's counts once per interval: it must receive that split's
+// counts only, not every split's of the namespace, or 500 splits rolling out in one
+// namespace make 500 lists of 500 splits' counts per interval.
+func TestLeaderReadsOnlyTheSplitsCounts(t *testing.T) {
+	testenv.Require(t, env)
+	ns := env.Namespace(t, "canary-cost")
+	var splits []*v1.TrafficSplit
+	for i := range 20 {
+		sp := split(ns, fmt.Sprintf("s%d", i), fmt.Sprintf("t%d", i), v1.Route{RevisionName: "a", Percent: 100})
+		create(t, sp)
+		publishCounts(t, sp, "r1", dispatcher.Window{Start: time.Unix(0, 0), End: time.Unix(10, 0)})
+		splits = append(splits, sp)
+	}
+	reader := &countingReader{Reader: env.Client}
+	n, err := controllers.ReadReports(ctx, reader, splits[0])
+	if err != nil || n != 1 {
+		t.Fatalf("reports of s0: %d, %v", n, err)
+	}
+	if reader.listed != 1 {
+		t.Fatalf("reading s0's counts listed %d ConfigMaps, want its own 1", reader.listed)
+	}
 }

@@ -3,10 +3,10 @@ package controllers
 // How the replicas' counts reach the leader: every replica publishes, for each split
 // under rollout, one ConfigMap <split>-analysis-<replica> in the split's namespace,
 // labelled packhost.io/component=analysis and controlled by the split (so it goes with
-// it), holding its last two closed analysis windows as JSON. It is rewritten only when
+// it, and labelled with its UID), holding its last two closed analysis windows as JSON. It is rewritten only when
 // a window closes: once per interval per split per replica, a few hundred bytes per
-// revision. The leader reads them (uncached, label-selected, in the split's namespace
-// only) once per interval.
+// revision. The leader reads them (uncached, selected by both labels, in the split's
+// namespace only) once per interval.
 //
 // Anyone who may create ConfigMaps in the namespace can put the label on one, so the
 // leader trusts one only when it is controlled by the split (its UID), is named for
@@ -41,6 +41,11 @@ import (
 const (
 	// componentAnalysis is the packhost.io/component label of a counts ConfigMap.
 	componentAnalysis = "analysis"
+	// LabelSplitUID labels a counts ConfigMap with its split's UID (a split's name may
+	// be too long for a label), so that the leader lists one split's counts, not every
+	// split's of the namespace: with many splits rolling out in one namespace that was
+	// a list of all their counts per split per interval.
+	LabelSplitUID = "packhost.io/split-uid"
 	// countsKey is the data key holding a countsReport.
 	countsKey = "counts.json"
 	// countsMaxBytes bounds a counts report that is parsed: a split routes at most 16
@@ -138,12 +143,13 @@ func implausible(rep countsReport) string {
 // trusts.
 func readReports(ctx context.Context, reader client.Reader, split *v1.TrafficSplit) ([]countsReport, error) {
 	list := &corev1.ConfigMapList{}
-	if err := reader.List(ctx, list, client.InNamespace(split.Namespace), client.MatchingLabels{state.LabelComponent: componentAnalysis}); err != nil {
+	if err := reader.List(ctx, list, client.InNamespace(split.Namespace),
+		client.MatchingLabels{state.LabelComponent: componentAnalysis, LabelSplitUID: string(split.UID)}); err != nil {
 		return nil, fmt.Errorf("list analysis counts: %w", err)
 	}
 	reports, ignored := trustedReports(split, list.Items)
 	if len(ignored) > 0 {
-		// Other splits' counts are among them; only the debug log names them.
+		// Labelled as counts but not trusted: only the debug log names them.
 		logr.FromContextOrDiscard(ctx).V(1).Info("Ignored ConfigMaps that are not this split's counts", "ignored", ignored)
 	}
 	return reports, nil
@@ -284,7 +290,7 @@ func (p *CountsPublisher) write(ctx context.Context, split types.NamespacedName,
 	cm := &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: split.Namespace, Name: countsName(split.Name, p.Replica),
-			Labels: map[string]string{state.LabelComponent: componentAnalysis},
+			Labels: map[string]string{state.LabelComponent: componentAnalysis, LabelSplitUID: string(t.uid)},
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: v1.GroupVersion.String(), Kind: "TrafficSplit",
 				Name: split.Name, UID: t.uid, Controller: ptr.To(true)}},
 		},
