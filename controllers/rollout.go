@@ -366,10 +366,7 @@ func decideRollout(in rolloutInput) rolloutDecision {
 	startTime := metav1.NewTime(in.now.UTC().Truncate(time.Second))
 	start := func(step int32) {
 		ro.Step, ro.StepStartTime, ro.PassedIntervals = step, &startTime, 0
-		ro.Phase = v1.RolloutProgressing
-		if steps[step].Pause == nil {
-			ro.Phase = v1.RolloutPaused
-		}
+		ro.Phase = stepPhase(steps[step])
 	}
 
 	// A new target: roll out to it from the stable table, unless it brings no revision
@@ -468,6 +465,7 @@ func decideRollout(in rolloutInput) rolloutDecision {
 
 	switch {
 	case rolloutRunning(ro):
+		ro.Phase = stepPhase(steps[ro.Step]) // the steps may have been edited meanwhile
 		d.routes = stepRoutes(ro.StableRoutes, target, ro.CanaryRevisions, steps[ro.Step].Weight)
 		ro.Message = stepMessage(ro, steps, analysis, in.now)
 		if in.hold != "" {
@@ -493,6 +491,15 @@ func quoteAction(annotation, value string) string {
 		value = strings.ToValidUTF8(value[:quotedActionBytes], "") + "…"
 	}
 	return annotation + "=" + value
+}
+
+// stepPhase is the phase of a running step: Paused when it has no pause (it waits for
+// a promote), else Progressing.
+func stepPhase(step v1.CanaryStep) v1.RolloutPhase {
+	if step.Pause == nil {
+		return v1.RolloutPaused
+	}
+	return v1.RolloutProgressing
 }
 
 // stepMessage says what a running step holds for.

@@ -595,3 +595,20 @@ func TestRolloutHoldsWhileTargetBlocked(t *testing.T) {
 	r.in.hold = `Revision "b" not found`
 	r.expect(t0.Add(time.Hour+23*time.Second), interval(t0.Add(time.Hour+10*time.Second), failing), v1.RolloutAborted, 1, table("a", 100))
 }
+
+// Steps edited mid-rollout: the phase follows the step in effect as it now reads (a
+// pause added to a step that waited for a promote makes it Progressing, and removed,
+// Paused), so Ready's reason and the message agree with what the step waits for.
+func TestRolloutPhaseFollowsEditedSteps(t *testing.T) {
+	minute := &metav1.Duration{Duration: time.Minute}
+	r := newRollout(t, &v1.CanaryStrategy{Steps: []v1.CanaryStep{{Weight: 10}, {Weight: 50}}}, table("a", 100))
+	r.in.spec = specRoutesOf(table("b", 100))
+	r.expect(t0, nil, v1.RolloutPaused, 0, table("a", 90, "b", 10))
+	r.in.canary = &v1.CanaryStrategy{Steps: []v1.CanaryStep{{Weight: 10, Pause: minute}, {Weight: 50}}}
+	r.expect(t0.Add(time.Second), nil, v1.RolloutProgressing, 0, table("a", 90, "b", 10))
+	if msg := r.last.status.Message; !strings.Contains(msg, "holds until") {
+		t.Errorf("message %q", msg)
+	}
+	r.in.canary = &v1.CanaryStrategy{Steps: []v1.CanaryStep{{Weight: 10}, {Weight: 50}}}
+	r.expect(t0.Add(2*time.Second), nil, v1.RolloutPaused, 0, table("a", 90, "b", 10))
+}
