@@ -122,6 +122,8 @@ func compileFailure(pack string, err error) *failure {
 	switch {
 	case errors.Is(err, runtime.ErrMemoryBudget):
 		return &failure{v1.RevisionLoaded, v1.ReasonMemoryBudget, msg + ": not loaded on this replica until room frees up", true}
+	case errors.Is(err, runtime.ErrOverloaded):
+		return &failure{v1.RevisionLoaded, v1.ReasonReplicaBusy, msg + ": tried again", true}
 	case errors.Is(err, runtime.ErrCapabilityDenied):
 		return &failure{v1.RevisionLoaded, v1.ReasonCapabilityNotAllowed, msg + ": allow it in the Tenant's spec.policy or drop it from the pack's manifest", true}
 	case errors.Is(err, runtime.ErrMemoryLimit):

@@ -72,6 +72,7 @@ func TestFailureClassification(t *testing.T) {
 		{"memory", compileFailure("main", fmt.Errorf("x: %w", runtime.ErrMemoryLimit)), v1.ReasonMemoryLimitTooLow, true},
 		{"memory budget", compileFailure("main", fmt.Errorf("%w: %w", runtime.ErrInvalidPack, runtime.ErrMemoryBudget)), v1.ReasonMemoryBudget, true},
 		{"memory budget for an instance", compileFailure("", fmt.Errorf("%w: %w", runtime.ErrOverloaded, runtime.ErrMemoryBudget)), v1.ReasonMemoryBudget, true},
+		{"a busy tenant's first instance", compileFailure("", fmt.Errorf("%w: %w", runtime.ErrOverloaded, runtime.ErrTimeout)), v1.ReasonReplicaBusy, true},
 		{"manifest", compileFailure("main", fmt.Errorf("x: %w", runtime.ErrInvalidManifest)), v1.ReasonInvalidManifest, false},
 		{"wasm", compileFailure("", errors.New("bad magic")), v1.ReasonInvalidWasm, false},
 		{"secret not opted in", secretFailure(fmt.Errorf("x: %w", errSecretNotOptedIn)), v1.ReasonSecretNotOptedIn, true},

@@ -128,6 +128,10 @@ const (
 // instance grows once, so a tenant's ordinary traffic never meets the pace.
 const DefaultGrowthPerSecond = 256 << 20
 
+// errCPUWait: the deadline passed while the call waited for one of its tenant's
+// processor tokens (the tenant's other guests were running), before it ran anything.
+var errCPUWait = fmt.Errorf("%w: waited for the tenant's share of the processors until the deadline", ErrTimeout)
+
 // acquireCPU waits for one of the tenant's processor tokens, or for ctx to end.
 func (t *tenantMemory) acquireCPU(ctx context.Context) error {
 	select {
@@ -140,7 +144,7 @@ func (t *tenantMemory) acquireCPU(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return fmt.Errorf("%w: waited for the tenant's share of the processors until the deadline", ErrTimeout)
+			return errCPUWait
 		}
 		return ctx.Err()
 	}

@@ -146,3 +146,19 @@ func (e *Engine) TenantAccounts() int {
 	defer e.mu.Unlock()
 	return len(e.tenants)
 }
+
+// HoldTenantCPU takes every processor token of tenant key (namespace/name) until
+// release, as the tenant's running guests would.
+func (e *Engine) HoldTenantCPU(key string) (release func()) {
+	t := e.tenantMemory(key)
+	n := cap(t.cpu)
+	for range n {
+		t.cpu <- struct{}{}
+	}
+	return func() {
+		for range n {
+			<-t.cpu
+		}
+		e.releaseTenant(t)
+	}
+}

@@ -273,6 +273,16 @@ func TestStartIsAGuestCall(t *testing.T) {
 			t.Fatalf("an activity with a %s deadline waited %s for a start function that takes %s", deadline, took, startTook)
 		}
 	})
+	t.Run("a revision whose tenant's processors stay busy is not called invalid", func(t *testing.T) {
+		release := e.HoldTenantCPU("busy/acme")
+		defer release()
+		_, err := tryLoad(e, []revOpt{func(c *runtime.RevisionConfig) {
+			c.Name, c.Limits = "busy/rev", runtime.Limits{Timeout: 100 * time.Millisecond}
+		}}, "echo")
+		if !errors.Is(err, runtime.ErrOverloaded) || errors.Is(err, runtime.ErrInvalidPack) {
+			t.Fatalf("a first instance that waited for the tenant's busy processors: %v, want overload (tried again), not an invalid pack", err)
+		}
+	})
 	t.Run("it holds a processor token of the tenant", func(t *testing.T) {
 		empty()
 		done := make(chan error, 1)

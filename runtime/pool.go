@@ -128,6 +128,8 @@ func (p *packRuntime) newInstance(ctx context.Context, r *Revision) (*instance, 
 			defer inst.memory.Free()
 		}
 		switch {
+		case errors.Is(err, errCPUWait):
+			return nil, err // it never started
 		case inst.memory != nil && inst.memory.denied:
 			return nil, fmt.Errorf("%w: %w", ErrOverloaded, r.engine.budgetError(r.memory, "the memory of an instance of "+p.id, int64(p.pack.minPages)*65536))
 		case ctx.Err() != nil || errors.Is(err, ErrTimeout):

@@ -134,7 +134,11 @@ func (e *Engine) NewRevision(ctx context.Context, cfg RevisionConfig) (r *Revisi
 	// A warm instance of the main pack proves the pack starts; it stays in the pool.
 	inst, err := r.packs[0].newInstance(ctx, r)
 	if err != nil {
-		if errors.Is(err, ErrTimeout) && ctx.Err() == nil {
+		switch {
+		case errors.Is(err, errCPUWait):
+			// The tenant's guests held its processors: the pack may start later.
+			err = fmt.Errorf("%w: %w", ErrOverloaded, err)
+		case errors.Is(err, ErrTimeout) && ctx.Err() == nil:
 			// Not the loader's deadline but the activity timeout: the pack cannot start.
 			err = invalidPack("start %s: its start functions ran past the activity timeout (%s)", r.packs[0].id, r.limits.Timeout)
 		}

@@ -39,6 +39,10 @@ const (
 	// (--memory-budget) now; the message has the figures. It is tried again, and other
 	// replicas may load it.
 	ReasonMemoryBudget = "MemoryBudgetExceeded"
+	// ReasonReplicaBusy: this replica could not start the revision's first instance in
+	// time, its tenant's guests holding the tenant's share of the processors. It is
+	// tried again.
+	ReasonReplicaBusy = "ReplicaBusy"
 	// ReasonLoading: the packs are being fetched and compiled off the reconcile path.
 	ReasonLoading = "Loading"
 	// ReasonReloading: a loaded revision is loaded again because its tenant's policy,
