@@ -528,3 +528,21 @@ func TestLeaderReadsOnlyTheSplitsCounts(t *testing.T) {
 		t.Fatalf("reading s0's counts listed %d ConfigMaps, want its own 1", reader.listed)
 	}
 }
+
+// A strategy with analysis is usually kept in Git for good; its tenant's activities are
+// counted (every activity of every tenant pays the clock read and lookup) only while a
+// rollout runs, not while the split sits at its stable table.
+func TestActivitiesCountedOnlyDuringARollout(t *testing.T) {
+	testenv.Require(t, env)
+	clock := newTestClock()
+	r := startReplica(t, true, func(c *replicaConfig) { c.clock = clock.Now })
+	ns := env.Namespace(t, "canary-idle")
+	analyzed := func() bool { _, interval := r.router.ClosedWindows(ns, "acme", clock.Now()); return interval > 0 }
+	sp := startCanary(t, ns, canaryStrategy(1, false))
+	if !analyzed() {
+		t.Fatal("a running rollout's tenant is not counted")
+	}
+	annotate(t, sp, v1.AnnotationAbort, "1")
+	waitSplit(t, sp, "aborted", func(s *v1.TrafficSplit) bool { return s.Status.Rollout.Phase == v1.RolloutAborted })
+	eventually(t, "counting stops with the rollout", func() (bool, string) { return !analyzed(), "" })
+}

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"slices"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -16,9 +17,11 @@ import (
 // phaseRollout decides the table a split with a canary strategy serves. The leader
 // walks the rollout (decideRollout) and writes the table to status.routes; every
 // other replica serves what the leader wrote, so that all replicas route by one table
-// and the leader's analysis judges what was served. Every replica counts the tenant's
-// activities for analysis while the strategy has one, and publishes its counts while
-// a rollout runs. Without a strategy the spec's table is served, as it always was.
+// and the leader's analysis judges what was served. While a rollout runs with an
+// analysis, every replica counts the tenant's activities and publishes its counts
+// (a follower from when it sees the rollout in status, a moment after the leader: the
+// first window it publishes may miss that moment). Without a strategy the spec's
+// table is served, as it always was.
 func (r *TrafficSplitReconciler) phaseRollout(ctx context.Context, s *splitScope) (ctrl.Result, error) {
 	split := s.split
 	tenant := split.Spec.TenantRef.Name
@@ -27,23 +30,17 @@ func (r *TrafficSplitReconciler) phaseRollout(ctx context.Context, s *splitScope
 	if split.Spec.Strategy != nil {
 		canary = split.Spec.Strategy.Canary
 	}
+	now := r.now()
 	if canary == nil {
-		r.Router.StopAnalysis(split.Namespace, tenant)
-		r.trackCounts(split, nil)
+		r.countForAnalysis(split, nil, now)
 		split.Status.Rollout = nil
 		return ctrl.Result{}, nil
-	}
-	now := r.now()
-	if canary.Analysis != nil {
-		r.Router.Analyze(split.Namespace, tenant, analysisInterval(canary.Analysis), now)
-	} else {
-		r.Router.StopAnalysis(split.Namespace, tenant)
 	}
 	if !s.leader {
 		if len(split.Status.Routes) > 0 {
 			s.effective, s.follows = tableOf(split.Status.Routes), true
 		}
-		r.trackCounts(split, split.Status.Rollout)
+		r.countForAnalysis(split, split.Status.Rollout, now)
 		return ctrl.Result{}, nil
 	}
 
@@ -61,6 +58,7 @@ func (r *TrafficSplitReconciler) phaseRollout(ctx context.Context, s *splitScope
 	default:
 		// Nothing starts before the spec's revisions are loaded: phaseTable says what it
 		// waits for, and the table in use keeps serving.
+		r.countForAnalysis(split, prev, now)
 		return ctrl.Result{}, nil
 	}
 	var figures *intervalFigures
@@ -88,19 +86,26 @@ func (r *TrafficSplitReconciler) phaseRollout(ctx context.Context, s *splitScope
 			r.Recorder.Eventf(split, nil, typ, e.reason, e.action, "%s", e.message)
 		}
 	}
-	r.trackCounts(split, d.status)
+	r.countForAnalysis(split, d.status, now)
 	return ctrl.Result{RequeueAfter: d.requeue}, nil
 }
 
-// trackCounts publishes this replica's counts of split while its rollout runs with an
-// analysis, and withdraws them otherwise.
-func (r *TrafficSplitReconciler) trackCounts(split *v1.TrafficSplit, ro *v1.RolloutStatus) {
-	if r.Counts == nil {
+// countForAnalysis counts the tenant's activities and publishes this replica's counts
+// of split while its rollout runs with an analysis, and stops both otherwise: a
+// strategy stays in the spec between rollouts, and while no split anywhere is counted
+// the dispatcher's hot path skips counting altogether.
+func (r *TrafficSplitReconciler) countForAnalysis(split *v1.TrafficSplit, ro *v1.RolloutStatus, now time.Time) {
+	key := types.NamespacedName{Namespace: split.Namespace, Name: split.Name}
+	tenant := split.Spec.TenantRef.Name
+	if !rolloutRunning(ro) || split.Spec.Strategy == nil || split.Spec.Strategy.Canary == nil || split.Spec.Strategy.Canary.Analysis == nil {
+		r.Router.StopAnalysis(split.Namespace, tenant)
+		if r.Counts != nil {
+			r.Counts.Untrack(key)
+		}
 		return
 	}
-	key := types.NamespacedName{Namespace: split.Namespace, Name: split.Name}
-	if !rolloutRunning(ro) || split.Spec.Strategy == nil || split.Spec.Strategy.Canary == nil || split.Spec.Strategy.Canary.Analysis == nil {
-		r.Counts.Untrack(key)
+	r.Router.Analyze(split.Namespace, tenant, analysisInterval(split.Spec.Strategy.Canary.Analysis), now)
+	if r.Counts == nil {
 		return
 	}
 	var revisions []string
