@@ -213,7 +213,13 @@ func hostStateGet(ctx context.Context, c *call, mem api.Memory, a args) int32 {
 	if code != 0 {
 		return code
 	}
-	v, ok, err := c.txn.Get(key)
+	var v []byte
+	var ok bool
+	var err error
+	// A read may wait for a pending commit or the API server: the tenant's other guests
+	// run meanwhile.
+	offCPU(ctx, c, func() { v, ok, err = c.txn.Get(key) })
+	checkDeadline(ctx)
 	c.charge(ctx, len(key.Name)+len(v))
 	return c.answer(mem, a, v, ok, err)
 }

@@ -34,7 +34,7 @@ func (n *Namespace) Begin(ctx context.Context) (runtime.Txn, error) {
 	if len(n.shards) == 0 {
 		return nil, errNoShards
 	}
-	return &txn{ns: n, attempt: runtime.Attempt(ctx)}, nil
+	return &txn{ns: n, ctx: ctx, attempt: runtime.Attempt(ctx)}, nil
 }
 
 // read is what a transaction saw of one entry.
@@ -51,7 +51,10 @@ type write struct {
 }
 
 type txn struct {
-	ns      *Namespace
+	ns *Namespace
+	// ctx is the activity's: a read that must wait (for a pending commit, or for the API
+	// server) waits no longer than the activity may.
+	ctx     context.Context
 	attempt int
 	reads   map[string]read
 	writes  map[string]write
@@ -62,7 +65,7 @@ func (t *txn) entry(key string, shard int) ([]byte, bool, error) {
 	if w, ok := t.writes[key]; ok {
 		return w.blob, w.blob != nil, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), t.ns.store.commitTimeout)
+	ctx, cancel := context.WithTimeout(t.ctx, t.ns.store.commitTimeout)
 	defer cancel()
 	blob, ok, err := t.ns.store.read(ctx, t.ns.shards[shard], key)
 	if err != nil {

@@ -138,3 +138,38 @@ func TestAPIServerPauseFailsFastAndTellsTheTruth(t *testing.T) {
 	t.Logf("stateful: %d ok, %d unknown, %d fast fails, %d slow; stateless: %d ok; resumed after %v",
 		successes, unknown, fastFails, slowFails, len(statelessOut), firstAfter.Sub(resumed))
 }
+
+// A read that must ask the API server waits no longer than the activity may: with the
+// API server paused, a transaction begun under a 200 ms deadline ends its read at that
+// deadline, not after the store's commit timeout.
+func TestReadsWaitNoLongerThanTheActivity(t *testing.T) {
+	testenv.Require(t, env)
+	if testing.Short() {
+		t.Skip("pauses the API server")
+	}
+	spec := state.Spec{Namespace: env.Namespace(t, "readwait"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 1}
+	ensure(t, newStore(t, state.Options{}), spec)
+	const commitTimeout = 10 * time.Second
+	fresh := newStore(t, state.Options{CommitTimeout: commitTimeout}) // no copy of the shard yet
+	// The fresh store's client finds the API first (discovery), on another namespace.
+	ensure(t, fresh, state.Spec{Namespace: env.Namespace(t, "warm"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: 1})
+	pid := apiServerPID(t)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resume := sync.OnceFunc(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	t.Cleanup(resume)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	txn, err := fresh.Namespace(spec).Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	_, _, err = txn.Get(runtime.StateKey{Pack: "p", Name: "k"})
+	took := time.Since(began)
+	resume()
+	if err == nil || took > commitTimeout/2 {
+		t.Fatalf("a read under a 200 ms deadline with the API server paused: %v after %v, want an error at the deadline, not at the %v commit timeout", err, took, commitTimeout)
+	}
+}
