@@ -228,3 +228,54 @@ func cpuTime(tb testing.TB, pid int) time.Duration {
 	const ticksPerSecond = 100 // USER_HZ on Linux
 	return time.Duration(utime+stime) * time.Second / ticksPerSecond
 }
+
+// BenchmarkCommitShards is BenchmarkCommit's c16 load on a namespace of 1, 8 and 64
+// shards (each activity one key of its own; keys spread over the shards, so an activity
+// touches one shard): what more shards cost to make (ensure-ms, once per Revision) and
+// per activity.
+func BenchmarkCommitShards(b *testing.B) {
+	testenv.Require(b, env)
+	const c = 16
+	for _, shards := range []int{1, 8, 64} {
+		b.Run(fmt.Sprintf("shards=%d/c%d", shards, c), func(b *testing.B) {
+			s := newStore(b, state.Options{})
+			began := time.Now()
+			ns := ensure(b, s, state.Spec{Namespace: env.Namespace(b, "shards"), Revision: "r", RevisionUID: uuid.NewUUID(), Tenant: "acme", Shards: shards})
+			ensured := time.Since(began)
+			u0, _ := s.Updates()
+			var next atomic.Int64
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			for w := range c {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := 0; next.Add(1) <= int64(b.N); i++ {
+						key := runtime.StateKey{Pack: "p", Name: fmt.Sprintf("k%d-%d", w, i%32)}
+						ctx := context.Background()
+						txn, _ := ns.Begin(ctx)
+						v, _, err := txn.Get(key)
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						n, _ := strconv.Atoi(string(v))
+						_ = txn.Put(key, []byte(strconv.Itoa(n+1)))
+						if err := txn.Commit(ctx); err != nil && !errors.Is(err, runtime.ErrConflict) {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			u1, _ := s.Updates()
+			b.ReportMetric(float64(ensured.Milliseconds()), "ensure-ms")
+			b.ReportMetric(float64(u1-u0)/float64(b.N), "updates/activity")
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "activities/s")
+		})
+	}
+}
