@@ -546,3 +546,44 @@ func TestActivitiesCountedOnlyDuringARollout(t *testing.T) {
 	waitSplit(t, sp, "aborted", func(s *v1.TrafficSplit) bool { return s.Status.Rollout.Phase == v1.RolloutAborted })
 	eventually(t, "counting stops with the rollout", func() (bool, string) { return !analyzed(), "" })
 }
+
+// The API server refuses an event whose note is longer than 1024 bytes, and a rollout's
+// notes name the stable table: with many routes of long names, the rollout's events
+// must still be written, their notes cut.
+func TestRolloutEventsOfLongTables(t *testing.T) {
+	testenv.Require(t, env)
+	clock := newTestClock()
+	startReplica(t, true, func(c *replicaConfig) { c.clock = clock.Now })
+	ns := env.Namespace(t, "canary-long")
+	var revs []client.Object
+	var stable, target []v1.Route
+	for i := range 15 {
+		name := fmt.Sprintf("r%02d-%s", i, strings.Repeat("x", 56))
+		revs = append(revs, revision(ns, name, "acme", "ok.wasm"))
+		stable = append(stable, v1.Route{RevisionName: name, Percent: int32(100 / 15)})
+		target = append(target, v1.Route{RevisionName: name})
+	}
+	stable[0].Percent += 100 - 15*int32(100/15)
+	canary := "b-" + strings.Repeat("y", 58)
+	acme(t, ns, append(revs, revision(ns, canary, "acme", "ok.wasm"))...)
+	sp := split(ns, "main", "acme", stable...)
+	sp.Spec.Strategy = canaryStrategy(1, false)
+	create(t, sp)
+	waitSplit(t, sp, "the first table is in use", func(s *v1.TrafficSplit) bool {
+		return s.Status.Rollout != nil && s.Status.Rollout.Phase == v1.RolloutSucceeded && condition(s, v1.ConditionReady).Status == metav1.ConditionTrue
+	})
+	setRoutes(t, sp, append(target, v1.Route{RevisionName: canary, Percent: 100})...)
+	waitSplit(t, sp, "the rollout starts", func(s *v1.TrafficSplit) bool { return s.Status.Rollout.Phase == v1.RolloutProgressing })
+	eventually(t, "the RolloutStarted event is written", func() (bool, string) {
+		var list eventsv1.EventList
+		if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
+			return false, err.Error()
+		}
+		for _, e := range list.Items {
+			if e.Regarding.Name == "main" && e.Reason == "RolloutStarted" {
+				return len(e.Note) <= 1024 && strings.HasPrefix(e.Note, "rolling out "+canary), e.Note
+			}
+		}
+		return false, fmt.Sprintf("%d events", len(list.Items))
+	})
+}

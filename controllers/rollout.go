@@ -487,10 +487,17 @@ const quotedActionBytes = 64
 
 // quoteAction is annotation=value for a message, the value cut to quotedActionBytes.
 func quoteAction(annotation, value string) string {
-	if len(value) > quotedActionBytes {
-		value = strings.ToValidUTF8(value[:quotedActionBytes], "") + "…"
+	return annotation + "=" + cut(value, quotedActionBytes)
+}
+
+// cut is s when it has at most n bytes, else its first whole characters and "…", n
+// bytes at most.
+func cut(s string, n int) string {
+	const ellipsis = "…"
+	if len(s) <= n {
+		return s
 	}
-	return annotation + "=" + value
+	return strings.ToValidUTF8(s[:max(n-len(ellipsis), 0)], "") + ellipsis
 }
 
 // stepPhase is the phase of a running step: Paused when it has no pause (it waits for

@@ -83,12 +83,17 @@ func (r *TrafficSplitReconciler) phaseRollout(ctx context.Context, s *splitScope
 			if e.warning {
 				typ = corev1.EventTypeWarning
 			}
-			r.Recorder.Eventf(split, nil, typ, e.reason, e.action, "%s", e.message)
+			r.Recorder.Eventf(split, nil, typ, e.reason, e.action, "%s", cut(e.message, maxEventNote))
 		}
 	}
 	r.countForAnalysis(split, d.status, now)
 	return ctrl.Result{RequeueAfter: d.requeue}, nil
 }
+
+// maxEventNote is the longest note the API server takes in an event; it refuses a
+// longer one, and the event is lost. A rollout's messages name its tables, which with
+// many routes of long names are longer.
+const maxEventNote = 1024
 
 // countForAnalysis counts the tenant's activities and publishes this replica's counts
 // of split while its rollout runs with an analysis, and stops both otherwise: a
