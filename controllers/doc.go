@@ -11,7 +11,7 @@
 // soon as its revisions are loaded, as before.
 //
 // Analysis needs no metrics server: each replica's dispatcher counts the tenant's
-// activities per revision (activities, 5xx errors, a fixed latency histogram) in intervals
+// activities per revision (activities, 5xx errors but 503, a fixed latency histogram) in intervals
 // aligned to the clock, and CountsPublisher writes its last two closed intervals to one
 // ConfigMap per split per replica (counts.go) once per interval. The leader lists them
 // once per interval, a grace after the interval closes (analysisGrace), trusts only those

@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,8 +50,11 @@ func (s *Server) serveActivity(rw http.ResponseWriter, r *http.Request, ns, tena
 	defer func() {
 		s.Metrics.request(ns, tenant, revision, w.status, start)
 		if s.Router.Analyzing() {
-			now := time.Now()
-			s.Router.Observe(ns, tenant, revision, w.status, now.Sub(start), now)
+			now, status := time.Now(), w.status
+			if errors.Is(r.Context().Err(), context.Canceled) {
+				status = StatusCallerGone
+			}
+			s.Router.Observe(ns, tenant, revision, status, now.Sub(start), now)
 		}
 	}()
 	release, ok := s.tenantSlot(w, cfg)

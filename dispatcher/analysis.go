@@ -37,9 +37,20 @@ func LatencyBucket(d time.Duration) int {
 }
 
 // IsAnalysisError says whether an answer counts as an error for analysis: every 5xx,
-// which includes guest_error (502) and timeout (504). 4xx answers are the caller's
-// doing (a bad activity, a conflict, 429 overload) and not the revision's.
-func IsAnalysisError(status int) bool { return status >= http.StatusInternalServerError }
+// which includes guest_error (502) and timeout (504), but 503. 4xx answers are the
+// caller's doing (a bad activity, a conflict, 429 overload), and 503 the platform's
+// (state_unavailable: the API server did not answer; no_ready_revision): neither says
+// the revision failed, and a short API-server outage must not roll back a healthy
+// canary. An answer to a caller that hung up is not an error either (see
+// StatusCallerGone).
+func IsAnalysisError(status int) bool {
+	return status >= http.StatusInternalServerError && status != http.StatusServiceUnavailable
+}
+
+// StatusCallerGone stands, for analysis only, for the answer to a caller that hung up
+// before it: its activity was cancelled, which says nothing of the revision but its
+// latency, which is counted.
+const StatusCallerGone = 499
 
 // Counts are one revision's activities in one analysis window.
 type Counts struct {

@@ -115,15 +115,20 @@ func TestAnalysisCountsUnderConcurrency(t *testing.T) {
 }
 
 func TestIsAnalysisError(t *testing.T) {
-	for status, want := range map[int]bool{200: false, 400: false, 404: false, 409: false, 429: false, 500: true, 502: true, 503: true, 504: true, 507: true} {
+	for status, want := range map[int]bool{200: false, 400: false, 404: false, 409: false, 429: false, StatusCallerGone: false, 500: true, 502: true, 503: false, 504: true, 507: true} {
 		if IsAnalysisError(status) != want {
 			t.Errorf("IsAnalysisError(%d) = %v", status, !want)
 		}
 	}
-	// The codes the issue names are 5xx answers.
+	// The codes the issue names are 5xx answers; the platform's are not the revision's.
 	for _, err := range []error{runtime.ErrTrap, runtime.ErrTimeout} {
 		if status, _ := statusOf(err); !IsAnalysisError(status) {
 			t.Errorf("%v answers %d, not counted as an error", err, status)
+		}
+	}
+	for _, err := range []error{runtime.ErrStateUnavailable, runtime.ErrNotLoaded} {
+		if status, _ := statusOf(err); IsAnalysisError(status) {
+			t.Errorf("%v answers %d, counted as the revision's error", err, status)
 		}
 	}
 }

@@ -116,7 +116,7 @@ type CanaryAnalysis struct {
 	MinActivities int32 `json:"minActivities,omitempty"`
 
 	// maxErrorPercent is the largest share of the incoming Revisions' activities in an
-	// interval that may be errors (answered 5xx, which includes guest_error and timeout)
+	// interval that may be errors (answered 5xx, which includes guest_error and timeout, but not 503: state_unavailable and a revision not loaded are the platform's)
 	// for it to pass.
 	// +optional
 	// +kubebuilder:validation:Minimum=0
@@ -351,7 +351,7 @@ type RevisionFigures struct {
 	// +optional
 	Activities int64 `json:"activities"`
 
-	// errors among them: answers 5xx (guest_error and timeout included).
+	// errors among them: answers 5xx but 503 (guest_error and timeout included).
 	// +optional
 	Errors int64 `json:"errors"`
 
