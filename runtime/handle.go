@@ -57,33 +57,36 @@ type call struct {
 }
 
 // longRunning is how long a guest call runs at full speed: past it, the call rests for
-// as long as it ran at each budget check, so it gets at most half a processor. An
-// activity of a few milliseconds never notices; a guest spinning until its deadline
-// leaves most of its processor to the other tenants.
+// as long as it ran at each budget check, holding its processor token, so it gets at
+// most half a processor, and the tenant's long-running guests together at most half its
+// share of the processors (a resting call's token is not another guest's turn). An
+// activity of a few milliseconds never notices; guests spinning until their deadline
+// leave most of the replica to the other tenants.
 const longRunning = 10 * time.Millisecond
 
 // yieldCPU gives the call's processor token to the tenant's next waiting guest and waits
-// for one again; false when ctx ended first (the call then holds none).
+// for one again, after resting first when the call has run past longRunning; false
+// when ctx ended first (the call then holds none).
 func (c *call) yieldCPU(ctx context.Context) bool {
 	if !c.cpu {
 		return true
 	}
-	t := c.rev.memory
-	t.releaseCPU()
-	c.cpu = false
 	if now := time.Now(); now.Sub(c.started) > longRunning {
 		if c.lastTick.IsZero() {
 			c.lastTick = now
 		}
-		rest := min(now.Sub(c.lastTick), time.Millisecond)
+		rest := time.NewTimer(min(now.Sub(c.lastTick), time.Millisecond))
 		select {
-		case <-time.After(rest):
+		case <-rest.C:
 		case <-ctx.Done():
 		}
+		rest.Stop()
 		c.lastTick = time.Now()
-	} else {
-		goruntime.Gosched()
 	}
+	t := c.rev.memory
+	t.releaseCPU()
+	c.cpu = false
+	goruntime.Gosched()
 	if t.acquireCPU(ctx) != nil {
 		return false
 	}
