@@ -16,7 +16,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/go-logr/logr"
@@ -98,7 +100,9 @@ type Provider struct {
 // compression, certificates); the SDK reads OTEL_TRACES_SAMPLER(_ARG), OTEL_BSP_* and
 // the span limits; OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES name the service. A
 // value packhost cannot honour is an error, so a typo does not silently turn tracing
-// off. Export failures are logged to log.
+// off, send it nowhere, or sample every trace: that includes an endpoint that is not
+// an http(s) URL with a host and a sampler or ratio the SDK cannot read (checkEndpoint,
+// checkSampler). Export failures are logged to log.
 func FromEnv(ctx context.Context, log logr.Logger) (*Provider, error) {
 	switch v := strings.ToLower(strings.TrimSpace(os.Getenv("OTEL_SDK_DISABLED"))); v {
 	case "true":
@@ -116,6 +120,12 @@ func FromEnv(ctx context.Context, log logr.Logger) (*Provider, error) {
 	}
 	if os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == "" && os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") == "" {
 		return nil, nil
+	}
+	if err := checkEndpoint(); err != nil {
+		return nil, err
+	}
+	if err := checkSampler(); err != nil {
+		return nil, err
 	}
 	protocol := firstSet("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 	var exp sdktrace.SpanExporter
@@ -162,6 +172,48 @@ func SpanLimits() sdktrace.SpanLimits {
 		l.AttributeValueLengthLimit = DefaultAttributeValueLimit
 	}
 	return l
+}
+
+// checkEndpoint refuses the endpoint the exporter would use when it is not an http or
+// https URL with a host, or carries credentials. The exporters take such a value
+// without a word: "collector:4318" is posted to "https:///v1/traces", another scheme
+// becomes https, and user:password@ is not sent; the spans would be lost to an error
+// log line per batch.
+func checkEndpoint() error {
+	key := "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+	if os.Getenv(key) == "" {
+		key = "OTEL_EXPORTER_OTLP_ENDPOINT"
+	}
+	u, err := url.Parse(strings.TrimSpace(os.Getenv(key)))
+	switch {
+	case err != nil:
+		return fmt.Errorf("%s: %w", key, err)
+	case (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		return fmt.Errorf("%s=%q: want an http:// or https:// URL with a host, such as http://otel-collector:4318", key, u.Redacted())
+	case u.User != nil:
+		return fmt.Errorf("%s=%q: credentials in the URL are not sent; put them in OTEL_EXPORTER_OTLP_HEADERS", key, u.Redacted())
+	}
+	return nil
+}
+
+// checkSampler refuses an OTEL_TRACES_SAMPLER the SDK does not know and a ratio it
+// cannot read: the SDK logs either and samples every trace instead, the opposite of
+// what an operator setting a sampler asks for.
+func checkSampler() error {
+	switch v := strings.ToLower(strings.TrimSpace(os.Getenv("OTEL_TRACES_SAMPLER"))); v {
+	case "", "always_on", "always_off", "parentbased_always_on", "parentbased_always_off":
+	case "traceidratio", "parentbased_traceidratio":
+		arg, ok := os.LookupEnv("OTEL_TRACES_SAMPLER_ARG")
+		if !ok {
+			break
+		}
+		if r, err := strconv.ParseFloat(strings.TrimSpace(arg), 64); err != nil || r < 0 || r > 1 {
+			return fmt.Errorf("OTEL_TRACES_SAMPLER_ARG=%q: want a ratio from 0 to 1, such as 0.1", arg)
+		}
+	default:
+		return fmt.Errorf("OTEL_TRACES_SAMPLER=%q: want always_on, always_off, traceidratio or parentbased_ of one of them", v)
+	}
+	return nil
 }
 
 func firstSet(keys ...string) string {

@@ -22,6 +22,7 @@ func clearEnv(t *testing.T) {
 		"OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
 		"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
 		"OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_TRACES_SAMPLER",
+		"OTEL_TRACES_SAMPLER_ARG",
 	} {
 		t.Setenv(k, "")
 	}
@@ -48,6 +49,20 @@ func TestFromEnv(t *testing.T) {
 		{"sdk disabled typo", map[string]string{"OTEL_SDK_DISABLED": "yes"}, "", "OTEL_SDK_DISABLED"},
 		{"another exporter", map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, "", "OTEL_TRACES_EXPORTER"},
 		{"http/json", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "", "http/json"},
+		// A careless operator's endpoint: the exporters take these without a word and
+		// post to no host, or to another scheme, or without the credentials.
+		{"endpoint without a scheme", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "otel-collector:4318"}, "", "OTEL_EXPORTER_OTLP_ENDPOINT"},
+		{"grpc endpoint without a scheme", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "otel-collector:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "", "OTEL_EXPORTER_OTLP_ENDPOINT"},
+		{"endpoint of another scheme", map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "ftp://127.0.0.1:1"}, "", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"},
+		{"the traces endpoint is the one checked", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "collector", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://127.0.0.1:1/v1/traces"}, "http/protobuf", ""},
+		{"endpoint with credentials", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "https://user:pw@127.0.0.1:1"}, "", "OTEL_EXPORTER_OTLP_HEADERS"},
+		// A sampler the SDK cannot read falls back to sampling everything, with one log
+		// line: the opposite of what the operator asked for.
+		{"sampler", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": " 0.05"}, "http/protobuf", ""},
+		{"sampler typo", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_TRACES_SAMPLER": "parentbased_traceidration"}, "", "OTEL_TRACES_SAMPLER"},
+		{"sampler the Go SDK lacks", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_TRACES_SAMPLER": "jaeger_remote"}, "", "OTEL_TRACES_SAMPLER"},
+		{"sampler ratio in percent", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "10%"}, "", "OTEL_TRACES_SAMPLER_ARG"},
+		{"sampler ratio past one", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "10"}, "", "OTEL_TRACES_SAMPLER_ARG"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clearEnv(t)
