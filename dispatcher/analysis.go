@@ -237,7 +237,7 @@ func (r *Router) StopAnalysis(namespace, tenant string) {
 }
 
 // Analyzing says whether any tenant's activities are counted for analysis: while none
-// is, the dispatcher skips Observe (and the clock read it needs) altogether.
+// is, the dispatcher skips Observe (and its tenant lookup) altogether.
 func (r *Router) Analyzing() bool { return r.analyzed.Load() > 0 }
 
 // Observe counts one answered activity of a revision for analysis, when the tenant's

@@ -71,7 +71,7 @@ func (m *Metrics) series(ns, tenant, revision string) *revisionSeries {
 	return s.(*revisionSeries)
 }
 
-func (m *Metrics) request(ns, tenant, revision string, status int, start time.Time) {
+func (m *Metrics) request(ns, tenant, revision string, status int, elapsed time.Duration) {
 	if m == nil {
 		return
 	}
@@ -81,7 +81,7 @@ func (m *Metrics) request(ns, tenant, revision string, status int, start time.Ti
 	}
 	s := m.series(ns, tenant, revision)
 	s.ok.Inc()
-	s.latency.Observe(time.Since(start).Seconds())
+	s.latency.Observe(elapsed.Seconds())
 }
 
 func (m *Metrics) inFlight(ns, tenant, revision string) func() {
