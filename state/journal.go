@@ -448,15 +448,16 @@ func trim(j *corev1.ConfigMap, folded uint64) (*corev1.ConfigMap, int) {
 	if out.Annotations == nil {
 		out.Annotations = map[string]string{}
 	}
-	all := journalRecords(j)
-	kept := recordsAfter(j, folded)
-	if len(kept) < len(all) {
+	records := journalRecords(j)
+	all := len(records)
+	kept := slices.DeleteFunc(records, func(r journalRecord) bool { return r.seq <= folded })
+	if len(kept) < all {
 		out.BinaryData[journalData] = encodeRecords(kept)
 	}
 	if folded > trimmedThrough(j) {
 		out.Annotations[AnnotationTrimmedThrough] = strconv.FormatUint(folded, 10)
 	}
-	return out, len(all) - len(kept)
+	return out, all - len(kept)
 }
 
 // diff returns the writes that turn entries old into new.
