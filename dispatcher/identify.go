@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/packhost/packhost/runtime"
 )
 
@@ -204,7 +206,7 @@ func parseHeaders(raw json.RawMessage) ([]runtime.Header, error) {
 		return nil, errors.New("headers: want a list of {\"name\",\"value\"} or an object")
 	}
 	for _, h := range out {
-		if !validFieldName(h.Name) {
+		if !httpguts.ValidHeaderFieldName(h.Name) {
 			return nil, fmt.Errorf("header name %q is not an HTTP field name", h.Name)
 		}
 		if strings.ContainsAny(h.Value, "\r\n\x00") {
@@ -212,18 +214,4 @@ func parseHeaders(raw json.RawMessage) ([]runtime.Header, error) {
 		}
 	}
 	return out, nil
-}
-
-// validFieldName reports whether s is an HTTP field name: a token (RFC 9110, 5.1).
-func validFieldName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x80 || !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
-			return false
-		}
-	}
-	return true
 }

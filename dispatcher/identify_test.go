@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/packhost/packhost/internal/packs"
 	"github.com/packhost/packhost/runtime"
@@ -121,7 +122,7 @@ func FuzzParseHeaders(f *testing.F) {
 			return
 		}
 		for _, h := range got {
-			if !validFieldName(h.Name) || strings.ContainsAny(h.Value, "\r\n\x00") {
+			if !httpguts.ValidHeaderFieldName(h.Name) || strings.ContainsAny(h.Value, "\r\n\x00") {
 				t.Fatalf("accepted header %q: %q", h.Name, h.Value)
 			}
 		}
