@@ -21,9 +21,9 @@ const (
 // Span attributes: names the API server validated and what the fetch found. Never
 // the url or image reference, which a namespace user writes at any length.
 var (
-	attrNamespace = attribute.Key("packhost.namespace")
-	attrRevision  = attribute.Key("packhost.revision")
-	attrPack      = attribute.Key("packhost.pack")
+	attrNamespace = tracing.AttrNamespace
+	attrRevision  = tracing.AttrRevision
+	attrPack      = tracing.AttrPack
 	attrSource    = attribute.Key("packhost.source")
 	attrDigest    = attribute.Key("packhost.digest")
 	attrSize      = attribute.Key("packhost.size")

@@ -33,9 +33,9 @@ const (
 // Span attributes: names from the path, the tenant's split and Revisions, each
 // bounded by the API's own name rules or the tracer's attribute value limit.
 var (
-	attrNamespace = attribute.Key("packhost.namespace")
+	attrNamespace = tracing.AttrNamespace
 	attrTenant    = attribute.Key("packhost.tenant")
-	attrRevision  = attribute.Key("packhost.revision")
+	attrRevision  = tracing.AttrRevision
 	attrTag       = attribute.Key("packhost.tag")
 )
 

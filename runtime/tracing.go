@@ -25,9 +25,9 @@ const (
 // Span attributes. Every value is bounded: names from the revision's spec and the
 // pack's manifest, never what a caller or guest sent.
 var (
-	attrNamespace = attribute.Key("packhost.namespace")
-	attrRevision  = attribute.Key("packhost.revision")
-	attrPack      = attribute.Key("packhost.pack")
+	attrNamespace = tracing.AttrNamespace
+	attrRevision  = tracing.AttrRevision
+	attrPack      = tracing.AttrPack
 	attrFlow      = attribute.Key("packhost.flow")
 	attrExport    = attribute.Key("packhost.export")
 	attrAttempt   = attribute.Key("packhost.attempt")

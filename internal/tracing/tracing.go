@@ -224,3 +224,11 @@ func firstSet(keys ...string) string {
 	}
 	return ""
 }
+
+// Attribute keys shared by every package that records packhost spans, so one
+// name means one thing across the controller, dispatcher and runtime.
+const (
+	AttrNamespace = attribute.Key("packhost.namespace")
+	AttrRevision  = attribute.Key("packhost.revision")
+	AttrPack      = attribute.Key("packhost.pack")
+)
