@@ -11,6 +11,7 @@ import (
 
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/sys"
+	"golang.org/x/time/rate"
 )
 
 // outcome is the error of a guest call that returned res: a store failure, a fault the
@@ -117,22 +118,43 @@ func (c *call) charge(ctx context.Context, n int) {
 // once as overloaded (try later), so a tenant flooding the host with state values
 // slows itself down, not the replica.
 func (c *call) pace(ctx context.Context, n int) {
-	now := time.Now()
-	r := c.rev.memory.hostBytes.ReserveN(now, n)
-	if !r.OK() { // more than a burst at once: MaxHostBytes stops such a call first
+	switch waitDue(ctx, c, c.rev.memory.hostBytes, n) {
+	case dueBurst: // more than a burst at once: MaxHostBytes stops such a call first
 		panic(&hostStop{fmt.Errorf("%w: one host call of %d bytes, more than the tenant's burst of %d", ErrResourceLimit, n, HostBytesBurst)})
+	case dueLate:
+		panic(&hostStop{fmt.Errorf("%w: the tenant's activities make the host hold more than %d MiB a second on this replica: try again later",
+			ErrOverloaded, int(c.rev.engine.hostBytes)>>20)})
+	case dueRested:
+		checkDeadline(ctx)
+	}
+}
+
+// What waitDue did.
+const (
+	dueNow    = iota // the n units were due at once
+	dueRested        // the call rested until they were due (or ctx ended)
+	dueBurst         // n is more than the limiter's burst: never due
+	dueLate          // due only past ctx's deadline: nothing reserved, no rest
+)
+
+// waitDue reserves n units of lim and rests call c (see rest) until they are due: the
+// shape shared by the host-bytes pace and the memory-growth pace.
+func waitDue(ctx context.Context, c *call, lim *rate.Limiter, n int) int {
+	now := time.Now()
+	r := lim.ReserveN(now, n)
+	if !r.OK() {
+		return dueBurst
 	}
 	d := r.DelayFrom(now)
 	if d <= 0 {
-		return
+		return dueNow
 	}
 	if deadline, ok := ctx.Deadline(); ok && now.Add(d).After(deadline) {
 		r.CancelAt(now)
-		panic(&hostStop{fmt.Errorf("%w: the tenant's activities make the host hold more than %d MiB a second on this replica: try again later",
-			ErrOverloaded, int(c.rev.engine.hostBytes)>>20)})
+		return dueLate
 	}
 	rest(ctx, c, d)
-	checkDeadline(ctx)
+	return dueRested
 }
 
 // rest waits d or until ctx ends, with the processor token of call c (nil: none) given

@@ -72,21 +72,13 @@ func (m *limitedMemory) paceGrowth(n int64) bool {
 	if m.s == nil || m.s.call == nil || m.s.call.start || m.s.sleeping == nil {
 		return true
 	}
-	ctx, now := m.s.sleeping, time.Now()
-	r := m.t.growth.ReserveN(now, int(n))
-	if !r.OK() {
-		return false // more than a burst at once
-	}
-	d := r.DelayFrom(now)
-	if d <= 0 {
-		return true
-	}
-	if deadline, ok := ctx.Deadline(); ok && now.Add(d).After(deadline) {
-		r.CancelAt(now)
+	switch waitDue(m.s.sleeping, m.s.call, m.t.growth, int(n)) {
+	case dueBurst, dueLate:
 		return false
+	case dueRested:
+		return m.s.sleeping.Err() == nil
 	}
-	rest(ctx, m.s.call, d)
-	return ctx.Err() == nil
+	return true
 }
 
 func (m *limitedMemory) Free() {
